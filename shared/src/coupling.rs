@@ -1,0 +1,113 @@
+//! The RealNVP coupling stack that transforms the blocks of one sub-layer
+//! (the authors' `RNVP` with `ResNetReshape` s/t networks).
+
+use burn::module::Module;
+use burn::prelude::*;
+
+use crate::nn::MlpResNet;
+
+/// Checkerboard masks over a `[C, K, K]` block flattened to `C·K²`:
+/// `left` is 1 where `row + col` is even, `right = 1 - left`.
+pub fn checkerboard_masks(channels: usize, kernel_size: usize) -> (Vec<f32>, Vec<f32>) {
+    let kk = kernel_size * kernel_size;
+    let left: Vec<f32> = (0..channels * kk)
+        .map(|e| {
+            let (r, c) = ((e % kk) / kernel_size, e % kernel_size);
+            if (r + c) % 2 == 0 { 1.0 } else { 0.0 }
+        })
+        .collect();
+    let right = left.iter().map(|m| 1.0 - m).collect();
+    (left, right)
+}
+
+/// A stack of affine couplings acting on every block of one sub-layer at once.
+///
+/// Each coupling layer applies its s/t networks twice, first updating the
+/// `right` half conditioned on the `left` half, then the reverse, so every
+/// parameter is used (as the authors do).
+#[derive(Module, Debug)]
+pub struct CouplingStack {
+    /// Scale networks (end in `tanh`), one per coupling layer.
+    pub s_layers: Vec<MlpResNet>,
+    /// Translation networks, one per coupling layer.
+    pub t_layers: Vec<MlpResNet>,
+    /// Checkerboard mask, shape `[1, C·K²]`.
+    pub mask_left: Tensor<2>,
+    /// Its complement, shape `[1, C·K²]`.
+    pub mask_right: Tensor<2>,
+}
+
+impl CouplingStack {
+    /// `nlayers` couplings on blocks of `channels × kernel_size²` values.
+    pub fn new(
+        channels: usize,
+        kernel_size: usize,
+        nlayers: usize,
+        nresblocks: usize,
+        nmlp: usize,
+        nhidden: usize,
+        device: &Device,
+    ) -> Self {
+        let dim = channels * kernel_size * kernel_size;
+        let net = |tanh| MlpResNet::new(nresblocks, dim, nmlp, nhidden, tanh, device);
+        let (left, right) = checkerboard_masks(channels, kernel_size);
+        Self {
+            s_layers: (0..nlayers).map(|_| net(true)).collect(),
+            t_layers: (0..nlayers).map(|_| net(false)).collect(),
+            mask_left: Tensor::<1>::from_floats(left.as_slice(), device).unsqueeze(),
+            mask_right: Tensor::<1>::from_floats(right.as_slice(), device).unsqueeze(),
+        }
+    }
+
+    /// Data to latent direction.
+    ///
+    /// `x: [M, C·K²]` (one row per block) `-> (z: [M, C·K²], log|det J|: [M])`.
+    pub fn forward(&self, mut x: Tensor<2>) -> (Tensor<2>, Tensor<1>) {
+        let mut sum_s: Option<Tensor<2>> = None;
+        for (s_net, t_net) in self.s_layers.iter().zip(&self.t_layers) {
+            for (mask, inv_mask) in [(&self.mask_left, &self.mask_right), (&self.mask_right, &self.mask_left)] {
+                let (s, t) = Self::scale_shift(s_net, t_net, x.clone() * mask.clone(), inv_mask);
+                // s = t = 0 on the conditioning half, so this equals the authors'
+                // `mask·x + inv_mask·(x·exp(s) + t)` exactly.
+                x = x * s.clone().exp() + t;
+                sum_s = Some(match sum_s {
+                    Some(acc) => acc + s,
+                    None => s,
+                });
+            }
+        }
+        let ldj = sum_s.expect("at least one coupling layer").sum_dim(1).squeeze_dim(1);
+        (x, ldj)
+    }
+
+    /// Latent to data direction, the exact inverse of [`Self::forward`].
+    ///
+    /// `z: [M, C·K²] -> (x: [M, C·K²], log|det J⁻¹|: [M])`.
+    pub fn inverse(&self, mut z: Tensor<2>) -> (Tensor<2>, Tensor<1>) {
+        let mut sum_s: Option<Tensor<2>> = None;
+        for (s_net, t_net) in self.s_layers.iter().zip(&self.t_layers).rev() {
+            for (mask, inv_mask) in [(&self.mask_right, &self.mask_left), (&self.mask_left, &self.mask_right)] {
+                let (s, t) = Self::scale_shift(s_net, t_net, z.clone() * mask.clone(), inv_mask);
+                z = (z - t) * s.clone().neg().exp();
+                sum_s = Some(match sum_s {
+                    Some(acc) => acc + s,
+                    None => s,
+                });
+            }
+        }
+        let ldj = sum_s.expect("at least one coupling layer").sum_dim(1).squeeze_dim::<1>(1).neg();
+        (z, ldj)
+    }
+
+    /// `s` and `t` of one coupling, zero on the conditioning half.
+    fn scale_shift(
+        s_net: &MlpResNet,
+        t_net: &MlpResNet,
+        conditioner: Tensor<2>,
+        inv_mask: &Tensor<2>,
+    ) -> (Tensor<2>, Tensor<2>) {
+        let s = s_net.forward(conditioner.clone()) * inv_mask.clone();
+        let t = t_net.forward(conditioner) * inv_mask.clone();
+        (s, t)
+    }
+}

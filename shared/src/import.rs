@@ -1,0 +1,263 @@
+//! Loading the authors' PyTorch state dicts (saved as safetensors) so their
+//! checkpoints run here.
+//!
+//! Their key names are kept: `layers.{k}.{s,t}_layers.{l}.res_blocks.{r}.{j}.…`
+//! where even `j` is a Swish (`scale` = β) and odd `j` a weight-normed Linear
+//! (`weight_v [out, in]`, `weight_g [out, 1]`, `bias`), then
+//! `layers.{k}.{s,t}_layers.{l}.scale.scale`, the checkerboard masks, and
+//! `prior.scale`. Debug buffers (`saved_mean`, `saved_var`) and test vectors
+//! (`test.*`) are ignored.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use burn::module::Param;
+use burn::prelude::*;
+use burn::tensor::TensorData;
+use safetensors::{Dtype, SafeTensors};
+use serde::Deserialize;
+
+use crate::config::{PriorKind, RgFlowConfig};
+use crate::coupling::{CouplingStack, checkerboard_masks};
+use crate::error::{Error, Result};
+use crate::flow::RgFlow;
+use crate::nn::{MlpResNet, ResBlock, Scale, Swish, WeightNormLinear};
+
+/// One tensor of a state dict, widened to `f64` (integers are exact up to 2⁵³).
+#[derive(Debug, Clone)]
+pub struct RefTensor {
+    /// Shape.
+    pub shape: Vec<usize>,
+    /// Row-major values.
+    pub values: Vec<f64>,
+}
+
+impl RefTensor {
+    /// Values as `f32`.
+    pub fn to_f32(&self) -> Vec<f32> {
+        self.values.iter().map(|&v| v as f32).collect()
+    }
+}
+
+/// A state dict read from a safetensors file.
+#[derive(Debug, Clone)]
+pub struct StateDict {
+    source: PathBuf,
+    tensors: BTreeMap<String, RefTensor>,
+}
+
+impl StateDict {
+    /// Reads a safetensors file.
+    pub fn read(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|source| Error::Io { path: path.into(), source })?;
+        Self::from_bytes(&bytes, path)
+    }
+
+    /// Parses safetensors bytes; `source` names them in errors.
+    pub fn from_bytes(bytes: &[u8], source: impl Into<PathBuf>) -> Result<Self> {
+        let source = source.into();
+        let st = SafeTensors::deserialize(bytes)
+            .map_err(|e| Error::weights(&source, format!("not a safetensors file: {e}")))?;
+        let mut tensors = BTreeMap::new();
+        for (name, view) in st.tensors() {
+            let data = view.data();
+            let values: Vec<f64> = match view.dtype() {
+                Dtype::F64 => data.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap())).collect(),
+                Dtype::F32 => data.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap()) as f64).collect(),
+                Dtype::I64 => data.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap()) as f64).collect(),
+                Dtype::I32 => data.chunks_exact(4).map(|b| i32::from_le_bytes(b.try_into().unwrap()) as f64).collect(),
+                other => {
+                    return Err(Error::weights(&source, format!("tensor `{name}` has unsupported dtype {other:?}")));
+                }
+            };
+            tensors.insert(name, RefTensor { shape: view.shape().to_vec(), values });
+        }
+        Ok(Self { source, tensors })
+    }
+
+    /// The tensor called `name`, if present.
+    pub fn get(&self, name: &str) -> Option<&RefTensor> {
+        self.tensors.get(name)
+    }
+
+    /// All tensor names.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.tensors.keys().map(String::as_str)
+    }
+
+    /// The tensor `name`, checked to have `shape`.
+    fn expect(&self, name: &str, shape: &[usize]) -> Result<&RefTensor> {
+        let t = self
+            .get(name)
+            .ok_or_else(|| Error::weights(&self.source, format!("missing tensor `{name}`")))?;
+        if t.shape != shape {
+            return Err(Error::weights(
+                &self.source,
+                format!("tensor `{name}` has shape {:?}, the config needs {shape:?}", t.shape),
+            ));
+        }
+        Ok(t)
+    }
+}
+
+/// The authors' configuration as written next to their test vectors.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ReferenceConfig {
+    /// Image edge `L`.
+    #[serde(rename = "L")]
+    pub image_size: usize,
+    /// Channels.
+    #[serde(alias = "nchannels")]
+    pub channels: usize,
+    /// Block edge.
+    pub kernel_size: usize,
+    /// `"laplace"` or `"gaussian"`.
+    pub prior: String,
+    /// Scale of the prior buffer (`1/√2` for Laplace at `T = 1`).
+    pub prior_scale: Option<f64>,
+    /// Number of sub-layers.
+    pub depth: Option<usize>,
+    /// Per-sub-layer lists.
+    pub nlayers: Vec<usize>,
+    /// Per-sub-layer lists.
+    pub nresblocks: Vec<usize>,
+    /// Per-sub-layer lists.
+    pub nmlp: Vec<usize>,
+    /// Per-sub-layer lists.
+    pub nhidden: Vec<usize>,
+    /// Logit constraint (0.9 if absent).
+    pub logit_constraint: Option<f64>,
+}
+
+impl ReferenceConfig {
+    /// Parses the JSON text.
+    pub fn from_json(text: &str) -> Result<Self> {
+        serde_json::from_str(text).map_err(|e| Error::Config(format!("reference config JSON: {e}")))
+    }
+
+    /// Our config for the same model.
+    pub fn to_config(&self) -> Result<RgFlowConfig> {
+        let prior = match self.prior.to_ascii_lowercase().as_str() {
+            "laplace" => PriorKind::Laplace,
+            "gaussian" => PriorKind::Gaussian,
+            other => return Err(Error::Config(format!("unknown prior `{other}` (laplace or gaussian)"))),
+        };
+        let config = RgFlowConfig::new(
+            self.image_size,
+            self.channels,
+            self.nlayers.clone(),
+            self.nresblocks.clone(),
+            self.nmlp.clone(),
+            self.nhidden.clone(),
+        )
+        .with_kernel_size(self.kernel_size)
+        .with_prior(prior)
+        .with_logit_constraint(self.logit_constraint.unwrap_or(0.9));
+        config.validate()?;
+        if let Some(depth) = self.depth
+            && depth != config.depth()
+        {
+            return Err(Error::Config(format!("depth {depth} does not match L and kernel_size ({})", config.depth())));
+        }
+        Ok(config)
+    }
+}
+
+/// Builds our model from the authors' state dict.
+///
+/// Every parameter the config needs must be present with the right shape; a
+/// key this model would not use is an error too, so a file of another model
+/// is never half-loaded.
+pub fn load_reference(state: &StateDict, config: &RgFlowConfig, device: &Device) -> Result<RgFlow> {
+    config.validate()?;
+    let mut used = BTreeSet::new();
+    let mut take = |name: String, shape: &[usize]| -> Result<Vec<f32>> {
+        let t = state.expect(&name, shape)?;
+        used.insert(name);
+        Ok(t.to_f32())
+    };
+    let tensor1 = |v: Vec<f32>| Tensor::<1>::from_floats(v.as_slice(), device);
+
+    let dim = config.block_dim();
+    let (left, right) = checkerboard_masks(config.channels, config.kernel_size);
+    let mut layers = Vec::with_capacity(config.depth());
+    for k in 0..config.depth() {
+        let kk = config.kernel_size;
+        for (mask_name, ours) in [("mask_left", &left), ("mask_right", &right)] {
+            let theirs = take(format!("layers.{k}.{mask_name}"), &[config.channels, kk, kk])?;
+            if &theirs != ours {
+                return Err(Error::weights(&state.source, format!("layers.{k}.{mask_name} is not the checkerboard mask")));
+            }
+        }
+        let widths: Vec<usize> = std::iter::once(dim)
+            .chain(std::iter::repeat_n(config.nhidden[k], config.nmlp[k]))
+            .chain(std::iter::once(dim))
+            .collect();
+        let mut nets = |kind: &str, final_tanh: bool| -> Result<Vec<MlpResNet>> {
+            (0..config.nlayers[k])
+                .map(|l| {
+                    let prefix = format!("layers.{k}.{kind}_layers.{l}");
+                    let res_blocks = (0..config.nresblocks[k])
+                        .map(|r| {
+                            let mut activations = Vec::new();
+                            let mut linears = Vec::new();
+                            for (j, w) in widths.windows(2).enumerate() {
+                                let p = format!("{prefix}.res_blocks.{r}");
+                                let beta = take(format!("{p}.{}.scale", 2 * j), &[w[0]])?;
+                                activations.push(Swish { beta: Param::from_tensor(tensor1(beta)) });
+                                let lin = format!("{p}.{}", 2 * j + 1);
+                                let v = take(format!("{lin}.weight_v"), &[w[1], w[0]])?;
+                                let g = take(format!("{lin}.weight_g"), &[w[1], 1])?;
+                                let b = take(format!("{lin}.bias"), &[w[1]])?;
+                                // [out, in] -> [in, out]
+                                let v = Tensor::<2>::from_data(TensorData::new(v, [w[1], w[0]]), device).transpose();
+                                linears.push(WeightNormLinear {
+                                    weight_v: Param::from_tensor(v),
+                                    weight_g: Param::from_tensor(tensor1(g)),
+                                    bias: Param::from_tensor(tensor1(b)),
+                                });
+                            }
+                            Ok(ResBlock { activations, linears })
+                        })
+                        .collect::<Result<Vec<_>>>()?;
+                    let scale = take(format!("{prefix}.scale.scale"), &[dim])?;
+                    Ok(MlpResNet {
+                        res_blocks,
+                        scale: Scale { scale: Param::from_tensor(tensor1(scale)) },
+                        final_tanh,
+                    })
+                })
+                .collect()
+        };
+        let s_layers = nets("s", true)?;
+        let t_layers = nets("t", false)?;
+        layers.push(CouplingStack {
+            s_layers,
+            t_layers,
+            mask_left: Tensor::<1>::from_floats(left.as_slice(), device).unsqueeze(),
+            mask_right: Tensor::<1>::from_floats(right.as_slice(), device).unsqueeze(),
+        });
+    }
+
+    if let Some(scale) = state.get("prior.scale") {
+        let expected = crate::prior::Prior::new(config.prior).scale(1.0);
+        if scale.values.len() != 1 || (scale.values[0] - expected).abs() > 1e-6 {
+            return Err(Error::weights(
+                &state.source,
+                format!("prior.scale is {:?}, a {:?} prior at T = 1 has {expected}", scale.values, config.prior),
+            ));
+        }
+        used.insert("prior.scale".into());
+    }
+    let unexpected: Vec<&str> = state
+        .keys()
+        .filter(|k| !used.contains(*k) && !k.starts_with("test.") && !k.ends_with(".saved_mean") && !k.ends_with(".saved_var"))
+        .collect();
+    if !unexpected.is_empty() {
+        return Err(Error::weights(
+            &state.source,
+            format!("{} tensors this config does not use, e.g. `{}`", unexpected.len(), unexpected[0]),
+        ));
+    }
+    Ok(RgFlow::from_layers(config, layers, device))
+}

@@ -1,0 +1,76 @@
+use burn::module::Module;
+use burn::prelude::*;
+
+use super::{Scale, Swish, WeightNormLinear};
+
+/// One residual branch: `Swish → Linear → Swish → Linear …` over the widths
+/// `[D, H, …, H, D]` (the authors' `build_res_block`).
+#[derive(Module, Debug)]
+pub struct ResBlock {
+    /// One Swish before every linear layer.
+    pub activations: Vec<Swish>,
+    /// The weight-normalised linear layers.
+    pub linears: Vec<WeightNormLinear>,
+}
+
+impl ResBlock {
+    fn new(widths: &[usize], device: &Device) -> Self {
+        let pairs = widths.windows(2);
+        Self {
+            activations: widths[..widths.len() - 1].iter().map(|&w| Swish::new(w, device)).collect(),
+            linears: pairs.map(|w| WeightNormLinear::new(w[0], w[1], device)).collect(),
+        }
+    }
+
+    /// `[M, D] -> [M, D]`: the branch only, without the skip connection.
+    pub fn forward(&self, mut x: Tensor<2>) -> Tensor<2> {
+        for (act, linear) in self.activations.iter().zip(&self.linears) {
+            x = linear.forward(act.forward(x));
+        }
+        x
+    }
+}
+
+/// The s or t network of a coupling: residual MLP blocks, each
+/// `x ← (x + branch(x)) / √2`, then a zero-initialised [`Scale`] and, for `s`
+/// only, `tanh` (the authors' `ResNet` with `final_scale = True`).
+#[derive(Module, Debug)]
+pub struct MlpResNet {
+    /// Residual blocks.
+    pub res_blocks: Vec<ResBlock>,
+    /// Final per-feature scale.
+    pub scale: Scale,
+    /// Whether `tanh` follows the scale (true for `s`, false for `t`).
+    pub final_tanh: bool,
+}
+
+impl MlpResNet {
+    /// `num_res_blocks` blocks over `dim → hidden (× nmlp) → dim`.
+    pub fn new(
+        num_res_blocks: usize,
+        dim: usize,
+        nmlp: usize,
+        hidden: usize,
+        final_tanh: bool,
+        device: &Device,
+    ) -> Self {
+        let widths: Vec<usize> = std::iter::once(dim)
+            .chain(std::iter::repeat_n(hidden, nmlp))
+            .chain(std::iter::once(dim))
+            .collect();
+        Self {
+            res_blocks: (0..num_res_blocks).map(|_| ResBlock::new(&widths, device)).collect(),
+            scale: Scale::new(dim, device),
+            final_tanh,
+        }
+    }
+
+    /// `[M, D] -> [M, D]`.
+    pub fn forward(&self, mut x: Tensor<2>) -> Tensor<2> {
+        for block in &self.res_blocks {
+            x = (x.clone() + block.forward(x)).mul_scalar(std::f64::consts::FRAC_1_SQRT_2);
+        }
+        let x = self.scale.forward(x);
+        if self.final_tanh { x.tanh() } else { x }
+    }
+}

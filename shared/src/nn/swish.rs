@@ -1,0 +1,23 @@
+use burn::module::{Module, Param};
+use burn::prelude::*;
+use burn::tensor::activation::sigmoid;
+
+/// Swish with a learnable slope per feature: `x · σ(β x)`, `β` initialised to 1.
+#[derive(Module, Debug)]
+pub struct Swish {
+    /// `β`, shape `[features]`.
+    pub beta: Param<Tensor<1>>,
+}
+
+impl Swish {
+    /// A Swish over `features` features with `β = 1`.
+    pub fn new(features: usize, device: &Device) -> Self {
+        Self { beta: Param::from_tensor(Tensor::ones([features], device)) }
+    }
+
+    /// `[M, F] -> [M, F]`.
+    pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        let beta = self.beta.val().unsqueeze::<2>();
+        x.clone() * sigmoid(x * beta)
+    }
+}

@@ -1,0 +1,45 @@
+use burn::module::{Module, Param};
+use burn::prelude::*;
+use burn::tensor::Distribution;
+
+/// A weight-normalised linear layer (`torch.nn.utils.weight_norm`, `dim = 0`):
+/// `W = g · v / ‖v‖`, the norm taken per output feature.
+///
+/// `v` is stored `[in, out]` (burn's layout, so the forward is one matmul);
+/// the authors' `weight_v` is `[out, in]` and `weight_g` is `[out, 1]`.
+#[derive(Module, Debug)]
+pub struct WeightNormLinear {
+    /// Direction `v`, shape `[in, out]`.
+    pub weight_v: Param<Tensor<2>>,
+    /// Magnitude `g`, shape `[out]`.
+    pub weight_g: Param<Tensor<1>>,
+    /// Bias, shape `[out]`.
+    pub bias: Param<Tensor<1>>,
+}
+
+impl WeightNormLinear {
+    /// The authors' initialisation: `v ~ U(-b, b)` with `b = √(2.81·3 / in)`
+    /// (2.81 is Swish's gain), zero bias, and `g = ‖v‖` so that `W = v` at start.
+    pub fn new(d_in: usize, d_out: usize, device: &Device) -> Self {
+        let bound = (2.81 * 3.0 / d_in as f64).sqrt();
+        let v = Tensor::<2>::random([d_in, d_out], Distribution::Uniform(-bound, bound), device);
+        let g = v.clone().square().sum_dim(0).sqrt().squeeze_dim::<1>(0);
+        Self {
+            weight_v: Param::from_tensor(v),
+            weight_g: Param::from_tensor(g),
+            bias: Param::from_tensor(Tensor::zeros([d_out], device)),
+        }
+    }
+
+    /// The effective weight `W = g · v / ‖v‖`, shape `[in, out]`.
+    pub fn weight(&self) -> Tensor<2> {
+        let v = self.weight_v.val();
+        let norm = v.clone().square().sum_dim(0).sqrt();
+        v * (self.weight_g.val().unsqueeze::<2>() / norm)
+    }
+
+    /// `[M, in] -> [M, out]`.
+    pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        x.matmul(self.weight()) + self.bias.val().unsqueeze::<2>()
+    }
+}

@@ -1,0 +1,59 @@
+//! Dequantisation, the logit transform and bits per dimension, exactly as the
+//! authors' `logit_transform` and training loss.
+
+use burn::prelude::*;
+use burn::tensor::Distribution;
+
+/// Uniform dequantisation of 8-bit data: `x01` holds `k/255`, the result
+/// `(255·x01 + u) / 256` with `u ~ U[0, 1)` drawn on the tensor's device.
+///
+/// `[B, C, L, L] -> [B, C, L, L]`.
+pub fn dequantize(x01: Tensor<4>) -> Tensor<4> {
+    let noise = x01.random_like(Distribution::Uniform(0.0, 1.0));
+    (x01.mul_scalar(255.0) + noise).div_scalar(256.0)
+}
+
+/// `log(1 + e^{-|l|})` summed with `|l|`: `softplus(l) + softplus(-l)`, stably.
+fn softplus_pair<const D: usize>(l: Tensor<D>) -> Tensor<D> {
+    let a = l.abs();
+    a.clone() + a.neg().exp().log1p().mul_scalar(2.0)
+}
+
+/// Squeezes `[0, 1]` data into `[(1-c)/2, (1+c)/2]` and takes the logit.
+///
+/// `x01: [B, C, L, L] -> (logit: [B, C, L, L], log|det J|: [B])`.
+pub fn logit_transform(x01: Tensor<4>, constraint: f64) -> (Tensor<4>, Tensor<1>) {
+    let y = x01.mul_scalar(2.0).sub_scalar(1.0).mul_scalar(constraint).add_scalar(1.0).div_scalar(2.0);
+    let logit = y.clone().log() - y.neg().add_scalar(1.0).log();
+    let ldj = logit_ldj(logit.clone(), constraint);
+    (logit, ldj)
+}
+
+/// The inverse of [`logit_transform`]: sigmoid, then un-squeeze to `[0, 1]`.
+///
+/// `logit: [B, C, L, L] -> (x01: [B, C, L, L], log|det J| of the forward map: [B])`.
+pub fn inverse_logit_transform(logit: Tensor<4>, constraint: f64) -> (Tensor<4>, Tensor<1>) {
+    let ldj = logit_ldj(logit.clone(), constraint);
+    let y = burn::tensor::activation::sigmoid(logit);
+    let x01 = y.mul_scalar(2.0).sub_scalar(1.0).div_scalar(constraint).add_scalar(1.0).div_scalar(2.0);
+    (x01, ldj)
+}
+
+/// `log|d logit / d x01|` summed per image: `softplus(l) + softplus(-l) + log c`.
+fn logit_ldj(logit: Tensor<4>, constraint: f64) -> Tensor<1> {
+    let [b, c, h, w] = logit.dims();
+    softplus_pair(logit)
+        .reshape([b, c * h * w])
+        .sum_dim(1)
+        .add_scalar((c * h * w) as f64 * constraint.ln())
+        .squeeze_dim(1)
+}
+
+/// Bits per dimension of 8-bit data, from the flow's `log p(logit)` and the
+/// logit transform's log-det: `(-(log p + ldj)/D + ln 256) / ln 2`.
+pub fn bits_per_dim(log_prob: Tensor<1>, ldj_logit: Tensor<1>, num_dims: usize) -> Tensor<1> {
+    (log_prob + ldj_logit)
+        .div_scalar(-(num_dims as f64))
+        .add_scalar(256f64.ln())
+        .div_scalar(std::f64::consts::LN_2)
+}

@@ -1,0 +1,142 @@
+//! Our own weight files: a burnpack container whose metadata carries the
+//! format name, format version and the model config, so a file is validated
+//! before any tensor is loaded and always rebuilds the model it came from.
+
+use std::path::Path;
+
+use burn::prelude::*;
+use burn::store::burn_pack::{Bytes, Reader};
+use burn::store::{BurnpackStore, HalfPrecisionAdapter, ModuleSnapshot};
+
+use crate::config::RgFlowConfig;
+use crate::error::{Error, Result};
+use crate::flow::RgFlow;
+
+/// Metadata key and value that mark an rgflow weight file.
+pub const FORMAT_KEY: &str = "rgflow.format";
+/// Value of [`FORMAT_KEY`].
+pub const FORMAT_NAME: &str = "rgflow-weights";
+/// Metadata key of the format version.
+pub const VERSION_KEY: &str = "rgflow.format_version";
+/// The version this build writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+/// Metadata key of the config JSON.
+pub const CONFIG_KEY: &str = "rgflow.config";
+
+/// Storage precision of a weight file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    /// 32-bit floats (training checkpoints).
+    F32,
+    /// 16-bit floats (half the size; for the web demo).
+    F16,
+}
+
+/// Serialises the flow's weights and config.
+pub fn to_bytes(flow: &RgFlow, precision: Precision) -> Result<Vec<u8>> {
+    let config = serde_json::to_string(flow.config()).expect("config serialises");
+    let mut store = BurnpackStore::from_bytes(None)
+        .metadata(FORMAT_KEY, FORMAT_NAME)
+        .metadata(VERSION_KEY, FORMAT_VERSION.to_string())
+        .metadata(CONFIG_KEY, config);
+    if precision == Precision::F16 {
+        store = store.with_to_adapter(HalfPrecisionAdapter::new());
+    }
+    flow.save_into(&mut store).map_err(|e| Error::weights("<memory>", e.to_string()))?;
+    let bytes = store.get_bytes().map_err(|e| Error::weights("<memory>", e.to_string()))?;
+    Ok(bytes.to_vec())
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file in the same folder,
+/// flushed, then renamed over the target, so a crash never leaves half a file.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let io = |source| Error::Io { path: path.into(), source };
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().ok_or_else(|| io(std::io::Error::other("no file name")))?;
+    let tmp = dir.join(format!(".{}.tmp{}", name.to_string_lossy(), std::process::id()));
+    let mut file = std::fs::File::create(&tmp).map_err(io)?;
+    file.write_all(bytes).and_then(|_| file.sync_all()).map_err(io)?;
+    drop(file);
+    std::fs::rename(&tmp, path).map_err(io)
+}
+
+/// Saves the flow (f32) atomically.
+pub fn save(flow: &RgFlow, path: &Path, precision: Precision) -> Result<()> {
+    write_atomic(path, &to_bytes(flow, precision)?)
+}
+
+/// Reads the config stored in a weight file without loading the weights.
+pub fn read_config(bytes: &[u8], source: &str) -> Result<RgFlowConfig> {
+    let reader = Reader::from_bytes(Bytes::from_bytes_vec(bytes.to_vec()))
+        .map_err(|e| Error::weights(source, format!("not an rgflow weight file ({e})")))?;
+    config_from_metadata(reader.metadata(), source)
+}
+
+fn config_from_metadata(
+    meta: &std::collections::BTreeMap<String, String>,
+    source: &str,
+) -> Result<RgFlowConfig> {
+    if meta.get(FORMAT_KEY).map(String::as_str) != Some(FORMAT_NAME) {
+        return Err(Error::weights(source, "a burnpack file, but not rgflow weights (no rgflow format tag)"));
+    }
+    let version = meta.get(VERSION_KEY).and_then(|v| v.parse::<u32>().ok());
+    if version != Some(FORMAT_VERSION) {
+        return Err(Error::weights(
+            source,
+            format!("format version {version:?}, this build reads version {FORMAT_VERSION}"),
+        ));
+    }
+    let text = meta.get(CONFIG_KEY).ok_or_else(|| Error::weights(source, "no model config inside"))?;
+    let config: RgFlowConfig =
+        serde_json::from_str(text).map_err(|e| Error::weights(source, format!("bad config inside: {e}")))?;
+    config.validate().map_err(|e| Error::weights(source, e.to_string()))?;
+    Ok(config)
+}
+
+/// Loads a flow from weight-file bytes; `source` names them in errors.
+///
+/// The file must carry our format tag and version, and every tensor must
+/// match the stored config's model in name and shape, with none left over.
+pub fn from_bytes(bytes: Vec<u8>, source: &str, device: &Device) -> Result<RgFlow> {
+    let config = read_config(&bytes, source)?;
+    load_into(config, bytes, source, device)
+}
+
+/// Loads weights into a freshly built model of `config` (which must be the
+/// file's own config; see [`read_config`]).
+fn load_into(config: RgFlowConfig, bytes: Vec<u8>, source: &str, device: &Device) -> Result<RgFlow> {
+    let mut flow = config.init(device);
+    let mut store = BurnpackStore::from_bytes(Some(Bytes::from_bytes_vec(bytes))).validate(true);
+    let result = flow
+        .load_from(&mut store)
+        .map_err(|e| Error::weights(source, format!("tensors do not fit the stored config: {e}")))?;
+    if !result.unused.is_empty() {
+        return Err(Error::weights(source, format!("unexpected tensors, e.g. `{}`", result.unused[0])));
+    }
+    Ok(flow)
+}
+
+/// Loads a flow saved with [`save`].
+pub fn load(path: &Path, device: &Device) -> Result<RgFlow> {
+    let bytes = std::fs::read(path).map_err(|source| Error::Io { path: path.into(), source })?;
+    from_bytes(bytes, &path.display().to_string(), device)
+}
+
+/// Loads weights into a model whose config the caller expects, failing with
+/// a clear message when the file holds another model.
+pub fn load_expecting(path: &Path, expected: &RgFlowConfig, device: &Device) -> Result<RgFlow> {
+    let bytes = std::fs::read(path).map_err(|source| Error::Io { path: path.into(), source })?;
+    let source = path.display().to_string();
+    let config = read_config(&bytes, &source)?;
+    if &config != expected {
+        return Err(Error::weights(
+            &source,
+            format!(
+                "holds another model: {}",
+                serde_json::to_string(&config).unwrap_or_default()
+            ),
+        ));
+    }
+    load_into(config, bytes, &source, device)
+}

@@ -1,0 +1,122 @@
+//! The model reproduces the authors' PyTorch code: every `NAME.safetensors` +
+//! `NAME.json` pair in `$RGFLOW_GOLDEN_DIR` (default `../shared/golden` from
+//! the workspace root) is loaded and checked in f32, on every enabled backend.
+
+use std::path::{Path, PathBuf};
+
+use burn::prelude::*;
+use burn::tensor::TensorData;
+use rgflow::import::{ReferenceConfig, StateDict, load_reference};
+
+const TOLERANCE: f64 = 1e-4;
+
+fn golden_dir() -> PathBuf {
+    match std::env::var_os("RGFLOW_GOLDEN_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/golden"),
+    }
+}
+
+/// `(json, safetensors)` pairs in the golden folder; panics if there are none.
+fn golden_cases_in(dir: &Path) -> Vec<(PathBuf, PathBuf)> {
+    let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("golden dir {}: {e}", dir.display()));
+    let mut cases: Vec<_> = entries
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .filter_map(|json| {
+            let st = json.with_extension("safetensors");
+            st.exists().then_some((json, st))
+        })
+        .collect();
+    cases.sort();
+    assert!(!cases.is_empty(), "no NAME.json + NAME.safetensors pairs in {}", dir.display());
+    cases
+}
+
+/// ‖ours − theirs‖ / ‖theirs‖.
+fn rel_err(ours: &[f32], theirs: &[f64]) -> f64 {
+    assert_eq!(ours.len(), theirs.len(), "length mismatch");
+    let diff: f64 = ours.iter().zip(theirs).map(|(&a, &b)| (a as f64 - b).powi(2)).sum();
+    let norm: f64 = theirs.iter().map(|b| b * b).sum();
+    (diff / norm.max(1e-300)).sqrt()
+}
+
+fn tensor4(state: &StateDict, name: &str, device: &Device) -> Tensor<4> {
+    let t = state.get(name).unwrap_or_else(|| panic!("golden file lacks `{name}`"));
+    let shape: [usize; 4] = t.shape.clone().try_into().expect("4-d tensor");
+    Tensor::from_data(TensorData::new(t.to_f32(), shape), device)
+}
+
+fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().try_to_vec::<f32>().unwrap()
+}
+
+fn check(case: &str, what: &str, ours: &[f32], state: &StateDict, name: &str) {
+    let theirs = &state.get(name).unwrap_or_else(|| panic!("{case}: lacks `{name}`")).values;
+    let err = rel_err(ours, theirs);
+    assert!(err <= TOLERANCE, "{case}: {what} relative error {err:e} > {TOLERANCE:e}");
+    eprintln!("{case}: {what:<12} rel err {err:.2e}");
+}
+
+fn run_golden(device: &Device) {
+    for (json, st) in golden_cases_in(&golden_dir()) {
+        let case = json.file_stem().unwrap().to_string_lossy().to_string();
+        let reference = ReferenceConfig::from_json(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        let config = reference.to_config().unwrap();
+        let state = StateDict::read(&st).unwrap();
+        let flow = load_reference(&state, &config, device).unwrap_or_else(|e| panic!("{case}: {e}"));
+
+        // Gather indices of every sub-layer.
+        for (n, sub) in flow.lattice().sublayers.iter().enumerate() {
+            for (axis, ours) in [("i", &sub.rows), ("j", &sub.cols)] {
+                let name = format!("test.index_{axis}.{n}");
+                let theirs = state.get(&name).unwrap_or_else(|| panic!("{case}: lacks `{name}`"));
+                assert_eq!(theirs.shape, vec![sub.num_blocks, config.kernel_size.pow(2)], "{case}: {name} shape");
+                let theirs: Vec<usize> = theirs.values.iter().map(|&v| v as usize).collect();
+                assert_eq!(&theirs, ours, "{case}: {name}");
+            }
+        }
+
+        let x_logit = tensor4(&state, "test.x_logit", device);
+        let (z, ldj) = flow.forward(x_logit.clone());
+        check(&case, "z", &values(z), &state, "test.z");
+        check(&case, "ldj", &values(ldj), &state, "test.ldj");
+        check(&case, "log_prob", &values(flow.log_prob(x_logit)), &state, "test.log_prob");
+
+        let x01 = tensor4(&state, "test.x01", device);
+        let (_, ldj_logit) = rgflow::preprocess::logit_transform(x01.clone(), config.logit_constraint);
+        check(&case, "ldj_logit", &values(ldj_logit), &state, "test.ldj_logit");
+        check(&case, "bpd", &values(flow.bits_per_dim(x01)), &state, "test.bpd");
+
+        let (x, inv_ldj) = flow.inverse(tensor4(&state, "test.inverse_z", device));
+        check(&case, "inverse_x", &values(x), &state, "test.inverse_x");
+        check(&case, "inverse_ldj", &values(inv_ldj), &state, "test.inverse_ldj");
+    }
+}
+
+#[test]
+fn golden_flex() {
+    run_golden(&Device::flex());
+}
+
+#[cfg(feature = "ndarray")]
+#[test]
+#[allow(deprecated)] // kept to compare with the CPU backend burn deprecated
+fn golden_ndarray() {
+    run_golden(&Device::ndarray());
+}
+
+#[cfg(feature = "wgpu")]
+#[test]
+fn golden_wgpu() {
+    run_golden(&Device::wgpu(Default::default()));
+}
+
+#[test]
+#[should_panic(expected = "no NAME.json + NAME.safetensors pairs")]
+fn empty_golden_dir_is_an_error() {
+    let empty = std::env::temp_dir().join(format!("rgflow-empty-golden-{}", std::process::id()));
+    std::fs::create_dir_all(&empty).unwrap();
+    std::fs::write(empty.join("lonely.json"), "{}").unwrap();
+    golden_cases_in(&empty);
+}

@@ -1,0 +1,80 @@
+//! Choosing the device: a real GPU through wgpu when there is one, else the CPU.
+
+use burn::prelude::Device;
+
+/// `--backend` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendChoice {
+    /// wgpu on a real GPU adapter if one exists, else the CPU backend.
+    Auto,
+    /// The pure-Rust multi-threaded CPU backend (burn's successor to ndarray).
+    #[value(alias = "cpu")]
+    Flex,
+    /// burn's ndarray CPU backend (deprecated by burn, kept for comparison).
+    Ndarray,
+    /// wgpu on the default adapter (also a software one such as lavapipe).
+    Wgpu,
+}
+
+/// The device and a one-line description of it.
+pub fn select(choice: BackendChoice) -> anyhow::Result<(Device, String)> {
+    match choice {
+        BackendChoice::Flex => Ok((Device::flex(), "flex (CPU)".into())),
+        BackendChoice::Ndarray => ndarray(),
+        BackendChoice::Wgpu => wgpu(),
+        BackendChoice::Auto => match gpu_adapter() {
+            Some(name) => wgpu().map(|(d, _)| (d, format!("wgpu on {name} (auto: a GPU adapter exists)"))),
+            None => Ok((Device::flex(), "flex (CPU; auto: no GPU adapter)".into())),
+        },
+    }
+}
+
+#[cfg(feature = "ndarray")]
+fn ndarray() -> anyhow::Result<(Device, String)> {
+    Ok((Device::ndarray(), "ndarray (CPU)".into()))
+}
+
+#[cfg(not(feature = "ndarray"))]
+fn ndarray() -> anyhow::Result<(Device, String)> {
+    anyhow::bail!("this trainer was built without the `ndarray` feature")
+}
+
+#[cfg(feature = "wgpu")]
+fn wgpu() -> anyhow::Result<(Device, String)> {
+    let device = Device::wgpu_options()
+        .init()
+        .map_err(|e| anyhow::anyhow!("no wgpu adapter could be initialised: {e:?}"))?;
+    let name = any_adapter().unwrap_or_else(|| "default adapter".into());
+    Ok((device, format!("wgpu on {name}")))
+}
+
+#[cfg(not(feature = "wgpu"))]
+fn wgpu() -> anyhow::Result<(Device, String)> {
+    anyhow::bail!("this trainer was built without the `wgpu` feature")
+}
+
+#[cfg(feature = "wgpu")]
+fn adapters() -> Vec<burn::tensor::wgpu::wgpu::AdapterInfo> {
+    use burn::tensor::wgpu::wgpu;
+    let instance = wgpu::Instance::default();
+    pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()))
+        .iter()
+        .map(|a| a.get_info())
+        .collect()
+}
+
+/// Name of a hardware (non-CPU) GPU adapter, if the machine has one.
+pub fn gpu_adapter() -> Option<String> {
+    #[cfg(feature = "wgpu")]
+    {
+        use burn::tensor::wgpu::wgpu::DeviceType;
+        adapters().into_iter().find(|a| a.device_type != DeviceType::Cpu).map(|a| a.name)
+    }
+    #[cfg(not(feature = "wgpu"))]
+    None
+}
+
+#[cfg(feature = "wgpu")]
+fn any_adapter() -> Option<String> {
+    adapters().into_iter().next().map(|a| format!("{} ({:?})", a.name, a.device_type))
+}

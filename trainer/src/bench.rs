@@ -1,0 +1,125 @@
+//! `trainer bench`: training and sampling throughput for a config, printed,
+//! never asserted. Compare with the authors' PyTorch code at the same config
+//! on the same idle machine.
+
+use std::time::Instant;
+
+use burn::module::AutodiffModule;
+use burn::optim::GradientsParams;
+use burn::prelude::*;
+use burn::tensor::Distribution;
+use clap::Args;
+use rgflow::{LevelTemperatures, preprocess};
+
+use crate::backend::{BackendChoice, select};
+use crate::model_args::ModelArgs;
+use crate::optim::{adamw, clip_global_norm};
+
+/// Arguments of `trainer bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Images per step.
+    #[arg(long, default_value_t = 64)]
+    pub batch: usize,
+    /// Timed training steps (after 2 warm-up steps).
+    #[arg(long, default_value_t = 10)]
+    pub steps: usize,
+    /// Timed sampling batches (after 1 warm-up batch).
+    #[arg(long, default_value_t = 5)]
+    pub sample_batches: usize,
+    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
+    pub backend: BackendChoice,
+}
+
+fn sync(device: &Device) {
+    device.sync().expect("device sync");
+}
+
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let (device, backend_name) = select(args.backend)?;
+    let config = args.model.to_config()?;
+    let train_device = device.clone().autodiff();
+    train_device.seed(0);
+    let mut model = config.init(&train_device);
+    // A trained-looking model: the zero-initialised scales would make every
+    // coupling the identity, which is not what training runs through.
+    model = rgflow::testing::jitter_parameters(model, 0.02);
+    let mut optim = adamw(5e-2);
+    let dims = [args.batch, config.channels, config.image_size, config.image_size];
+    println!(
+        "config: L {} C {} nlayers {:?} nresblocks {:?} nmlp {:?} nhidden {:?}; {} parameters; batch {}; backend {backend_name}; {} rayon threads",
+        config.image_size,
+        config.channels,
+        config.nlayers,
+        config.nresblocks,
+        config.nmlp,
+        config.nhidden,
+        model.num_parameters(),
+        args.batch,
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    );
+
+    let (mut t_fwd, mut t_bwd, mut t_opt) = (0.0, 0.0, 0.0);
+    for step in 0..args.steps + 2 {
+        let x01 = Tensor::<4>::random(dims, Distribution::Uniform(0.0, 1.0), &train_device);
+        sync(&train_device);
+        let t0 = Instant::now();
+        let (x, ldj_logit) = preprocess::logit_transform(x01, config.logit_constraint);
+        let loss = (model.log_prob(x) + ldj_logit).div_scalar(-(config.num_dims() as f64)).mean();
+        let _ = loss.clone().inner().into_scalar::<f32>();
+        let t1 = Instant::now();
+        let mut grads = GradientsParams::from_grads(loss.backward(), &model);
+        clip_global_norm(&model, &mut grads, 1.0);
+        sync(&train_device);
+        let t2 = Instant::now();
+        model = optim.step(1e-3, model, grads);
+        sync(&train_device);
+        let t3 = Instant::now();
+        if step >= 2 {
+            t_fwd += (t1 - t0).as_secs_f64();
+            t_bwd += (t2 - t1).as_secs_f64();
+            t_opt += (t3 - t2).as_secs_f64();
+        }
+    }
+    let per_step = (t_fwd + t_bwd + t_opt) / args.steps as f64;
+    println!(
+        "train:  {:.1} images/s  ({:.0} ms/step: forward {:.0}, backward+clip {:.0}, AdamW {:.0})",
+        args.batch as f64 / per_step,
+        per_step * 1e3,
+        t_fwd / args.steps as f64 * 1e3,
+        t_bwd / args.steps as f64 * 1e3,
+        t_opt / args.steps as f64 * 1e3
+    );
+
+    let valid = model.valid();
+    let temps = LevelTemperatures::uniform(config.levels(), 1.0);
+    let mut t_sample = 0.0;
+    for i in 0..args.sample_batches + 1 {
+        let z = valid.sample_latents(args.batch, &temps, i as u64, &device)?;
+        sync(&device);
+        let t0 = Instant::now();
+        let x = valid.decode(z);
+        let _ = x.into_data();
+        if i >= 1 {
+            t_sample += t0.elapsed().as_secs_f64();
+        }
+    }
+    let per_batch = t_sample / args.sample_batches as f64;
+    println!("sample: {:.1} images/s  ({:.0} ms per batch of {})", args.batch as f64 / per_batch, per_batch * 1e3, args.batch);
+
+    let mut t_eval = 0.0;
+    for i in 0..args.sample_batches + 1 {
+        let x01 = Tensor::<4>::random(dims, Distribution::Uniform(0.0, 1.0), &device);
+        sync(&device);
+        let t0 = Instant::now();
+        let _ = valid.bits_per_dim(x01).into_data();
+        if i >= 1 {
+            t_eval += t0.elapsed().as_secs_f64();
+        }
+    }
+    let per_batch = t_eval / args.sample_batches as f64;
+    println!("eval:   {:.1} images/s  (log-likelihood, {:.0} ms per batch)", args.batch as f64 / per_batch, per_batch * 1e3);
+    Ok(())
+}

@@ -1,0 +1,47 @@
+//! `trainer`: train, evaluate and explore RG-Flow models.
+
+mod backend;
+mod bench;
+mod checkpoint;
+mod data;
+mod eval;
+mod export;
+mod model_args;
+mod model_io;
+mod optim;
+mod sample;
+mod train;
+
+use clap::{Parser, Subcommand};
+
+/// Train, evaluate and explore RG-Flow, a hierarchical normalizing flow.
+#[derive(Debug, Parser)]
+#[command(name = "trainer", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Train a model (AdamW, dequantisation + logit, loss in bits/dim).
+    Train(train::TrainArgs),
+    /// Bits per dimension on a split (mean ± std over images).
+    Eval(eval::EvalArgs),
+    /// A seeded grid of samples at one or more temperatures.
+    Sample(sample::SampleArgs),
+    /// Export weights for the web demo and the CLI.
+    Export(export::ExportArgs),
+    /// Training and sampling throughput for a config.
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Train(a) => train::run(a),
+        Command::Eval(a) => eval::run(a),
+        Command::Sample(a) => sample::run(a),
+        Command::Export(a) => export::run(a),
+        Command::Bench(a) => bench::run(a),
+    }
+}
