@@ -15,8 +15,11 @@ impl ModuleMapper for Jitter {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
         let std = self.std;
         param.map(|t| {
+            let tracked = t.is_require_grad();
             let noise = t.random_like(Distribution::Normal(0.0, std));
-            t + noise
+            // A new leaf: the sum must not tie the parameter to this op's graph.
+            let t = (t + noise).detach();
+            if tracked { t.require_grad() } else { t }
         })
     }
 }

@@ -30,6 +30,7 @@ pub fn select(choice: BackendChoice) -> anyhow::Result<(Device, String)> {
 }
 
 #[cfg(feature = "ndarray")]
+#[allow(deprecated)] // offered for comparison; flex is the default CPU backend
 fn ndarray() -> anyhow::Result<(Device, String)> {
     Ok((Device::ndarray(), "ndarray (CPU)".into()))
 }

@@ -4,7 +4,6 @@
 
 use std::time::Instant;
 
-use burn::module::AutodiffModule;
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::Distribution;
@@ -68,7 +67,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         let t0 = Instant::now();
         let (x, ldj_logit) = preprocess::logit_transform(x01, config.logit_constraint);
         let loss = (model.log_prob(x) + ldj_logit).div_scalar(-(config.num_dims() as f64)).mean();
-        let _ = loss.clone().inner().into_scalar::<f32>();
+        sync(&train_device);
         let t1 = Instant::now();
         let mut grads = GradientsParams::from_grads(loss.backward(), &model);
         clip_global_norm(&model, &mut grads, 1.0);

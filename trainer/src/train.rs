@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use burn::module::{AutodiffModule, Module};
+use burn::module::Module;
 use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
 use burn::store::burn_pack::Bytes;
@@ -234,7 +234,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             };
             model = optim.step(settings.lr, model, grads);
 
-            let nats: Vec<f32> = nats.inner().into_data().to_vec().expect("f32 loss");
+            let nats: Vec<f32> = nats.inner().into_data().try_to_vec().expect("f32 loss");
             let bpd: Vec<f64> = nats.iter().map(|&n| (n as f64 + 256f64.ln()) / std::f64::consts::LN_2).collect();
             let mean = bpd.iter().sum::<f64>() / bpd.len() as f64;
             if !mean.is_finite() {

@@ -1,6 +1,5 @@
 use burn::module::{Module, Param};
 use burn::prelude::*;
-use burn::tensor::activation::sigmoid;
 
 /// Swish with a learnable slope per feature: `x · σ(β x)`, `β` initialised to 1.
 #[derive(Module, Debug)]
@@ -16,8 +15,12 @@ impl Swish {
     }
 
     /// `[M, F] -> [M, F]`.
+    ///
+    /// Computed as `x / (1 + e^{-βx})`: on the CPU backends one `exp` and
+    /// three cheap ops are about twice as fast as their `sigmoid`, and this is
+    /// the hottest op of the model.
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        let beta = self.beta.val().unsqueeze::<2>();
-        x.clone() * sigmoid(x * beta)
+        let neg_beta = self.beta.val().neg().unsqueeze::<2>();
+        x.clone() / (x * neg_beta).exp().add_scalar(1.0)
     }
 }

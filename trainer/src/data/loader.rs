@@ -143,11 +143,6 @@ impl Loader {
         rx
     }
 
-    /// One image, `[C, L, L]` bytes, or `None` if unreadable (counted).
-    pub fn image(&self, index: usize) -> Option<Arc<[u8]>> {
-        self.worker().decode(index)
-    }
-
     fn worker(&self) -> Worker {
         Worker {
             items: self.items.clone(),
