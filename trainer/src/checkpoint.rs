@@ -33,6 +33,7 @@ pub struct TrainState {
 }
 
 /// The three parts of a checkpoint.
+#[derive(Debug)]
 pub struct Checkpoint {
     pub state: TrainState,
     pub model: Vec<u8>,

@@ -1,0 +1,135 @@
+//! End-to-end tests of the `trainer` binary on small, generated data.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn trainer(args: &[&str]) -> Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_trainer")).args(args).output().expect("trainer runs");
+    out
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = trainer(args);
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "trainer {args:?} failed:\n{text}");
+    text
+}
+
+fn fails(args: &[&str]) -> String {
+    let out = trainer(args);
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success(), "trainer {args:?} should fail:\n{text}");
+    text
+}
+
+/// A tiny model, so each step takes milliseconds.
+const SMALL: [&str; 12] = [
+    "--nlayers", "1", "--nresblocks", "1", "--nmlp", "1", "--nhidden", "32", "--backend", "flex", "--eval-images", "0",
+];
+
+fn train(out: &Path, data: &str, extra: &[&str]) -> String {
+    let mut args = vec!["train", "--quiet", "--data", data, "--out", out.to_str().unwrap(), "--batch", "16"];
+    args.extend(SMALL);
+    args.extend(extra);
+    ok(&args)
+}
+
+fn eval_bpd(model: &Path, data: &str) -> f64 {
+    let json = model.with_extension("eval.json");
+    ok(&["eval", "--model", model.to_str().unwrap(), "--data", data, "--draws", "1", "--backend", "flex", "--json", json.to_str().unwrap()]);
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
+    v["bpd_mean"].as_f64().unwrap()
+}
+
+#[test]
+fn short_msds_training_lowers_test_bpd() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let data = "msds1,train=512,test=64";
+    train(&run, data, &["--steps", "0"]);
+    let ckpt = run.join("checkpoint.rgck");
+    let before = eval_bpd(&ckpt, data);
+    train(&run, data, &["--steps", "300", "--resume"]);
+    let after = eval_bpd(&ckpt, data);
+    eprintln!("MSDS1 test bpd: {before:.3} before, {after:.3} after 300 steps");
+    assert!(after < before - 1.0, "test bpd went from {before:.3} to {after:.3}");
+    // An epoch ended: a sample grid and a JSON-lines log were written.
+    assert!(run.join("samples/epoch-0001.png").is_file());
+    let log = std::fs::read_to_string(run.join("log.jsonl")).unwrap();
+    assert!(log.lines().count() >= 300 && log.contains("\"event\":\"epoch\""));
+    // Export, then sample from the export.
+    let weights = dir.path().join("m.rgflow");
+    ok(&["export", "--checkpoint", ckpt.to_str().unwrap(), "--out", weights.to_str().unwrap(), "--f16"]);
+    let grid = dir.path().join("grid.png");
+    ok(&["sample", "--model", weights.to_str().unwrap(), "--out", grid.to_str().unwrap(), "--count", "4", "--temperature", "0.5;1.0", "--backend", "flex"]);
+    let img = image::open(&grid).unwrap();
+    assert!(img.width() > 4 * 32 && img.height() > 2 * 32);
+}
+
+#[test]
+fn resume_after_interruption_matches_an_uninterrupted_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = "msds2,train=48,test=16";
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    // 3 steps per epoch, so the runs cross epoch ends; checkpoints every 2 steps.
+    train(&a, data, &["--steps", "7", "--checkpoint-every", "2"]);
+    train(&b, data, &["--steps", "4", "--checkpoint-every", "2"]);
+    train(&b, data, &["--steps", "7", "--checkpoint-every", "2", "--resume"]);
+    let device = burn::prelude::Device::flex();
+    let load = |p: &Path| {
+        let bytes = std::fs::read(p.join("checkpoint.rgck")).unwrap();
+        assert!(bytes.starts_with(b"RGFLOWCK"));
+        // The model part of the checkpoint, exported to compare tensors.
+        let out = p.join("w.rgflow");
+        ok(&["export", "--checkpoint", p.join("checkpoint.rgck").to_str().unwrap(), "--out", out.to_str().unwrap()]);
+        rgflow::store::load(&out, &device).unwrap()
+    };
+    let (ma, mb) = (load(&a), load(&b));
+    let x = burn::prelude::Tensor::<4>::random([2, 3, 32, 32], burn::tensor::Distribution::Uniform(0.0, 1.0), &device);
+    let za = ma.encode(x.clone()).into_data().try_to_vec::<f32>().unwrap();
+    let zb = mb.encode(x).into_data().try_to_vec::<f32>().unwrap();
+    let worst = za.iter().zip(&zb).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max);
+    assert!(worst == 0.0, "resumed run differs from the uninterrupted one by {worst}");
+    // Resuming with different settings is refused.
+    let mut args = vec!["train", "--quiet", "--data", data, "--out", b.to_str().unwrap(), "--batch", "8", "--steps", "9", "--resume"];
+    args.extend(SMALL);
+    assert!(fails(&args).contains("differ from the run's own settings"));
+}
+
+#[test]
+fn corrupt_images_are_skipped_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().join("faces dir");
+    std::fs::create_dir_all(images.join("sub")).unwrap();
+    for i in 0..5u8 {
+        image::RgbImage::from_fn(40, 50, |x, y| image::Rgb([x as u8 * 6, y as u8 * 5, i * 40]))
+            .save(images.join(format!("img {i}.png")))
+            .unwrap();
+    }
+    std::fs::write(images.join("sub/broken.jpg"), b"\xFF\xD8\xFF\xE0\x00\x10JFIF truncated").unwrap();
+    std::fs::write(images.join("notes.txt"), b"not an image").unwrap();
+    let text = train(&dir.path().join("run"), &format!("folder:{}", images.display()), &["--steps", "2"]);
+    assert!(text.contains("5 images") || text.contains("6 images"), "{text}");
+    assert!(text.contains("skipped 1 unreadable"), "{text}");
+    assert!(text.contains("broken.jpg"), "{text}");
+}
+
+#[test]
+fn bad_inputs_give_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    train(&run, "msds1,train=32,test=8", &["--steps", "1"]);
+    let ckpt = run.join("checkpoint.rgck");
+    let bytes = std::fs::read(&ckpt).unwrap();
+    let cut = dir.path().join("cut.rgck");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let err = fails(&["sample", "--model", cut.to_str().unwrap(), "--out", "x.png", "--backend", "flex"]);
+    assert!(err.contains("truncated"), "{err}");
+    let not_model = dir.path().join("notes.txt");
+    std::fs::write(&not_model, "hello").unwrap();
+    let err = fails(&["sample", "--model", not_model.to_str().unwrap(), "--out", "x.png", "--backend", "flex"]);
+    assert!(err.contains("not an rgflow weight file"), "{err}");
+    assert!(fails(&["train", "--data", "imagenet:/x", "--out", "y", "--steps", "1"]).contains("unknown data kind"));
+    assert!(fails(&["train", "--data", "msds1", "--out", run.to_str().unwrap(), "--steps", "1"]).contains("--resume"));
+    assert!(fails(&["eval", "--model", ckpt.to_str().unwrap(), "--data", "folder:/nonexistent", "--backend", "flex"]).contains("does not exist"));
+}
