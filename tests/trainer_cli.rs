@@ -1,4 +1,5 @@
-//! End-to-end tests of the `trainer` binary on small, generated data.
+//! End-to-end tests of the `trainer` binary on small, generated data
+//! (registered as a test target of the `trainer` package, which builds the binary).
 
 use std::path::Path;
 use std::process::{Command, Output};
