@@ -36,6 +36,8 @@ pub struct SubLayer {
     pub rows: Vec<usize>,
     /// Column of every block site, same layout as `rows`.
     pub cols: Vec<usize>,
+    /// For every site `row·L + col`, the block holding it (`u32::MAX`: none).
+    block_of_site: Vec<u32>,
 }
 
 impl SubLayer {
@@ -43,6 +45,23 @@ impl SubLayer {
     pub fn site(&self, size: usize, b: usize, k: usize) -> usize {
         let kk = self.rows.len() / self.num_blocks;
         self.rows[b * kk + k] * size + self.cols[b * kk + k]
+    }
+
+    /// The block holding site `row·L + col`, if this sub-layer touches it.
+    pub fn block_of(&self, site: usize) -> Option<usize> {
+        let b = self.block_of_site[site];
+        (b != u32::MAX).then_some(b as usize)
+    }
+
+    /// Blocks holding at least one marked site, in increasing order.
+    pub fn blocks_touching(&self, marked: &[bool]) -> Vec<usize> {
+        let mut hit = vec![false; self.num_blocks];
+        for (site, _) in marked.iter().enumerate().filter(|(_, m)| **m) {
+            if let Some(b) = self.block_of(site) {
+                hit[b] = true;
+            }
+        }
+        (0..self.num_blocks).filter(|&b| hit[b]).collect()
     }
 }
 
@@ -99,7 +118,11 @@ impl MeraLattice {
             ] {
                 let (rows, cols, num_blocks) =
                     block_indices(size, kernel_size, kernel_size, stride, dilation, offset);
-                sublayers.push(SubLayer { level, kind, dilation, stride, offset, num_blocks, rows, cols });
+                let mut block_of_site = vec![u32::MAX; size * size];
+                for (i, (r, c)) in rows.iter().zip(&cols).enumerate() {
+                    block_of_site[r * size + c] = (i / (kernel_size * kernel_size)) as u32;
+                }
+                sublayers.push(SubLayer { level, kind, dilation, stride, offset, num_blocks, rows, cols, block_of_site });
             }
         }
         let top = levels - 1;
@@ -165,6 +188,66 @@ impl MeraLattice {
     }
 }
 
+impl MeraLattice {
+    /// Follows a change through the sub-layers: `changed` marks the sites
+    /// that differ at the input; returns, for every sub-layer in the order
+    /// they run (forward: 0, 1, …; inverse: last, …, 0), the blocks that must
+    /// be recomputed, and the sites that may differ at the output.
+    ///
+    /// A local change reaches a bounded number of blocks per sub-layer, so this
+    /// is `O(log L)` blocks in all — the causal cone of the change.
+    pub fn cone(&self, changed: &[bool], inverse: bool) -> (Vec<Vec<usize>>, Vec<bool>) {
+        let mut marked = changed.to_vec();
+        let order: Vec<usize> =
+            if inverse { (0..self.sublayers.len()).rev().collect() } else { (0..self.sublayers.len()).collect() };
+        let mut dirty = vec![Vec::new(); self.sublayers.len()];
+        for k in order {
+            let sub = &self.sublayers[k];
+            let blocks = sub.blocks_touching(&marked);
+            for &b in &blocks {
+                for s in 0..self.block_sites() {
+                    marked[sub.site(self.size, b, s)] = true;
+                }
+            }
+            dirty[k] = blocks;
+        }
+        (dirty, marked)
+    }
+
+    /// The image sites a latent at `site` can influence (its receptive field's
+    /// largest possible support).
+    pub fn receptive_cone(&self, site: usize) -> Vec<bool> {
+        let mut changed = vec![false; self.size * self.size];
+        changed[site] = true;
+        self.cone(&changed, true).1
+    }
+
+    /// Canonical element indices `c·L² + site` of the given blocks of
+    /// sub-layer `k`, laid out `[block][C][K²]` (the coupling's row layout).
+    pub fn block_elements(&self, k: usize, blocks: &[usize], channels: usize) -> Vec<usize> {
+        let sub = &self.sublayers[k];
+        let plane = self.size * self.size;
+        let kk = self.block_sites();
+        let mut out = Vec::with_capacity(blocks.len() * channels * kk);
+        for &b in blocks {
+            for c in 0..channels {
+                out.extend((0..kk).map(|s| c * plane + sub.site(self.size, b, s)));
+            }
+        }
+        out
+    }
+
+    /// Canonical element indices of every latent of `level`, ordered `[C][site]`.
+    pub fn level_elements(&self, level: usize, channels: usize) -> Vec<usize> {
+        let plane = self.size * self.size;
+        (0..channels)
+            .flat_map(|c| {
+                self.site_level.iter().enumerate().filter(move |(_, l)| **l == level).map(move |(s, _)| c * plane + s)
+            })
+            .collect()
+    }
+}
+
 /// Inverse of a permutation.
 fn invert(perm: &[usize]) -> Vec<usize> {
     let mut inv = vec![0; perm.len()];
@@ -213,6 +296,27 @@ mod tests {
         let lat = MeraLattice::new(32, 4);
         let count = |l| lat.site_level.iter().filter(|&&x| x == l).count();
         assert_eq!([count(0), count(1), count(2), count(3)], [768, 192, 48, 16]);
+    }
+
+    #[test]
+    fn cones_grow_by_a_few_blocks_per_sublayer() {
+        for size in [32, 64, 128] {
+            let lat = MeraLattice::new(size, 4);
+            let mut changed = vec![false; size * size];
+            changed[(size / 2 + 1) * size + size / 2 + 1] = true;
+            let (dirty, reached) = lat.cone(&changed, false);
+            // The changed region grows by about one block per sub-layer while
+            // blocks double in size per level: at most 3×3 blocks per sub-layer.
+            let counts: Vec<usize> = dirty.iter().map(Vec::len).collect();
+            assert!(counts.iter().all(|&n| (1..=9).contains(&n)), "L={size}: {counts:?}");
+            assert!(reached.iter().filter(|&&m| m).count() < size * size);
+        }
+        // A top-level latent reaches the whole image.
+        let lat = MeraLattice::new(16, 4);
+        assert!(lat.receptive_cone(0).iter().all(|&m| m));
+        // A level-0 latent reaches only a neighbourhood.
+        let cone = lat.receptive_cone(5 * 16 + 5);
+        assert!(cone[5 * 16 + 5] && !cone.iter().all(|&m| m));
     }
 
     #[test]

@@ -32,6 +32,7 @@ pub mod error;
 pub mod flow;
 pub mod import;
 pub mod lattice;
+pub mod local;
 pub mod nn;
 pub mod preprocess;
 pub mod pixels;
