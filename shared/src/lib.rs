@@ -34,6 +34,7 @@ pub mod import;
 pub mod lattice;
 pub mod local;
 pub mod nn;
+pub mod ops;
 pub mod preprocess;
 pub mod pixels;
 pub mod prior;

@@ -39,6 +39,11 @@ pub fn inverse_logit_transform(logit: Tensor<4>, constraint: f64) -> (Tensor<4>,
     (x01, ldj)
 }
 
+/// `log|d logit / d x01|` summed per image, from the logits: `[B, C, L, L] -> [B]`.
+pub fn logit_log_det(logit: Tensor<4>, constraint: f64) -> Tensor<1> {
+    logit_ldj(logit, constraint)
+}
+
 /// `log|d logit / d x01|` summed per image: `softplus(l) + softplus(-l) + log c`.
 fn logit_ldj(logit: Tensor<4>, constraint: f64) -> Tensor<1> {
     let [b, c, h, w] = logit.dims();

@@ -1,0 +1,57 @@
+//! Receptive fields: how the image responds to one latent.
+
+use burn::prelude::*;
+
+use crate::error::Result;
+use crate::flow::RgFlow;
+use crate::ops::factors::{LatentSite, vary_latent};
+
+/// The image-space response `∂x/∂z` of one latent at the encoding
+/// `z: [1, C, L, L]`, by a central difference of step `eps` in the pixel
+/// space `[0, 1]` (unclamped): `-> [C, L, L]` values.
+///
+/// Pixels outside the latent's causal cone do not depend on it at all, so
+/// there the difference is exactly zero.
+pub fn receptive_field(flow: &RgFlow, z: Tensor<4>, latent: LatentSite, eps: f32) -> Result<Vec<f32>> {
+    let e = latent.element(flow)?;
+    let value = z.clone().reshape([-1]).slice([e..e + 1]).into_scalar::<f32>();
+    let pair = vary_latent(flow, z, latent, &[value + eps, value - eps])?;
+    let (x, _) = flow.inverse(pair);
+    let (x01, _) = crate::preprocess::inverse_logit_transform(x, flow.config().logit_constraint);
+    let [_, c, h, w] = x01.dims();
+    let n = c * h * w;
+    let v = x01.reshape([2, n]).into_data().try_to_vec::<f32>().expect("f32 values");
+    Ok((0..n).map(|i| (v[i] - v[n + i]) / (2.0 * eps)).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::RgFlowConfig;
+    use crate::testing::jitter_parameters;
+    use burn::tensor::Distribution;
+
+    #[test]
+    fn fields_lie_inside_the_predicted_cone() {
+        let device = Device::flex();
+        device.seed(11);
+        let flow = jitter_parameters(RgFlowConfig::from_level_specs(16, 3, "2", "1", "1", "16").unwrap().init(&device), 0.1);
+        let z = Tensor::<4>::random([1, 3, 16, 16], Distribution::Normal(0.0, 1.0), &device);
+        for level in 0..flow.lattice().levels() {
+            let latent = LatentSite::first_of_level(&flow, level, 1).unwrap();
+            let field = receptive_field(&flow, z.clone(), latent, 1e-2).unwrap();
+            let cone = flow.lattice().receptive_cone(latent.site(16));
+            let mut inside = 0.0f32;
+            for (i, v) in field.iter().enumerate() {
+                if cone[i % 256] {
+                    inside = inside.max(v.abs());
+                } else {
+                    assert_eq!(*v, 0.0, "level {level}: response outside the cone at {i}");
+                }
+            }
+            assert!(inside > 1e-3, "level {level}: no response at all");
+            let support = field.iter().enumerate().filter(|(_, v)| **v != 0.0).map(|(i, _)| i % 256).collect::<std::collections::BTreeSet<_>>();
+            assert!(support.len() > 1, "level {level}: support {support:?}");
+        }
+    }
+}
