@@ -65,6 +65,25 @@ fn short_msds_training_lowers_test_bpd() {
     ok(&["sample", "--model", weights.to_str().unwrap(), "--out", grid.to_str().unwrap(), "--count", "4", "--temperature", "0.5;1.0", "--backend", "flex"]);
     let img = image::open(&grid).unwrap();
     assert!(img.width() > 4 * 32 && img.height() > 2 * 32);
+
+    // Every scale-aware subcommand writes its picture.
+    let w = weights.to_str().unwrap();
+    for (cmd, extra) in [
+        ("mix", vec!["--rows", "2"]),
+        ("factor", vec!["--count", "5"]),
+        ("walk", vec!["--level", "1", "--steps", "4"]),
+        ("receptive", vec!["--per-level", "2"]),
+        ("inpaint", vec!["--steps", "20"]),
+    ] {
+        let png = dir.path().join(format!("{cmd}.png"));
+        let mut args = vec![cmd, "--model", w, "--backend", "flex", "--out", png.to_str().unwrap()];
+        args.extend(extra);
+        let text = ok(&args);
+        assert!(image::open(&png).is_ok(), "{cmd}: {text}");
+        if cmd == "inpaint" {
+            assert!(text.contains("blocks per step"), "{text}");
+        }
+    }
 }
 
 #[test]

@@ -5,6 +5,7 @@ mod bench;
 mod checkpoint;
 mod data;
 mod eval;
+mod explore;
 mod export;
 mod model_args;
 mod model_io;
@@ -34,6 +35,18 @@ enum Command {
     Export(export::ExportArgs),
     /// Training and sampling throughput for a config.
     Bench(bench::BenchArgs),
+    /// Mixing across scales: A's coarse latents with B's fine ones, for every cut-off λ.
+    Mix(explore::mix::MixArgs),
+    /// Vary one latent (per level) around an image's encoding.
+    Factor(explore::factor::FactorArgs),
+    /// A random walk of one level's latents.
+    Walk(explore::walk::WalkArgs),
+    /// Receptive fields of latents, a row per level.
+    Receptive(explore::receptive::ReceptiveArgs),
+    /// Fill a masked region (local O(log L) updates).
+    Inpaint(explore::inpaint::InpaintArgs),
+    /// Cost of a local edit against a full pass, for several L.
+    BenchLocal(explore::bench_local::BenchLocalArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -43,5 +56,11 @@ fn main() -> anyhow::Result<()> {
         Command::Sample(a) => sample::run(a),
         Command::Export(a) => export::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Mix(a) => explore::mix::run(a),
+        Command::Factor(a) => explore::factor::run(a),
+        Command::Walk(a) => explore::walk::run(a),
+        Command::Receptive(a) => explore::receptive::run(a),
+        Command::Inpaint(a) => explore::inpaint::run(a),
+        Command::BenchLocal(a) => explore::bench_local::run(a),
     }
 }

@@ -1,0 +1,58 @@
+//! The scale-aware subcommands: each calls one operation of `rgflow::ops`
+//! and writes a PNG.
+
+pub mod bench_local;
+pub mod factor;
+pub mod inpaint;
+pub mod mix;
+pub mod receptive;
+pub mod walk;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use burn::prelude::*;
+use burn::tensor::TensorData;
+use clap::Args;
+use rgflow::pixels::Crop;
+use rgflow::{LevelTemperatures, RgFlow};
+
+use crate::backend::{BackendChoice, select};
+use crate::model_io::{load_model, resolve_model_path};
+
+/// Model and backend, common to every subcommand here.
+#[derive(Debug, Args)]
+pub struct ModelChoice {
+    /// Weights or checkpoint; default: the shipped face model.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
+    pub backend: BackendChoice,
+    /// Pixel zoom of the PNG.
+    #[arg(long, default_value_t = 3)]
+    pub zoom: u32,
+}
+
+impl ModelChoice {
+    pub fn load(&self) -> anyhow::Result<(RgFlow, Device)> {
+        let (device, _) = select(self.backend)?;
+        let model = load_model(&resolve_model_path(self.model.clone())?, &device)?;
+        Ok((model, device))
+    }
+}
+
+/// An input image: `seed:N` (a sample at the sampling temperature) or an
+/// image file (centre-cropped to a square and resized to L).
+pub fn input_image(flow: &RgFlow, spec: &str, temperature: &str, device: &Device) -> anyhow::Result<Tensor<4>> {
+    let c = flow.config();
+    if let Some(seed) = spec.strip_prefix("seed:") {
+        let seed: u64 = seed.parse().with_context(|| format!("`{spec}`: expected seed:N"))?;
+        let temps = LevelTemperatures::parse(temperature, flow.lattice().levels())?;
+        return Ok(flow.sample(1, &temps, seed, device)?);
+    }
+    let bytes = std::fs::read(spec).with_context(|| format!("reading image {spec}"))?;
+    let pixels = rgflow::pixels::decode_and_prepare(&bytes, Crop::CenterSquare, c.image_size, c.channels)
+        .with_context(|| format!("image {spec}"))?;
+    let values: Vec<f32> = pixels.iter().map(|&v| v as f32 / 255.0).collect();
+    Ok(Tensor::from_data(TensorData::new(values, [1, c.channels, c.image_size, c.image_size]), device))
+}

@@ -1,0 +1,45 @@
+//! `trainer walk`: a random walk of the latents of one level.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use rgflow::ops::random_walk;
+
+use super::{ModelChoice, input_image};
+use crate::model_io::save_grid;
+
+/// Frames of a walk at one level, everything else fixed.
+#[derive(Debug, Args)]
+pub struct WalkArgs {
+    #[command(flatten)]
+    pub model: ModelChoice,
+    /// Starting image: `seed:N` or an image file.
+    #[arg(long, default_value = "seed:1")]
+    pub image: String,
+    /// Temperature of a sampled image.
+    #[arg(long, default_value = "0.8")]
+    pub temperature: String,
+    /// The level that moves (0 = finest).
+    #[arg(long)]
+    pub level: usize,
+    /// Frames.
+    #[arg(long, default_value_t = 16)]
+    pub steps: usize,
+    /// Step angle θ in `z ← cos θ z + sin θ ε`.
+    #[arg(long, default_value_t = 0.3)]
+    pub angle: f64,
+    /// Seed of the walk's noise.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, short)]
+    pub out: PathBuf,
+}
+
+pub fn run(args: WalkArgs) -> anyhow::Result<()> {
+    let (flow, device) = args.model.load()?;
+    let z = flow.encode(input_image(&flow, &args.image, &args.temperature, &device)?);
+    let frames = random_walk(&flow, z, args.level, args.steps, args.angle, args.seed)?;
+    save_grid(flow.decode(frames), 8, args.model.zoom, &args.out)?;
+    println!("wrote {}", args.out.display());
+    Ok(())
+}
