@@ -140,3 +140,63 @@ pub fn load_expecting(path: &Path, expected: &RgFlowConfig, device: &Device) -> 
     }
     load_into(config, bytes, &source, device)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::RgFlowConfig;
+
+    fn config(nhidden: &str) -> RgFlowConfig {
+        RgFlowConfig::from_level_specs(8, 3, "1", "1", "1", nhidden).unwrap()
+    }
+
+    #[test]
+    fn weights_round_trip_and_foreign_files_are_refused() {
+        let device = Device::flex();
+        device.seed(1);
+        let flow = crate::testing::jitter_parameters(config("8").init(&device), 0.1);
+        let x = Tensor::<4>::random([2, 3, 8, 8], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
+        let lp = flow.log_prob(x.clone()).into_data().try_to_vec::<f32>().unwrap();
+
+        let bytes = to_bytes(&flow, Precision::F32).unwrap();
+        let back = from_bytes(bytes.clone(), "mem", &device).unwrap();
+        assert_eq!(back.log_prob(x.clone()).into_data().try_to_vec::<f32>().unwrap(), lp);
+        let half = from_bytes(to_bytes(&flow, Precision::F16).unwrap(), "mem", &device).unwrap();
+        let lp16 = half.log_prob(x).into_data().try_to_vec::<f32>().unwrap();
+        assert!(lp.iter().zip(&lp16).all(|(a, b)| ((a - b) / a).abs() < 1e-2), "{lp:?} vs {lp16:?}");
+
+        let dir = std::env::temp_dir().join(format!("rgflow-store-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("m.rgflow");
+        save(&flow, &path, Precision::F32).unwrap();
+        let err = load_expecting(&path, &config("16"), &device).unwrap_err().to_string();
+        assert!(err.contains("another model"), "{err}");
+
+        // Not burnpack at all, cut short, or burnpack without our tag.
+        let err = from_bytes(b"hello".to_vec(), "x", &device).unwrap_err().to_string();
+        assert!(err.contains("not an rgflow weight file"), "{err}");
+        let err = from_bytes(bytes[..bytes.len() / 2].to_vec(), "x", &device).unwrap_err().to_string();
+        assert!(err.contains("weight file x"), "{err}");
+        let mut plain = BurnpackStore::from_bytes(None);
+        flow.save_into(&mut plain).unwrap();
+        let err = from_bytes(plain.get_bytes().unwrap().to_vec(), "x", &device).unwrap_err().to_string();
+        assert!(err.contains("not rgflow weights"), "{err}");
+        // A future format version.
+        let mut newer = BurnpackStore::from_bytes(None)
+            .metadata(FORMAT_KEY, FORMAT_NAME)
+            .metadata(VERSION_KEY, "99")
+            .metadata(CONFIG_KEY, serde_json::to_string(flow.config()).unwrap());
+        flow.save_into(&mut newer).unwrap();
+        let err = from_bytes(newer.get_bytes().unwrap().to_vec(), "x", &device).unwrap_err().to_string();
+        assert!(err.contains("version"), "{err}");
+        // Tensors of another shape under a config that claims this one.
+        let other = config("16").init(&device);
+        let mut lying = BurnpackStore::from_bytes(None)
+            .metadata(FORMAT_KEY, FORMAT_NAME)
+            .metadata(VERSION_KEY, FORMAT_VERSION.to_string())
+            .metadata(CONFIG_KEY, serde_json::to_string(flow.config()).unwrap());
+        other.save_into(&mut lying).unwrap();
+        let err = from_bytes(lying.get_bytes().unwrap().to_vec(), "x", &device).unwrap_err().to_string();
+        assert!(err.contains("do not fit"), "{err}");
+    }
+}

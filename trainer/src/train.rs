@@ -67,6 +67,10 @@ pub struct TrainArgs {
     /// Continue the run in `--out` from its checkpoint.
     #[arg(long)]
     pub resume: bool,
+    /// Start a new run from these weights (weight file or checkpoint of the
+    /// same model) instead of a random initialisation; the optimiser starts fresh.
+    #[arg(long, conflicts_with = "resume")]
+    pub init_from: Option<PathBuf>,
     /// Compute backend.
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
     pub backend: BackendChoice,
@@ -144,7 +148,16 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             bail!("{} already holds a run; pass --resume to continue it or choose another --out", args.out.display());
         }
         device.seed(fresh.seed);
-        let model = fresh.config.init(&device);
+        let model = match &args.init_from {
+            None => fresh.config.init(&device),
+            Some(path) => {
+                let model = crate::model_io::load_model(path, &device)?;
+                if model.config() != &fresh.config {
+                    bail!("--init-from {}: holds another model than the flags describe", path.display());
+                }
+                model
+            }
+        };
         let state = TrainState {
             step: 0,
             epoch: 0,
