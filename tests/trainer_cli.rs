@@ -5,8 +5,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 fn trainer(args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_trainer")).args(args).output().expect("trainer runs");
-    out
+    Command::new(env!("CARGO_BIN_EXE_trainer")).args(args).output().expect("trainer runs")
 }
 
 fn ok(args: &[&str]) -> String {

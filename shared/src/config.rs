@@ -178,10 +178,10 @@ fn check_geometry(image_size: usize, channels: usize, kernel_size: usize) -> Con
     if channels == 0 {
         return Err(Error::Config("channels must be at least 1".into()));
     }
-    if kernel_size < 2 || kernel_size % 2 != 0 {
+    if kernel_size < 2 || !kernel_size.is_multiple_of(2) {
         return Err(Error::Config(format!("kernel_size must be even and at least 2, got {kernel_size}")));
     }
-    if !image_size.is_power_of_two() || image_size < kernel_size || image_size % kernel_size != 0 {
+    if !image_size.is_power_of_two() || image_size < kernel_size || !image_size.is_multiple_of(kernel_size) {
         return Err(Error::Config(format!(
             "image size L must be a power of two and a multiple of kernel_size {kernel_size}, got {image_size}"
         )));

@@ -5,9 +5,10 @@ use std::sync::Arc;
 
 use burn::module::Module;
 use burn::prelude::*;
-use burn::tensor::{Int, TensorData};
+use burn::tensor::Int;
 
 use crate::config::RgFlowConfig;
+use crate::gather::index_tensor;
 use crate::coupling::CouplingStack;
 use crate::lattice::MeraLattice;
 use crate::preprocess;
@@ -37,11 +38,6 @@ pub struct RgFlow {
     lattice: Arc<MeraLattice>,
 }
 
-fn index_tensor(index: Vec<usize>, device: &Device) -> Tensor<1, Int> {
-    let n = index.len();
-    let data = TensorData::new(index.into_iter().map(|i| i as i64).collect::<Vec<_>>(), [n]);
-    Tensor::from_data(data, device)
-}
 
 impl RgFlow {
     pub(crate) fn new(config: &RgFlowConfig, device: &Device) -> Self {
@@ -263,7 +259,7 @@ mod tests {
             let grads = (z * selector).sum().backward();
             let jac: Vec<f64> = x.grad(&grads).unwrap().into_data().try_to_vec::<f32>().unwrap().into_iter().map(f64::from).collect();
             let brute = log_abs_det(jac, n);
-            let ours = ldj.slice([0..1]).into_scalar::<f32>() as f64;
+            let ours = ldj.narrow(0, 0, 1).into_scalar::<f32>() as f64;
             assert!((brute - ours).abs() < 1e-3 * brute.abs().max(1.0), "L={size} C={channels}: {ours} vs brute force {brute}");
             assert!(ours.abs() > 0.1, "log-det too small to test anything: {ours}");
         }

@@ -30,6 +30,7 @@ pub mod config;
 pub mod coupling;
 pub mod error;
 pub mod flow;
+mod gather;
 pub mod import;
 pub mod lattice;
 pub mod local;

@@ -10,9 +10,9 @@
 //! re-added, and gradients flow (inpainting differentiates through it).
 
 use burn::prelude::*;
-use burn::tensor::{Int, TensorData};
 
 use crate::flow::RgFlow;
+use crate::gather::{index_tensor, pick_columns};
 
 /// Which way a cached pass runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,10 +44,6 @@ pub struct LocalStats {
     pub blocks_total: usize,
 }
 
-fn index(values: Vec<usize>, device: &Device) -> Tensor<1, Int> {
-    let n = values.len();
-    Tensor::from_data(TensorData::new(values.into_iter().map(|v| v as i64).collect::<Vec<_>>(), [n]), device)
-}
 
 /// `old` with the entries at `positions` replaced by the columns of `new`,
 /// by one gather from `[old, new]`. `old: [B, N]`, `new: [B, positions.len()]`.
@@ -57,8 +53,7 @@ fn replace_columns(old: Tensor<2>, positions: &[usize], new: Tensor<2>) -> Tenso
     for (j, &p) in positions.iter().enumerate() {
         source[p] = n + j;
     }
-    let device = old.device();
-    Tensor::cat(vec![old, new], 1).select(1, index(source, &device))
+    pick_columns(vec![old, new], source)
 }
 
 impl RgFlow {
@@ -98,7 +93,7 @@ impl RgFlow {
             let (rows, ldj) = if blocks.is_empty() {
                 (None, None)
             } else {
-                let rows = previous.clone().select(1, index(elements.clone(), &device)).reshape([batch * blocks.len(), dim]);
+                let rows = previous.clone().select(1, index_tensor(elements.clone(), &device)).reshape([batch * blocks.len(), dim]);
                 let (rows, ldj) = match direction {
                     Direction::Forward => self.layers[k].forward(rows),
                     Direction::Inverse => self.layers[k].inverse(rows),
@@ -123,7 +118,7 @@ impl RgFlow {
                 source[e] = rows_offset + p;
             }
             parts.extend(rows);
-            let state = Tensor::cat(parts, 1).select(1, index(source, &device));
+            let state = pick_columns(parts, source);
             let ldj = match (ldj, base) {
                 (Some(ldj), Some(base)) if blocks.len() < sub.num_blocks => {
                     replace_columns(base.block_ldj[k].clone(), blocks, ldj)

@@ -19,7 +19,7 @@ fn golden_dir() -> PathBuf {
 
 /// `(json, safetensors)` pairs in the golden folder; panics if there are none.
 fn golden_cases_in(dir: &Path) -> Vec<(PathBuf, PathBuf)> {
-    let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("golden dir {}: {e}", dir.display()));
+    let entries = std::fs::read_dir(dir).unwrap_or_else(|e| panic!("golden dir {}: {e}", dir.display()));
     let mut cases: Vec<_> = entries
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "json"))

@@ -9,10 +9,10 @@
 //! the same gradient.
 
 use burn::prelude::*;
-use burn::tensor::{Int, TensorData};
 
 use crate::error::{Error, Result};
 use crate::flow::RgFlow;
+use crate::gather::{index_tensor, pick_columns};
 use crate::local::Direction;
 use crate::preprocess;
 
@@ -48,10 +48,6 @@ pub struct InpaintResult {
     pub blocks_total: usize,
 }
 
-fn index(values: Vec<usize>, device: &Device) -> Tensor<1, Int> {
-    let n = values.len();
-    Tensor::from_data(TensorData::new(values.into_iter().map(|v| v as i64).collect::<Vec<_>>(), [n]), device)
-}
 
 /// Fills the sites marked in `unknown` (`[L²]`, all channels) of
 /// `x01: [1, C, L, L]`. The unknown pixels start at mid-grey.
@@ -77,7 +73,7 @@ pub fn inpaint(flow: &RgFlow, x01: Tensor<4>, unknown: &[bool], options: Inpaint
     for (j, &e) in elements.iter().enumerate() {
         source[e] = n + j;
     }
-    let source = index(source, &device);
+    let source = index_tensor(source, &device);
     let constraint = config.logit_constraint;
     let (x_logit, _) = preprocess::logit_transform(x01.clone(), constraint);
     let known = x_logit.reshape([1, n]);
@@ -120,9 +116,8 @@ pub fn inpaint(flow: &RgFlow, x01: Tensor<4>, unknown: &[bool], options: Inpaint
     let end = log_prob(assemble(u.clone())).into_scalar::<f32>() as f64;
     // Known pixels are copied from the input, not mapped through logit and back.
     let (filled, _) = preprocess::inverse_logit_transform(assemble(u), constraint);
-    let image = Tensor::cat(vec![x01.reshape([1, n]), filled.reshape([1, n])], 1)
-        .select(1, index((0..n).map(|e| if unknown[e % plane] { n + e } else { e }).collect(), &device))
-        .reshape([1, c, l, l]);
+    let take_filled = (0..n).map(|e| if unknown[e % plane] { n + e } else { e }).collect();
+    let image = pick_columns(vec![x01.reshape([1, n]), filled.reshape([1, n])], take_filled).reshape([1, c, l, l]);
     Ok(InpaintResult {
         image,
         log_prob_start: start.unwrap_or(end),

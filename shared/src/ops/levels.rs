@@ -1,14 +1,10 @@
 //! Reading, writing and mixing the latents of one level.
 
 use burn::prelude::*;
-use burn::tensor::{Int, TensorData};
 
 use crate::flow::RgFlow;
+use crate::gather::{index_tensor, pick_columns};
 
-fn index(values: Vec<usize>, device: &Device) -> Tensor<1, Int> {
-    let n = values.len();
-    Tensor::from_data(TensorData::new(values.into_iter().map(|v| v as i64).collect::<Vec<_>>(), [n]), device)
-}
 
 /// The latents of `level`, `z: [B, C, L, L] -> [B, n]`, ordered `[C][site]`
 /// (see [`crate::MeraLattice::level_elements`]).
@@ -16,19 +12,18 @@ pub fn level_values(flow: &RgFlow, z: Tensor<4>, level: usize) -> Tensor<2> {
     let [b, c, h, w] = z.dims();
     let device = z.device();
     let elements = flow.lattice().level_elements(level, c);
-    z.reshape([b, c * h * w]).select(1, index(elements, &device))
+    z.reshape([b, c * h * w]).select(1, index_tensor(elements, &device))
 }
 
 /// `z` with the latents of `level` replaced by `values: [B, n]`.
 pub fn with_level_values(flow: &RgFlow, z: Tensor<4>, level: usize, values: Tensor<2>) -> Tensor<4> {
     let [b, c, h, w] = z.dims();
     let n = c * h * w;
-    let device = z.device();
     let mut source: Vec<usize> = (0..n).collect();
     for (j, e) in flow.lattice().level_elements(level, c).into_iter().enumerate() {
         source[e] = n + j;
     }
-    Tensor::cat(vec![z.reshape([b, n]), values], 1).select(1, index(source, &device)).reshape([b, c, h, w])
+    pick_columns(vec![z.reshape([b, n]), values], source).reshape([b, c, h, w])
 }
 
 /// Mixing across scales: the latents of `a` at levels `≥ lambda` with those
@@ -39,12 +34,9 @@ pub fn mix_levels(flow: &RgFlow, a: Tensor<4>, b: Tensor<4>, lambda: usize) -> T
     let [batch, c, h, w] = a.dims();
     let n = c * h * w;
     let plane = h * w;
-    let device = a.device();
     let levels = &flow.lattice().site_level;
     let source: Vec<usize> = (0..n).map(|e| if levels[e % plane] >= lambda { e } else { n + e }).collect();
-    Tensor::cat(vec![a.reshape([batch, n]), b.reshape([batch, n])], 1)
-        .select(1, index(source, &device))
-        .reshape([batch, c, h, w])
+    pick_columns(vec![a.reshape([batch, n]), b.reshape([batch, n])], source).reshape([batch, c, h, w])
 }
 
 #[cfg(test)]

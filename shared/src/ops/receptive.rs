@@ -14,7 +14,7 @@ use crate::ops::factors::{LatentSite, vary_latent};
 /// there the difference is exactly zero.
 pub fn receptive_field(flow: &RgFlow, z: Tensor<4>, latent: LatentSite, eps: f32) -> Result<Vec<f32>> {
     let e = latent.element(flow)?;
-    let value = z.clone().reshape([-1]).slice([e..e + 1]).into_scalar::<f32>();
+    let value = z.clone().reshape([-1]).narrow(0, e, 1).into_scalar::<f32>();
     let pair = vary_latent(flow, z, latent, &[value + eps, value - eps])?;
     let (x, _) = flow.inverse(pair);
     let (x01, _) = crate::preprocess::inverse_logit_transform(x, flow.config().logit_constraint);

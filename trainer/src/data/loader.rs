@@ -46,10 +46,13 @@ pub struct Batch {
     pub cursor: usize,
 }
 
+/// Decoded images by item index: `None` once an item proved unreadable.
+type ImageCache = Arc<Vec<OnceLock<Option<Arc<[u8]>>>>>;
+
 /// Decodes, caches and batches the items of one split.
 pub struct Loader {
     items: Arc<Vec<Item>>,
-    cache: Arc<Vec<OnceLock<Option<Arc<[u8]>>>>>,
+    cache: ImageCache,
     size: usize,
     channels: usize,
     seed: u64,
@@ -159,7 +162,7 @@ impl Loader {
 /// The part of the loader that lives on the background thread.
 struct Worker {
     items: Arc<Vec<Item>>,
-    cache: Arc<Vec<OnceLock<Option<Arc<[u8]>>>>>,
+    cache: ImageCache,
     size: usize,
     channels: usize,
     seed: u64,

@@ -6,7 +6,7 @@ use burn::prelude::*;
 use clap::Args;
 use rgflow::ops::{LatentSite, vary_latent};
 
-use super::{ModelChoice, input_image};
+use super::{ImageChoice, ModelChoice};
 use crate::model_io::save_grid;
 
 /// One strip per level (or one latent): the image as the latent moves.
@@ -14,12 +14,8 @@ use crate::model_io::save_grid;
 pub struct FactorArgs {
     #[command(flatten)]
     pub model: ModelChoice,
-    /// The image: `seed:N` or an image file.
-    #[arg(long, default_value = "seed:1")]
-    pub image: String,
-    /// Temperature of a sampled image.
-    #[arg(long, default_value = "0.8")]
-    pub temperature: String,
+    #[command(flatten)]
+    pub input: ImageChoice,
     /// The latent as `row,col,channel`; default: the first site of every level, channel 0.
     #[arg(long)]
     pub latent: Option<String>,
@@ -43,7 +39,7 @@ fn parse_latent(text: &str) -> anyhow::Result<LatentSite> {
 
 pub fn run(args: FactorArgs) -> anyhow::Result<()> {
     let (flow, device) = args.model.load()?;
-    let z = flow.encode(input_image(&flow, &args.image, &args.temperature, &device)?);
+    let z = flow.encode(args.input.load(&flow, &device)?);
     let latents = match &args.latent {
         Some(t) => vec![parse_latent(t)?],
         None => (0..flow.lattice().levels()).map(|l| LatentSite::first_of_level(&flow, l, 0)).collect::<Result<_, _>>()?,
@@ -51,7 +47,7 @@ pub fn run(args: FactorArgs) -> anyhow::Result<()> {
     let mut strips = Vec::new();
     for latent in &latents {
         let e = latent.element(&flow)?;
-        let value = z.clone().reshape([-1]).slice([e..e + 1]).into_scalar::<f32>();
+        let value = z.clone().reshape([-1]).narrow(0, e, 1).into_scalar::<f32>();
         let n = args.count.max(2);
         let values: Vec<f32> = (0..n).map(|i| value - args.range + 2.0 * args.range * i as f32 / (n - 1) as f32).collect();
         strips.push(flow.decode(vary_latent(&flow, z.clone(), *latent, &values)?));

@@ -6,7 +6,7 @@ use burn::prelude::*;
 use clap::Args;
 use rgflow::ops::{InpaintOptions, inpaint};
 
-use super::{ModelChoice, input_image};
+use super::{ImageChoice, ModelChoice};
 use crate::model_io::save_grid;
 
 /// Original, masked, and inpainted image side by side.
@@ -14,12 +14,8 @@ use crate::model_io::save_grid;
 pub struct InpaintArgs {
     #[command(flatten)]
     pub model: ModelChoice,
-    /// The image: `seed:N` or an image file.
-    #[arg(long, default_value = "seed:1")]
-    pub image: String,
-    /// Temperature of a sampled image.
-    #[arg(long, default_value = "0.8")]
-    pub temperature: String,
+    #[command(flatten)]
+    pub input: ImageChoice,
     /// Unknown region `row0,col0,row1,col1` (end exclusive); default: the centre quarter.
     #[arg(long)]
     pub mask: Option<String>,
@@ -50,7 +46,7 @@ pub fn run(args: InpaintArgs) -> anyhow::Result<()> {
         }
     };
     let unknown: Vec<bool> = (0..l * l).map(|s| (r0..r1).contains(&(s / l)) && (c0..c1).contains(&(s % l))).collect();
-    let x01 = input_image(&flow, &args.image, &args.temperature, &device)?;
+    let x01 = args.input.load(&flow, &device)?;
     let start = std::time::Instant::now();
     let result = inpaint(&flow, x01.clone(), &unknown, InpaintOptions { steps: args.steps, learning_rate: args.lr, local: !args.full })?;
     let seconds = start.elapsed().as_secs_f64();

@@ -41,6 +41,24 @@ impl ModelChoice {
     }
 }
 
+/// The image an operation starts from.
+#[derive(Debug, Args)]
+pub struct ImageChoice {
+    /// `seed:N` (a sample) or an image file (centre-cropped, resized to L).
+    #[arg(long, default_value = "seed:1")]
+    pub image: String,
+    /// Sampling temperature of a `seed:N` image (one value, or one per level).
+    #[arg(long, default_value = "0.8")]
+    pub temperature: String,
+}
+
+impl ImageChoice {
+    /// The image, `[1, C, L, L]` in `[0, 1]`.
+    pub fn load(&self, flow: &RgFlow, device: &Device) -> anyhow::Result<Tensor<4>> {
+        input_image(flow, &self.image, &self.temperature, device)
+    }
+}
+
 /// An input image: `seed:N` (a sample at the sampling temperature) or an
 /// image file (centre-cropped to a square and resized to L).
 pub fn input_image(flow: &RgFlow, spec: &str, temperature: &str, device: &Device) -> anyhow::Result<Tensor<4>> {

@@ -6,7 +6,7 @@ use clap::Args;
 use image::{Rgb, RgbImage};
 use rgflow::ops::{LatentSite, receptive_field};
 
-use super::{ModelChoice, input_image};
+use super::{ImageChoice, ModelChoice};
 
 /// `|∂x/∂z|` of a few latents per level, each tile scaled to its maximum,
 /// the latent's own site in red.
@@ -14,12 +14,8 @@ use super::{ModelChoice, input_image};
 pub struct ReceptiveArgs {
     #[command(flatten)]
     pub model: ModelChoice,
-    /// The encoding at which to differentiate: `seed:N` or an image file.
-    #[arg(long, default_value = "seed:1")]
-    pub image: String,
-    /// Temperature of a sampled image.
-    #[arg(long, default_value = "0.8")]
-    pub temperature: String,
+    #[command(flatten)]
+    pub input: ImageChoice,
     /// Latents per level (spread over its sites).
     #[arg(long, default_value_t = 4)]
     pub per_level: usize,
@@ -33,7 +29,7 @@ pub struct ReceptiveArgs {
 pub fn run(args: ReceptiveArgs) -> anyhow::Result<()> {
     let (flow, device) = args.model.load()?;
     let (l, c) = (flow.config().image_size, flow.config().channels);
-    let z = flow.encode(input_image(&flow, &args.image, &args.temperature, &device)?);
+    let z = flow.encode(args.input.load(&flow, &device)?);
     let mut tiles = Vec::new();
     for level in 0..flow.lattice().levels() {
         let sites: Vec<usize> = (0..l * l).filter(|&s| flow.lattice().site_level[s] == level).collect();

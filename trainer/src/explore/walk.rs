@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::Args;
 use rgflow::ops::random_walk;
 
-use super::{ModelChoice, input_image};
+use super::{ImageChoice, ModelChoice};
 use crate::model_io::save_grid;
 
 /// Frames of a walk at one level, everything else fixed.
@@ -13,12 +13,8 @@ use crate::model_io::save_grid;
 pub struct WalkArgs {
     #[command(flatten)]
     pub model: ModelChoice,
-    /// Starting image: `seed:N` or an image file.
-    #[arg(long, default_value = "seed:1")]
-    pub image: String,
-    /// Temperature of a sampled image.
-    #[arg(long, default_value = "0.8")]
-    pub temperature: String,
+    #[command(flatten)]
+    pub input: ImageChoice,
     /// The level that moves (0 = finest).
     #[arg(long)]
     pub level: usize,
@@ -37,7 +33,7 @@ pub struct WalkArgs {
 
 pub fn run(args: WalkArgs) -> anyhow::Result<()> {
     let (flow, device) = args.model.load()?;
-    let z = flow.encode(input_image(&flow, &args.image, &args.temperature, &device)?);
+    let z = flow.encode(args.input.load(&flow, &device)?);
     let frames = random_walk(&flow, z, args.level, args.steps, args.angle, args.seed)?;
     save_grid(flow.decode(frames), 8, args.model.zoom, &args.out)?;
     println!("wrote {}", args.out.display());
