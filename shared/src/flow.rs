@@ -184,14 +184,11 @@ impl RgFlow {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::jitter_parameters;
+    use crate::testing::{host_uniform, jitter_parameters};
 
-    const JITTER: f64 = 0.1;
-
-    fn random_flow(size: usize, channels: usize, device: &Device) -> RgFlow {
-        device.seed(7);
+    fn random_flow(size: usize, channels: usize, jitter: f64, device: &Device) -> RgFlow {
         let config = RgFlowConfig::from_level_specs(size, channels, "2", "1", "1", "16").unwrap();
-        jitter_parameters(config.init(device), JITTER)
+        jitter_parameters(config.init(device), jitter, 7)
     }
 
     fn max_abs_diff(a: Tensor<4>, b: Tensor<4>) -> f32 {
@@ -209,8 +206,9 @@ mod tests {
         let device = Device::flex();
         for size in [8, 16, 32, 64] {
             for channels in [1, 3] {
-                let flow = random_flow(size, channels, &device);
-                let x = Tensor::<4>::random([2, channels, size, size], burn::tensor::Distribution::Normal(0.0, 1.5), &device);
+                // Strong random couplings make deep flows ill-conditioned in f32.
+                let flow = random_flow(size, channels, 0.1, &device);
+                let x = host_uniform([2, channels, size, size], -2.5, 2.5, 1, &device);
                 let (z, ldj) = flow.forward(x.clone());
                 assert!(max_abs_diff(z.clone(), x.clone()) > 1e-2, "L={size} C={channels}: flow is the identity");
                 let (x_back, inv_ldj) = flow.inverse(z);
@@ -248,9 +246,9 @@ mod tests {
     fn log_det_matches_the_full_jacobian() {
         let device = Device::flex().autodiff();
         for (size, channels) in [(4, 3), (8, 1)] {
-            let flow = random_flow(size, channels, &device);
+            let flow = random_flow(size, channels, 0.3, &device);
             let n = channels * size * size;
-            let x0 = Tensor::<4>::random([1, channels, size, size], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
+            let x0 = host_uniform([1, channels, size, size], -1.7, 1.7, 2, &device);
             // Row b of the batch carries output component b: one backward pass
             // gives the whole Jacobian, row by row.
             let x = x0.clone().repeat_dim(0, n).detach().require_grad();

@@ -44,7 +44,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let mut model = config.init(&train_device);
     // A trained-looking model: the zero-initialised scales would make every
     // coupling the identity, which is not what training runs through.
-    model = rgflow::testing::jitter_parameters(model, 0.02);
+    model = rgflow::testing::jitter_parameters(model, 0.02, 7);
     let mut optim = adamw(5e-2);
     let dims = [args.batch, config.channels, config.image_size, config.image_size];
     println!(

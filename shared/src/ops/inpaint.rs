@@ -131,15 +131,13 @@ pub fn inpaint(flow: &RgFlow, x01: Tensor<4>, unknown: &[bool], options: Inpaint
 mod tests {
     use super::*;
     use crate::RgFlowConfig;
-    use crate::testing::jitter_parameters;
-    use burn::tensor::Distribution;
+    use crate::testing::{host_uniform, jitter_parameters};
 
     #[test]
     fn known_pixels_stay_and_likelihood_rises() {
         let device = Device::flex();
-        device.seed(5);
-        let flow = jitter_parameters(RgFlowConfig::from_level_specs(16, 3, "2", "1", "1", "16").unwrap().init(&device), 0.05);
-        let x01 = Tensor::<4>::random([1, 3, 16, 16], Distribution::Uniform(0.1, 0.9), &device);
+        let flow = jitter_parameters(RgFlowConfig::from_level_specs(16, 3, "2", "1", "1", "16").unwrap().init(&device), 0.05, 7);
+        let x01 = host_uniform([1, 3, 16, 16], 0.1, 0.9, 4, &device);
         let mut unknown = vec![false; 256];
         for r in 4..8 {
             for c in 6..11 {

@@ -45,7 +45,7 @@ pub fn run(args: BenchLocalArgs) -> anyhow::Result<()> {
     for &l in &args.sizes {
         let config = RgFlowConfig::from_level_specs(l, 3, &args.nlayers, &args.nresblocks, &args.nmlp, &args.nhidden)?;
         device.seed(0);
-        let flow = rgflow::testing::jitter_parameters(config.init(&device), 0.02);
+        let flow = rgflow::testing::jitter_parameters(config.init(&device), 0.02, 7);
         let x = Tensor::<4>::random([1, 3, l, l], Distribution::Normal(0.0, 1.0), &device);
         let cache = flow.run_cached(Direction::Forward, x.clone());
         let site = (l / 2 + 1) * l + l / 2 + 1;
