@@ -25,7 +25,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Train a model (AdamW, dequantisation + logit, loss in bits/dim).
+    /// Train a model (AdamW, dequantisation + logit; progress in bits/dim).
     Train(train::TrainArgs),
     /// Bits per dimension on a split (mean ± std over images).
     Eval(eval::EvalArgs),
