@@ -4,7 +4,9 @@
 
 use std::path::Path;
 
+use burn::module::{Module, ModuleMapper, Param};
 use burn::prelude::*;
+use burn::tensor::{DType, FloatDType};
 use burn::store::burn_pack::{Bytes, Reader};
 use burn::store::{BurnpackStore, HalfPrecisionAdapter, ModuleSnapshot};
 
@@ -32,6 +34,20 @@ pub enum Precision {
     F16,
 }
 
+/// Converts our parameter-holding modules between f32 and f16 (burn's adapter
+/// only knows its own layer types by default).
+fn half_precision() -> HalfPrecisionAdapter {
+    HalfPrecisionAdapter::new().with_module("WeightNormLinear").with_module("Swish").with_module("Scale")
+}
+
+struct ToF32;
+
+impl ModuleMapper for ToF32 {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        param.map(|t| if t.dtype() == DType::F32 { t } else { t.cast(FloatDType::F32) })
+    }
+}
+
 /// Serialises the flow's weights and config.
 pub fn to_bytes(flow: &RgFlow, precision: Precision) -> Result<Vec<u8>> {
     let config = serde_json::to_string(flow.config()).expect("config serialises");
@@ -40,7 +56,7 @@ pub fn to_bytes(flow: &RgFlow, precision: Precision) -> Result<Vec<u8>> {
         .metadata(VERSION_KEY, FORMAT_VERSION.to_string())
         .metadata(CONFIG_KEY, config);
     if precision == Precision::F16 {
-        store = store.with_to_adapter(HalfPrecisionAdapter::new());
+        store = store.with_to_adapter(half_precision());
     }
     flow.save_into(&mut store).map_err(|e| Error::weights("<memory>", e.to_string()))?;
     let bytes = store.get_bytes().map_err(|e| Error::weights("<memory>", e.to_string()))?;
@@ -114,7 +130,8 @@ fn load_into(config: RgFlowConfig, bytes: Vec<u8>, source: &str, device: &Device
     if !result.unused.is_empty() {
         return Err(Error::weights(source, format!("unexpected tensors, e.g. `{}`", result.unused[0])));
     }
-    Ok(flow)
+    // f16 files load as f16 tensors; the model computes in f32.
+    Ok(flow.map(&mut ToF32))
 }
 
 /// Loads a flow saved with [`save`].
@@ -160,9 +177,15 @@ mod tests {
         let bytes = to_bytes(&flow, Precision::F32).unwrap();
         let back = from_bytes(bytes.clone(), "mem", &device).unwrap();
         assert_eq!(back.log_prob(x.clone()).into_data().try_to_vec::<f32>().unwrap(), lp);
-        let half = from_bytes(to_bytes(&flow, Precision::F16).unwrap(), "mem", &device).unwrap();
+        let half_bytes = to_bytes(&flow, Precision::F16).unwrap();
+        // Tensor bytes halve (names and metadata do not; a wider model shows it).
+        let wide = config("64").init(&device);
+        let (w32, w16) = (to_bytes(&wide, Precision::F32).unwrap().len(), to_bytes(&wide, Precision::F16).unwrap().len());
+        assert!(w16 * 10 < w32 * 6, "f16 file is {w16} bytes, f32 {w32}");
+        let half = from_bytes(half_bytes, "mem", &device).unwrap();
         let lp16 = half.log_prob(x).into_data().try_to_vec::<f32>().unwrap();
         assert!(lp.iter().zip(&lp16).all(|(a, b)| ((a - b) / a).abs() < 1e-2), "{lp:?} vs {lp16:?}");
+        assert_ne!(lp, lp16, "f16 weights should round");
 
         let dir = std::env::temp_dir().join(format!("rgflow-store-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
