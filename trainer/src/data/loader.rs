@@ -46,18 +46,10 @@ pub struct Batch {
     pub cursor: usize,
 }
 
-/// Decoded images by item index: `None` once an item proved unreadable.
-type ImageCache = Arc<Vec<OnceLock<Option<Arc<[u8]>>>>>;
-
 /// Decodes, caches and batches the items of one split.
 pub struct Loader {
-    items: Arc<Vec<Item>>,
-    cache: ImageCache,
-    size: usize,
-    channels: usize,
-    seed: u64,
-    workers: usize,
-    stats: Arc<LoaderStats>,
+    /// Shared with the background thread of every epoch.
+    worker: Arc<Worker>,
 }
 
 fn mix(mut h: u64) -> u64 {
@@ -87,32 +79,33 @@ impl Loader {
     /// A loader producing `channels × size × size` images.
     pub fn new(items: Vec<Item>, size: usize, channels: usize, seed: u64, workers: usize) -> Self {
         let cache = (0..items.len()).map(|_| OnceLock::new()).collect();
-        Self {
-            items: Arc::new(items),
-            cache: Arc::new(cache),
+        let worker = Worker {
+            items,
+            cache,
             size,
             channels,
             seed,
             workers: workers.max(1),
-            stats: Arc::new(LoaderStats::default()),
-        }
+            stats: LoaderStats::default(),
+        };
+        Self { worker: Arc::new(worker) }
     }
 
     /// Number of items (readable or not).
     pub fn len(&self) -> usize {
-        self.items.len()
+        self.worker.items.len()
     }
 
     /// Unreadable-image counts.
-    pub fn stats(&self) -> Arc<LoaderStats> {
-        self.stats.clone()
+    pub fn stats(&self) -> &LoaderStats {
+        &self.worker.stats
     }
 
     /// The order of epoch `epoch`: shuffled from `(seed, epoch)`, or sequential.
     pub fn order(&self, epoch: u64, shuffle: bool) -> Vec<usize> {
-        let mut order: Vec<usize> = (0..self.items.len()).collect();
+        let mut order: Vec<usize> = (0..self.len()).collect();
         if shuffle {
-            order.shuffle(&mut StdRng::seed_from_u64(key(self.seed, 1, epoch, 0)));
+            order.shuffle(&mut StdRng::seed_from_u64(key(self.worker.seed, 1, epoch, 0)));
         }
         order
     }
@@ -121,7 +114,7 @@ impl Loader {
     pub fn epoch(&self, epoch: u64, cursor: usize, options: EpochOptions) -> Receiver<Batch> {
         let (tx, rx) = sync_channel(3);
         let order = self.order(epoch, options.shuffle);
-        let worker = self.worker();
+        let worker = self.worker.clone();
         std::thread::spawn(move || {
             let mut cursor = cursor;
             while cursor < order.len() {
@@ -146,28 +139,18 @@ impl Loader {
         rx
     }
 
-    fn worker(&self) -> Worker {
-        Worker {
-            items: self.items.clone(),
-            cache: self.cache.clone(),
-            size: self.size,
-            channels: self.channels,
-            seed: self.seed,
-            workers: self.workers,
-            stats: self.stats.clone(),
-        }
-    }
 }
 
-/// The part of the loader that lives on the background thread.
+/// The loader's state, used by the background thread.
 struct Worker {
-    items: Arc<Vec<Item>>,
-    cache: ImageCache,
+    items: Vec<Item>,
+    /// Decoded images by item index: `None` once an item proved unreadable.
+    cache: Vec<OnceLock<Option<Arc<[u8]>>>>,
     size: usize,
     channels: usize,
     seed: u64,
     workers: usize,
-    stats: Arc<LoaderStats>,
+    stats: LoaderStats,
 }
 
 impl Worker {
