@@ -3,14 +3,12 @@
 
 use std::path::PathBuf;
 
-use burn::prelude::*;
-use burn::tensor::TensorData;
 use clap::Args;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::backend::{BackendChoice, select};
-use crate::data::{self, EpochOptions, Loader, SourceSpec, Split};
+use crate::data::{self, EpochOptions, Loader, SourceSpec, Split, images_tensor};
 use crate::model_io::{load_model, resolve_model_path};
 
 /// Arguments of `trainer eval`.
@@ -75,7 +73,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
             // x01 = k/255 here; dequantise as (k + u)/256 with seeded noise.
             let mut rng = StdRng::seed_from_u64(args.seed ^ ((b as u64) << 20) ^ draw as u64);
             let x: Vec<f32> = batch.x01.iter().map(|&v| ((v * 255.0).round() + rng.random::<f32>()) / 256.0).collect();
-            let x = Tensor::<4>::from_data(TensorData::new(x, [batch.len, c.channels, c.image_size, c.image_size]), &device);
+            let x = images_tensor(x, batch.len, &c, &device);
             let bpd = model.bits_per_dim(x).into_data().try_to_vec::<f32>().expect("f32");
             for (s, v) in sums.iter_mut().zip(bpd) {
                 *s += v as f64;

@@ -10,9 +10,7 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use burn::module::Module;
 use burn::optim::{GradientsParams, ModuleOptimizer};
-use burn::prelude::*;
 use burn::store::burn_pack::Bytes;
-use burn::tensor::TensorData;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use rgflow::{LevelTemperatures, RgFlow, RgFlowConfig, preprocess};
@@ -20,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::backend::{BackendChoice, select};
 use crate::checkpoint::{Checkpoint, TrainState};
-use crate::data::{self, EpochOptions, Loader, SourceSpec, Split};
+use crate::data::{self, EpochOptions, Loader, SourceSpec, Split, images_tensor};
 use crate::model_args::ModelArgs;
 use crate::model_io::save_grid;
 use crate::optim::{adamw, clip_global_norm};
@@ -225,7 +223,6 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         ckpt.save(&checkpoint_path)
     };
 
-    let dims = [settings.batch, config.channels, config.image_size, config.image_size];
     let num_dims = config.num_dims();
     let mut session_images = 0u64;
     let session_start = Instant::now();
@@ -234,7 +231,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         let options = EpochOptions { shuffle: true, flip: true, dequantize: true, batch_size: settings.batch };
         for batch in loader.epoch(state.epoch, state.cursor, options).iter() {
             let t0 = Instant::now();
-            let x01 = Tensor::<4>::from_data(TensorData::new(batch.x01, [batch.len, dims[1], dims[2], dims[3]]), &device);
+            let x01 = images_tensor(batch.x01, batch.len, &config, &device);
             let (x, ldj_logit) = preprocess::logit_transform(x01, config.logit_constraint);
             // The authors minimise nats per dimension; bits are for display.
             let nats = (model.log_prob(x) + ldj_logit).div_scalar(-(num_dims as f64));
@@ -339,8 +336,7 @@ fn evaluate(model: &RgFlow, loader: &Loader, batch: usize, epoch: u64) -> anyhow
     let mut all = Vec::new();
     let device = &model.devices()[0];
     for b in loader.epoch(epoch, 0, options).iter() {
-        let c = model.config();
-        let x01 = Tensor::<4>::from_data(TensorData::new(b.x01, [b.len, c.channels, c.image_size, c.image_size]), device);
+        let x01 = images_tensor(b.x01, b.len, model.config(), device);
         all.extend(model.bits_per_dim(x01).into_data().try_to_vec::<f32>().expect("f32").into_iter().map(f64::from));
     }
     Ok(crate::eval::mean_std(&all))

@@ -46,6 +46,18 @@ pub struct Batch {
     pub cursor: usize,
 }
 
+/// `len` images' pixels (a batch's, possibly transformed) as a
+/// `[len, C, L, L]` tensor for a model with `config`.
+pub fn images_tensor(
+    values: Vec<f32>,
+    len: usize,
+    config: &rgflow::RgFlowConfig,
+    device: &burn::prelude::Device,
+) -> burn::prelude::Tensor<4> {
+    let shape = [len, config.channels, config.image_size, config.image_size];
+    burn::prelude::Tensor::from_data(burn::tensor::TensorData::new(values, shape), device)
+}
+
 /// Decodes, caches and batches the items of one split.
 pub struct Loader {
     /// Shared with the background thread of every epoch.
