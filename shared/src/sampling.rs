@@ -29,6 +29,11 @@ impl LevelTemperatures {
             .split(',')
             .map(|v| v.trim().parse::<f64>().map_err(|e| Error::Config(format!("temperature `{v}`: {e}"))))
             .collect::<Result<Vec<_>>>()?;
+        Self::new(values, levels)
+    }
+
+    /// One value for every level, or one per level (finest first); each finite and ≥ 0.
+    pub fn new(values: Vec<f64>, levels: usize) -> Result<Self> {
         let temps = match values.len() {
             1 => vec![values[0]; levels],
             n if n == levels => values,

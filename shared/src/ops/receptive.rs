@@ -1,27 +1,40 @@
 //! Receptive fields: how the image responds to one latent.
 
 use burn::prelude::*;
+use burn::tensor::TensorData;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::flow::RgFlow;
-use crate::ops::factors::{LatentSite, vary_latent};
+use crate::ops::factors::LatentSite;
 
 /// The image-space response `∂x/∂z` of one latent at the encoding
 /// `z: [1, C, L, L]`, by a central difference of step `eps` in the pixel
-/// space `[0, 1]` (unclamped): `-> [C, L, L]` values.
+/// space `[0, 1]` (unclamped): `-> [C, L, L]`, not read back.
 ///
 /// Pixels outside the latent's causal cone do not depend on it at all, so
 /// there the difference is exactly zero.
-pub fn receptive_field(flow: &RgFlow, z: Tensor<4>, latent: LatentSite, eps: f32) -> Result<Vec<f32>> {
+pub fn receptive_field_tensor(flow: &RgFlow, z: Tensor<4>, latent: LatentSite, eps: f32) -> Result<Tensor<3>> {
     let e = latent.element(flow)?;
-    let value = z.clone().reshape([-1]).narrow(0, e, 1).into_scalar::<f32>();
-    let pair = vary_latent(flow, z, latent, &[value + eps, value - eps])?;
+    let [b, c, h, w] = z.dims();
+    if b != 1 {
+        return Err(Error::Shape(format!("a receptive field takes one encoding, got a batch of {b}")));
+    }
+    let n = c * h * w;
+    let mut delta = vec![0f32; 2 * n];
+    delta[e] = eps;
+    delta[n + e] = -eps;
+    let delta = Tensor::<2>::from_data(TensorData::new(delta, [2, n]), &z.device());
+    let pair = (z.reshape([1, n]).repeat_dim(0, 2) + delta).reshape([2, c, h, w]);
     let (x, _) = flow.inverse(pair);
     let (x01, _) = crate::preprocess::inverse_logit_transform(x, flow.config().logit_constraint);
-    let [_, c, h, w] = x01.dims();
-    let n = c * h * w;
-    let v = x01.reshape([2, n]).into_data().try_to_vec::<f32>().expect("f32 values");
-    Ok((0..n).map(|i| (v[i] - v[n + i]) / (2.0 * eps)).collect())
+    let difference = x01.clone().narrow(0, 0, 1) - x01.narrow(0, 1, 1);
+    Ok(difference.div_scalar(2.0 * eps).reshape([c, h, w]))
+}
+
+/// [`receptive_field_tensor`] read back: `[C, L, L]` values.
+pub fn receptive_field(flow: &RgFlow, z: Tensor<4>, latent: LatentSite, eps: f32) -> Result<Vec<f32>> {
+    let field = receptive_field_tensor(flow, z, latent, eps)?;
+    Ok(field.into_data().try_to_vec::<f32>().expect("f32 values"))
 }
 
 #[cfg(test)]

@@ -1,0 +1,93 @@
+// End-to-end test of the demo page in headless Chromium: it loads the built
+// site, checks the backend line, moves a temperature slider with the
+// keyboard, and checks that the face grid changed and is not blank. Saves a
+// screenshot per run. Also: a missing weight file gives a message on the
+// page. Usage: node page.test.mjs DIST_DIR OUT_DIR
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import puppeteer from 'puppeteer-core';
+import { serve, chromeArgs, chromePath } from './serve.mjs';
+
+const [dist = '../../dist', out = '../../target/browser'] = process.argv.slice(2);
+const TIMEOUT = 10 * 60 * 1000;
+fs.mkdirSync(out, { recursive: true });
+
+async function gridPixels(page) {
+  return page.$eval('#sample-grid', (c) => Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data));
+}
+
+function spread(pixels) {
+  const values = pixels.filter((_, i) => i % 4 !== 3);
+  const mean = values.reduce((a, b) => a + b, 0) / values.length;
+  return Math.sqrt(values.reduce((a, b) => a + (b - mean) ** 2, 0) / values.length);
+}
+
+async function run(browser, base, name, query, expectBackend) {
+  const page = await browser.newPage();
+  await page.setViewport({ width: 1000, height: 1200 });
+  const errors = [];
+  page.on('pageerror', (e) => errors.push(String(e)));
+  await page.goto(base + query);
+  await page.waitForSelector('#app[data-state="ready"], #app[data-state="failed"]', { timeout: TIMEOUT });
+  const status = await page.$eval('#status', (e) => e.textContent);
+  assert.equal(await page.$eval('#app', (e) => e.dataset.state), 'ready', `${name}: page did not start: ${status}`);
+  const backend = await page.$eval('#backend', (e) => e.textContent);
+  assert.match(backend, expectBackend, `${name}: backend line`);
+  await page.waitForFunction(() => /faces in/.test(document.querySelector('#sample-status').textContent), { timeout: TIMEOUT });
+  const before = await gridPixels(page);
+  assert.ok(spread(before) > 10, `${name}: the face grid is blank`);
+
+  // Move the coarsest level's temperature slider with the keyboard.
+  const sliders = await page.$$('#sample-temps input[type=range]');
+  assert.ok(sliders.length >= 2, `${name}: one slider per level`);
+  const firstStatus = await page.$eval('#sample-status', (e) => e.textContent);
+  await sliders[sliders.length - 1].focus();
+  for (let i = 0; i < 4; i++) await page.keyboard.press('ArrowRight');
+  await page.waitForFunction((s) => {
+    const t = document.querySelector('#sample-status').textContent;
+    return /faces in/.test(t) && t !== s;
+  }, { timeout: TIMEOUT }, firstStatus).catch(() => {});
+  // The job re-runs for the last value; wait until it settles.
+  await new Promise((r) => setTimeout(r, 500));
+  await page.waitForFunction(() => /faces in/.test(document.querySelector('#sample-status').textContent), { timeout: TIMEOUT });
+  const after = await gridPixels(page);
+  assert.ok(spread(after) > 10, `${name}: the face grid is blank after moving the slider`);
+  const changed = after.filter((v, i) => v !== before[i]).length;
+  assert.ok(changed > before.length / 20, `${name}: the grid did not change (${changed} values)`);
+  await page.screenshot({ path: path.join(out, `page-${name}.png`), fullPage: true });
+  assert.deepEqual(errors, [], `${name}: page errors`);
+  console.log(`ok ${name}: ${backend}; ${changed} of ${before.length} grid values changed; screenshot ${out}/page-${name}.png`);
+  await page.close();
+}
+
+async function missingWeights(browser, base) {
+  const page = await browser.newPage();
+  await page.goto(base + '?backend=cpu&model=models/missing.rgflow');
+  await page.waitForSelector('#app[data-state="failed"]', { timeout: TIMEOUT });
+  const status = await page.$eval('#status', (e) => e.textContent);
+  assert.match(status, /missing\.rgflow.*404/, 'message for a missing weight file');
+  console.log(`ok missing weights: “${status}”`);
+  await page.close();
+}
+
+const server = await serve(dist);
+try {
+  const gpu = await puppeteer.launch({ executablePath: chromePath(), args: chromeArgs(true), protocolTimeout: TIMEOUT });
+  try {
+    await run(gpu, server.url, 'webgpu', '', /WebGPU/);
+    await run(gpu, server.url, 'cpu', '?backend=cpu', /CPU/);
+    await missingWeights(gpu, server.url);
+  } finally {
+    await gpu.close();
+  }
+  // Without the WebGPU flag the page must fall back to the CPU and say so.
+  const plain = await puppeteer.launch({ executablePath: chromePath(), args: chromeArgs(false), protocolTimeout: TIMEOUT });
+  try {
+    await run(plain, server.url, 'fallback', '', /CPU — /);
+  } finally {
+    await plain.close();
+  }
+} finally {
+  server.close();
+}

@@ -1,0 +1,50 @@
+//! Picks the compute device: WebGPU when the browser has an adapter, else
+//! burn-flex on the CPU — and says why it fell back.
+
+use burn::prelude::*;
+
+use crate::engine::BackendKind;
+
+/// The chosen device, its kind, and the reason when WebGPU was not used.
+pub struct Chosen {
+    pub device: Device,
+    pub kind: BackendKind,
+    pub fallback_reason: Option<String>,
+}
+
+/// What the caller wants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Preference {
+    /// WebGPU if it works, else the CPU.
+    Auto,
+    /// The CPU, even where WebGPU exists (`?backend=cpu`).
+    Cpu,
+}
+
+/// Initialises WebGPU asynchronously (a browser cannot block) or falls back.
+pub async fn choose(preference: Preference) -> Chosen {
+    let cpu = |reason: String| Chosen { device: Device::flex(), kind: BackendKind::Cpu, fallback_reason: Some(reason) };
+    if preference == Preference::Cpu {
+        return cpu("the CPU backend was asked for".into());
+    }
+    if let Some(reason) = missing_webgpu() {
+        return cpu(reason);
+    }
+    match Device::wgpu_options().init_async().await {
+        Ok(device) => Chosen { device, kind: BackendKind::WebGpu, fallback_reason: None },
+        Err(e) => cpu(format!("WebGPU did not start ({e})")),
+    }
+}
+
+/// Why WebGPU cannot work here, if that is known before asking for an adapter.
+#[cfg(target_arch = "wasm32")]
+fn missing_webgpu() -> Option<String> {
+    let navigator = web_sys::window()?.navigator();
+    let gpu = js_sys::Reflect::get(&navigator, &"gpu".into()).ok()?;
+    (gpu.is_undefined() || gpu.is_null()).then(|| "this browser has no WebGPU (navigator.gpu is missing)".to_string())
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn missing_webgpu() -> Option<String> {
+    None
+}

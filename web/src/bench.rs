@@ -1,0 +1,61 @@
+//! The browser benchmark (`?bench`): time to first face, ms per face in a
+//! batch of 16, ms per inpainting stroke. Results go to `#bench` (and the
+//! console) for `tests/browser/bench.mjs` to collect.
+
+use crate::engine::{Engine, Face};
+use crate::error::Result;
+use crate::ui::now;
+
+/// Timed repetitions after one warm-up.
+const REPEATS: usize = 3;
+/// Adam steps of one stroke (as the Inpaint panel's default).
+pub const STROKE_STEPS: usize = 40;
+
+pub async fn run(engine: &Engine, first_face_ms: f64) {
+    let text = match measure(engine, first_face_ms).await {
+        Ok(lines) => lines,
+        Err(e) => format!("benchmark failed: {e}"),
+    };
+    web_sys::console::log_1(&text.clone().into());
+    if let Some(e) = web_sys::window().and_then(|w| w.document()).and_then(|d| d.get_element_by_id("bench")) {
+        e.set_text_content(Some(&text));
+        let _ = e.set_attribute("data-done", "true");
+    }
+}
+
+async fn measure(engine: &Engine, first: f64) -> Result<String> {
+    let temps = crate::ui::default_temperatures(engine.levels());
+    let batch = crate::ui::GRID;
+    engine.sample(batch, &temps, 1).await?;
+    let t = now();
+    for r in 0..REPEATS {
+        engine.sample(batch, &temps, 2 + r as u64).await?;
+    }
+    let per_face = (now() - t) / (REPEATS * batch) as f64;
+    let face: Face = engine.sample(1, &temps, 9).await?.remove(0);
+    let size = engine.config().image_size;
+    // A 6×6 stroke near the centre.
+    let mut mask = vec![false; size * size];
+    for r in size / 2 - 3..size / 2 + 3 {
+        for c in size / 2 - 3..size / 2 + 3 {
+            mask[r * size + c] = true;
+        }
+    }
+    let mut stroke = || async {
+        let mut inpainter = engine.inpainter(&face, &mask, 0.08)?;
+        for _ in 0..STROKE_STEPS {
+            inpainter.step();
+        }
+        engine.inpainted(&inpainter).await
+    };
+    stroke().await?;
+    let t = now();
+    for _ in 0..REPEATS {
+        stroke().await?;
+    }
+    let per_stroke = (now() - t) / REPEATS as f64;
+    Ok(format!(
+        "backend: {}\ntime to first face: {first:.0} ms (page start to the first face decoded, weights download included)\nms per face (batch of {batch}): {per_face:.1}\nms per inpainting stroke ({STROKE_STEPS} Adam steps, 6×6 pixels): {per_stroke:.0}",
+        engine.backend().label()
+    ))
+}

@@ -1,0 +1,198 @@
+//! The model and every operation the page offers, with no DOM in sight, so
+//! the same calls run in wasm-bindgen tests and natively.
+//!
+//! Results come back to the host with `into_data_async` only: a browser's
+//! WebGPU cannot block on a readback.
+
+use burn::prelude::*;
+use burn::tensor::TensorData;
+use rgflow::ops::factors::{LatentSite, random_walk};
+use rgflow::ops::inpaint::Inpainter;
+use rgflow::ops::levels::{level_values, mix_levels, with_level_values};
+use rgflow::ops::receptive::receptive_field_tensor;
+use rgflow::{LevelTemperatures, RgFlow, RgFlowConfig};
+
+use crate::error::{Result, WebError};
+
+/// Which compute backend runs the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    /// burn-wgpu on the browser's WebGPU (or native wgpu).
+    WebGpu,
+    /// burn-flex on the CPU (single-threaded in wasm).
+    Cpu,
+}
+
+impl BackendKind {
+    pub fn label(self) -> &'static str {
+        match self {
+            BackendKind::WebGpu => "WebGPU",
+            BackendKind::Cpu => "CPU (burn-flex)",
+        }
+    }
+}
+
+/// One image together with its latents, both on the host.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Face {
+    /// Pixels in `[0, 1]`, `[C, L, L]` flattened.
+    pub x01: Vec<f32>,
+    /// Latents, `[C, L, L]` flattened (level of a site: `RgFlow::lattice().site_level`).
+    pub z: Vec<f32>,
+}
+
+/// A loaded model on a device.
+pub struct Engine {
+    flow: RgFlow,
+    device: Device,
+    backend: BackendKind,
+}
+
+/// Reads a tensor back to the host (asynchronously, as WebGPU requires).
+pub async fn read<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
+    let data = t.into_data_async().await.map_err(|e| WebError::Backend(format!("reading a result back: {e:?}")))?;
+    data.try_to_vec::<f32>().map_err(|e| WebError::Backend(format!("result is not f32: {e:?}")))
+}
+
+impl Engine {
+    /// Validates and loads a weight file (as written by `trainer export`).
+    pub fn load(bytes: Vec<u8>, source: &str, device: Device, backend: BackendKind) -> Result<Self> {
+        let flow = rgflow::store::from_bytes(bytes, source, &device)?;
+        Ok(Self { flow, device, backend })
+    }
+
+    pub fn from_flow(flow: RgFlow, device: Device, backend: BackendKind) -> Self {
+        Self { flow, device, backend }
+    }
+
+    pub fn flow(&self) -> &RgFlow {
+        &self.flow
+    }
+
+    pub fn config(&self) -> &RgFlowConfig {
+        self.flow.config()
+    }
+
+    pub fn backend(&self) -> BackendKind {
+        self.backend
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Number of levels (index 0 = finest).
+    pub fn levels(&self) -> usize {
+        self.flow.lattice().levels()
+    }
+
+    /// Values per image, `C·L·L`.
+    pub fn image_len(&self) -> usize {
+        let c = self.config();
+        c.channels * c.image_size * c.image_size
+    }
+
+    fn tensor(&self, values: Vec<f32>, n: usize) -> Result<Tensor<4>> {
+        let c = self.config();
+        if values.len() != n * self.image_len() {
+            return Err(WebError::Input(format!("expected {} values for {n} images, got {}", n * self.image_len(), values.len())));
+        }
+        Ok(Tensor::from_data(TensorData::new(values, [n, c.channels, c.image_size, c.image_size]), &self.device))
+    }
+
+    fn split(&self, values: Vec<f32>) -> Vec<Vec<f32>> {
+        values.chunks(self.image_len()).map(<[f32]>::to_vec).collect()
+    }
+
+    /// `n` faces from the prior, seeded on the host so every backend (and
+    /// the trainer's `sample`) draws the same latents.
+    pub async fn sample(&self, n: usize, temperatures: &[f64], seed: u64) -> Result<Vec<Face>> {
+        let temps = LevelTemperatures::new(temperatures.to_vec(), self.levels())?;
+        let z = self.flow.sample_latents(n, &temps, seed, &self.device)?;
+        let x = self.flow.decode(z.clone());
+        let (x, z) = (read(x).await?, read(z).await?);
+        Ok(self.split(x).into_iter().zip(self.split(z)).map(|(x01, z)| Face { x01, z }).collect())
+    }
+
+    /// Images of latents, `n·C·L·L` values in, as many out.
+    pub async fn decode(&self, z: Vec<f32>, n: usize) -> Result<Vec<f32>> {
+        read(self.flow.decode(self.tensor(z, n)?)).await
+    }
+
+    /// Encodes an image (`[0, 1]` values) and scores it: the face and its
+    /// bits per dimension at the centre of every quantisation bin.
+    pub async fn encode(&self, x01: Vec<f32>) -> Result<(Face, f64)> {
+        let x = self.tensor(x01.clone(), 1)?;
+        let z = self.flow.encode(x.clone());
+        // Centre of the 256 bins: the image as a dequantised sample would see it.
+        let centred = x.mul_scalar(255.0 / 256.0).add_scalar(0.5 / 256.0);
+        let bpd = self.flow.bits_per_dim(centred);
+        let z = read(z).await?;
+        let bpd = read(bpd).await?[0] as f64;
+        Ok((Face { x01, z }, bpd))
+    }
+
+    /// The mixture that takes levels `≥ lambda` from `a` and the finer ones
+    /// from `b`, for every `lambda` in `0..=levels`: `levels + 1` images.
+    pub async fn mix_strip(&self, a: &Face, b: &Face) -> Result<Vec<Vec<f32>>> {
+        let k = self.levels() + 1;
+        let za = self.tensor(a.z.clone(), 1)?;
+        let zb = self.tensor(b.z.clone(), 1)?;
+        let mixed: Vec<Tensor<4>> = (0..k).map(|lambda| mix_levels(&self.flow, za.clone(), zb.clone(), lambda)).collect();
+        let x = read(self.flow.decode(Tensor::cat(mixed, 0))).await?;
+        Ok(self.split(x))
+    }
+
+    /// The latents of one level of a face, `[C·sites]` (channel-major).
+    pub async fn level_latents(&self, face: &Face, level: usize) -> Result<Vec<f32>> {
+        self.check_level(level)?;
+        read(level_values(&self.flow, self.tensor(face.z.clone(), 1)?, level)).await
+    }
+
+    /// The face with one level's latents replaced (`values` as from [`Self::level_latents`]).
+    pub async fn with_level_latents(&self, face: &Face, level: usize, values: Vec<f32>) -> Result<Face> {
+        self.check_level(level)?;
+        let count = self.flow.lattice().level_elements(level, self.config().channels).len();
+        if values.len() != count {
+            return Err(WebError::Input(format!("level {level} has {count} latents, got {}", values.len())));
+        }
+        let values = Tensor::<2>::from_data(TensorData::new(values, [1, count]), &self.device);
+        let z = with_level_values(&self.flow, self.tensor(face.z.clone(), 1)?, level, values);
+        let x = self.flow.decode(z.clone());
+        Ok(Face { x01: read(x).await?, z: read(z).await? })
+    }
+
+    /// A closed random walk of the latents of one level: `frames` images.
+    pub async fn random_walk(&self, face: &Face, level: usize, frames: usize, seed: u64) -> Result<Vec<Vec<f32>>> {
+        self.check_level(level)?;
+        let angle = std::f64::consts::TAU / frames as f64;
+        let z = random_walk(&self.flow, self.tensor(face.z.clone(), 1)?, level, frames, angle, seed)?;
+        Ok(self.split(read(self.flow.decode(z)).await?))
+    }
+
+    /// `∂x/∂z` of the latent at `site` (row-major index) and `channel`: `[C, L, L]`.
+    pub async fn receptive_field(&self, face: &Face, site: usize, channel: usize) -> Result<Vec<f32>> {
+        let size = self.config().image_size;
+        let latent = LatentSite { row: site / size, col: site % size, channel };
+        let field = receptive_field_tensor(&self.flow, self.tensor(face.z.clone(), 1)?, latent, 1e-2)?;
+        read(field).await
+    }
+
+    /// Starts filling the sites marked in `unknown` (`[L·L]`) of a face; the
+    /// values there are the starting point.
+    pub fn inpainter(&self, face: &Face, unknown: &[bool], learning_rate: f64) -> Result<Inpainter> {
+        Ok(Inpainter::new(&self.flow, self.tensor(face.x01.clone(), 1)?, unknown, learning_rate, true)?)
+    }
+
+    /// Current image of an inpainting, `[C, L, L]` in `[0, 1]`.
+    pub async fn inpainted(&self, inpainter: &Inpainter) -> Result<Vec<f32>> {
+        read(inpainter.image()).await
+    }
+
+    fn check_level(&self, level: usize) -> Result<()> {
+        if level >= self.levels() {
+            return Err(WebError::Input(format!("the model has levels 0..{}, not {level}", self.levels() - 1)));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,185 @@
+//! Inpaint panel: paint over a face (mouse, pen or finger) and watch the
+//! model fill the painted pixels in, re-running only the O(log L) blocks in
+//! their causal cone at every Adam step.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use web_sys::{HtmlCanvasElement, HtmlElement, MouseEvent, PointerEvent};
+
+use super::live::Live;
+use super::{App, by_id, canvas_pixel, draw_image, input_value, ms, now, on, report};
+use crate::engine::Face;
+use crate::error::Result;
+
+/// Adam step size in logit units.
+const LEARNING_RATE: f64 = 0.08;
+/// Steps between two redraws.
+const SHOW_EVERY: usize = 5;
+
+/// The face being edited.
+struct Canvas {
+    generation: u64,
+    /// The picked face as it was before any painting.
+    base: Face,
+    /// What is on screen: known pixels from `base`, painted ones filled in.
+    image: Vec<f32>,
+    /// Sites painted so far (`[L·L]`).
+    mask: Vec<bool>,
+    /// Sites painted while a fill was running (they stay grey until the next).
+    painted_since: Vec<bool>,
+    drawing: bool,
+}
+
+impl Canvas {
+    fn new(app: &App) -> Self {
+        let base = app.picked();
+        let plane = base.x01.len() / app.engine.config().channels;
+        Self { generation: app.generation(), image: base.x01.clone(), base, mask: vec![false; plane], painted_since: vec![false; plane], drawing: false }
+    }
+
+    /// Marks a disc of `radius` around `(x, y)` as unknown (grey on screen).
+    fn paint(&mut self, size: usize, x: usize, y: usize, radius: f64) {
+        let plane = size * size;
+        let r = radius.ceil() as isize;
+        for dy in -r..=r {
+            for dx in -r..=r {
+                let (px, py) = (x as isize + dx, y as isize + dy);
+                if px < 0 || py < 0 || px >= size as isize || py >= size as isize || ((dx * dx + dy * dy) as f64) > radius * radius {
+                    continue;
+                }
+                let s = py as usize * size + px as usize;
+                if !self.mask[s] || !self.painted_since[s] {
+                    self.mask[s] = true;
+                    self.painted_since[s] = true;
+                    for ch in 0..self.image.len() / plane {
+                        self.image[ch * plane + s] = 0.5;
+                    }
+                }
+            }
+        }
+    }
+}
+
+pub fn init(app: &Rc<App>) -> Result<Rc<Live>> {
+    let size = app.engine.config().image_size;
+    let channels = app.engine.config().channels;
+    let state = Rc::new(RefCell::new(Canvas::new(app)));
+    let canvas: HtmlCanvasElement = by_id("inpaint-canvas")?;
+    let live = Live::new();
+    let redraw = {
+        let canvas = canvas.clone();
+        move |s: &Canvas| draw_image(&canvas, &s.image, channels, size)
+    };
+    {
+        let (a, st, redraw) = (app.clone(), state.clone(), redraw.clone());
+        live.set(move || {
+            let (a, st, redraw) = (a.clone(), state_ref(&st), redraw.clone());
+            async move {
+                if st.borrow().generation != a.generation() {
+                    *st.borrow_mut() = Canvas::new(&a);
+                }
+                redraw(&st.borrow());
+                if !st.borrow().mask.contains(&true) {
+                    report("inpaint-status", Ok("Paint over the face (or press “Erase centre”) to inpaint".into()));
+                    return;
+                }
+                let result = fill(&a, &st, &redraw).await;
+                report("inpaint-status", result);
+            }
+        });
+        let _ = st;
+    }
+    let stroke = |state: &Rc<RefCell<Canvas>>, canvas: &HtmlCanvasElement, e: &PointerEvent| {
+        let Some((x, y)) = canvas_pixel(canvas, e.client_x() as f64, e.client_y() as f64) else { return };
+        let radius = input_value("inpaint-brush").and_then(|v| v.parse::<f64>().ok()).unwrap_or(2.0);
+        state.borrow_mut().paint(size, x, y, radius);
+    };
+    {
+        let (st, cv, redraw) = (state.clone(), canvas.clone(), redraw.clone());
+        on(&canvas, "pointerdown", move |e: PointerEvent| {
+            e.prevent_default();
+            let _ = cv.set_pointer_capture(e.pointer_id());
+            st.borrow_mut().drawing = true;
+            stroke(&st, &cv, &e);
+            redraw(&st.borrow());
+        });
+    }
+    {
+        let (st, cv, redraw) = (state.clone(), canvas.clone(), redraw.clone());
+        on(&canvas, "pointermove", move |e: PointerEvent| {
+            if st.borrow().drawing {
+                stroke(&st, &cv, &e);
+                redraw(&st.borrow());
+            }
+        });
+    }
+    for end in ["pointerup", "pointercancel"] {
+        let (st, l) = (state.clone(), live.clone());
+        on(&canvas, end, move |_: PointerEvent| {
+            if std::mem::replace(&mut st.borrow_mut().drawing, false) {
+                l.trigger();
+            }
+        });
+    }
+    {
+        let (st, l) = (state.clone(), live.clone());
+        let erase: HtmlElement = by_id("inpaint-erase")?;
+        on(&erase, "click", move |_: MouseEvent| {
+            let c = size as f64 / 2.0;
+            st.borrow_mut().paint(size, c as usize, c as usize, size as f64 / 6.0);
+            l.trigger();
+        });
+    }
+    {
+        let (a, st, l) = (app.clone(), state.clone(), live.clone());
+        let reset: HtmlElement = by_id("inpaint-reset")?;
+        on(&reset, "click", move |_: MouseEvent| {
+            *st.borrow_mut() = Canvas::new(&a);
+            l.trigger();
+        });
+    }
+    Ok(live)
+}
+
+fn state_ref(s: &Rc<RefCell<Canvas>>) -> Rc<RefCell<Canvas>> {
+    s.clone()
+}
+
+/// Runs the Adam steps for everything painted so far, redrawing as it goes.
+async fn fill(app: &App, state: &RefCell<Canvas>, redraw: &impl Fn(&Canvas)) -> Result<String> {
+    let steps = input_value("inpaint-steps").and_then(|v| v.parse::<usize>().ok()).unwrap_or(40).max(1);
+    let plane = state.borrow().mask.len();
+    let (face, mask) = {
+        let mut s = state.borrow_mut();
+        s.painted_since = vec![false; plane];
+        (Face { x01: s.image.clone(), z: s.base.z.clone() }, s.mask.clone())
+    };
+    let t = now();
+    let mut inpainter = app.engine.inpainter(&face, &mask, LEARNING_RATE)?;
+    let mut done = 0;
+    while done < steps {
+        for _ in 0..SHOW_EVERY.min(steps - done) {
+            inpainter.step();
+            done += 1;
+        }
+        let image = app.engine.inpainted(&inpainter).await?;
+        let mut s = state.borrow_mut();
+        // Pixels painted meanwhile stay grey until the next run fills them.
+        for (e, v) in image.into_iter().enumerate() {
+            if mask[e % plane] && !s.painted_since[e % plane] {
+                s.image[e] = v;
+            }
+        }
+        redraw(&s);
+    }
+    let elapsed = now() - t;
+    Ok(format!(
+        "{steps} steps in {} ({} per step) on {}; each step re-ran {} of {} blocks",
+        ms(elapsed),
+        ms(elapsed / steps as f64),
+        app.backend_label(),
+        inpainter.blocks_per_step(),
+        inpainter.blocks_total()
+    ))
+}

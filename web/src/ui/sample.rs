@@ -1,0 +1,93 @@
+//! Sample panel: a 4×4 grid of faces from a seed, one temperature per level.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use web_sys::{Event, HtmlCanvasElement, HtmlElement, HtmlInputElement, MouseEvent};
+
+use super::live::Live;
+use super::{App, by_id, canvas_pixel, create, draw_tiles, input_value, ms, now, on, report};
+use crate::engine::Face;
+use crate::error::Result;
+
+/// Faces in the grid (the benchmark's batch too).
+pub const GRID: usize = 16;
+const COLS: usize = 4;
+
+/// Colder fine levels, warmer coarse ones: the paper's "effective temperature".
+pub fn default_temperatures(levels: usize) -> Vec<f64> {
+    (0..levels).map(|l| if levels == 1 { 0.8 } else { 0.6 + 0.3 * l as f64 / (levels - 1) as f64 }).map(|t| (t * 20.0).round() / 20.0).collect()
+}
+
+pub fn init(app: &Rc<App>) -> Result<Rc<Live>> {
+    let levels = app.engine.levels();
+    let temps_box: HtmlElement = by_id("sample-temps")?;
+    temps_box.set_inner_html("");
+    let live = Live::new();
+    for (level, t) in app.temperatures().into_iter().enumerate() {
+        let label = create("label");
+        let name = match level {
+            0 => "level 0 (finest)".to_string(),
+            l if l + 1 == levels => format!("level {l} (coarsest)"),
+            l => format!("level {l}"),
+        };
+        label.set_inner_html(&format!(
+            "<span>{name}</span><input type=range id=temp-{level} min=0 max=1.5 step=0.05 value={t}><output id=temp-out-{level}>{t:.2}</output>"
+        ));
+        temps_box.append_child(&label).ok();
+        let input: HtmlInputElement = by_id(&format!("temp-{level}"))?;
+        let (a, l) = (app.clone(), live.clone());
+        on(&input, "input", move |e: Event| {
+            let v: f64 = e.target().and_then(|t| wasm_bindgen::JsCast::dyn_into::<HtmlInputElement>(t).ok()).map(|i| i.value_as_number()).unwrap_or(0.8);
+            let mut temps = a.temperatures();
+            temps[level] = v;
+            a.set_temperatures(temps);
+            super::dom::set_text(&format!("temp-out-{level}"), &format!("{v:.2}"));
+            l.trigger();
+        });
+    }
+    let faces: Rc<RefCell<Vec<Face>>> = Rc::new(RefCell::new(Vec::new()));
+    let grid: HtmlCanvasElement = by_id("sample-grid")?;
+    {
+        let (a, faces, grid) = (app.clone(), faces.clone(), grid.clone());
+        live.set(move || {
+            let (a, faces, grid) = (a.clone(), faces.clone(), grid.clone());
+            async move {
+                let seed = input_value("sample-seed").and_then(|s| s.trim().parse::<u64>().ok()).unwrap_or(0);
+                let t = now();
+                let result = a.engine.sample(GRID, &a.temperatures(), seed).await.map(|new| {
+                    let c = a.engine.config();
+                    draw_tiles(&grid, &new.iter().map(|f| f.x01.as_slice()).collect::<Vec<_>>(), c.channels, c.image_size, COLS);
+                    *faces.borrow_mut() = new;
+                    format!("{GRID} faces in {} on {} — click one to use it in the other panels", ms(now() - t), a.backend_label())
+                });
+                report("sample-status", result);
+            }
+        });
+    }
+    let seed: HtmlInputElement = by_id("sample-seed")?;
+    let l = live.clone();
+    on(&seed, "input", move |_: Event| l.trigger());
+    let reseed: HtmlElement = by_id("sample-reseed")?;
+    let l = live.clone();
+    on(&reseed, "click", move |_: MouseEvent| {
+        if let Ok(seed) = by_id::<HtmlInputElement>("sample-seed") {
+            let next = seed.value().trim().parse::<u64>().unwrap_or(0).wrapping_add(1);
+            seed.set_value(&next.to_string());
+        }
+        l.trigger();
+    });
+    let (a, faces_for_click) = (app.clone(), faces.clone());
+    let size = app.engine.config().image_size;
+    let canvas = grid.clone();
+    on(&grid, "click", move |e: MouseEvent| {
+        let Some((x, y)) = canvas_pixel(&canvas, e.client_x() as f64, e.client_y() as f64) else { return };
+        let index = (y / (size + 1)) * COLS + x / (size + 1);
+        let face = faces_for_click.borrow().get(index).cloned();
+        if let Some(face) = face {
+            a.pick(face);
+            report("sample-status", Ok(format!("Face {} picked: the other panels now use it", index + 1)));
+        }
+    });
+    Ok(live)
+}

@@ -1,0 +1,37 @@
+//! What the native and the browser tests share: the shipped weights and the
+//! seeded sample that both must reproduce.
+
+#![allow(dead_code)]
+
+/// The weights the page loads by default.
+pub const WEIGHTS: &[u8] = include_bytes!("../../../models/celeba32.rgflow");
+
+/// The sample drawn natively by `native.rs` (regenerate with `RGFLOW_BLESS=1`).
+pub const FIXTURE: &str = include_str!("../fixtures/sample.json");
+
+pub const SEED: u64 = 7;
+pub const FACES: usize = 2;
+/// Largest pixel difference allowed between backends (values in `[0, 1]`).
+pub const TOLERANCE: f32 = 2e-3;
+
+pub fn temperatures(levels: usize) -> Vec<f64> {
+    (0..levels).map(|l| 0.5 + 0.1 * l as f64).collect()
+}
+
+/// The fixture's pixels, and the byte length of the weights it was made with.
+pub fn fixture() -> (Vec<f32>, usize) {
+    let v: serde_json::Value = serde_json::from_str(FIXTURE).expect("fixture is JSON");
+    let pixels = v["x01"].as_array().expect("x01").iter().map(|p| p.as_f64().unwrap() as f32).collect();
+    (pixels, v["weights_bytes"].as_u64().unwrap() as usize)
+}
+
+/// Largest absolute difference.
+pub fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "different lengths");
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+/// A 6×6 square in the middle of an `size×size` mask.
+pub fn centre_mask(size: usize) -> Vec<bool> {
+    (0..size * size).map(|s| (s / size).abs_diff(size / 2) < 3 && (s % size).abs_diff(size / 2) < 3).collect()
+}
