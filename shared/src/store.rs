@@ -8,7 +8,7 @@ use burn::module::{Module, ModuleMapper, Param};
 use burn::prelude::*;
 use burn::tensor::{DType, FloatDType};
 use burn::store::burn_pack::{Bytes, Reader};
-use burn::store::{BurnpackStore, HalfPrecisionAdapter, ModuleSnapshot};
+use burn::store::{BurnpackStore, FloatCastAdapter, HalfPrecisionAdapter, ModuleSnapshot};
 
 use crate::config::RgFlowConfig;
 use crate::error::{Error, Result};
@@ -122,16 +122,25 @@ pub fn from_bytes(bytes: Vec<u8>, source: &str, device: &Device) -> Result<RgFlo
 /// Loads weights into a freshly built model of `config` (which must be the
 /// file's own config; see [`read_config`]).
 fn load_into(config: RgFlowConfig, bytes: Vec<u8>, source: &str, device: &Device) -> Result<RgFlow> {
+    // The random initialisation is overwritten at once: run it on the CPU, so
+    // a GPU (a browser's WebGPU above all) compiles no kernels for it.
+    #[cfg(feature = "flex")]
+    let mut flow = config.init(&Device::flex());
+    #[cfg(not(feature = "flex"))]
     let mut flow = config.init(device);
-    let mut store = BurnpackStore::from_bytes(Some(Bytes::from_bytes_vec(bytes))).validate(true);
+    // f16 files become f32 on the host as they load: a device cast would need
+    // f16 shaders, which many WebGPU adapters lack.
+    let mut store = BurnpackStore::from_bytes(Some(Bytes::from_bytes_vec(bytes)))
+        .validate(true)
+        .with_from_adapter(FloatCastAdapter::to(DType::F32));
     let result = flow
         .load_from(&mut store)
         .map_err(|e| Error::weights(source, format!("tensors do not fit the stored config: {e}")))?;
     if !result.unused.is_empty() {
         return Err(Error::weights(source, format!("unexpected tensors, e.g. `{}`", result.unused[0])));
     }
-    // f16 files load as f16 tensors; the model computes in f32.
-    Ok(flow.map(&mut ToF32))
+    // Anything the adapter did not reach still computes in f32.
+    Ok(flow.map(&mut ToF32).to_device(device))
 }
 
 /// Loads a flow saved with [`save`].

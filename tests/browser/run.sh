@@ -11,22 +11,17 @@ if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; the
     $SUDO apt-get update -q && $SUDO apt-get install -y -q chromium chromium-driver
 fi
 
-# wasm-bindgen-test-runner drives Chromium through chromedriver with the
-# flags of web/webdriver.json (WebGPU on SwiftShader). Release profile: the
-# same build the site uses, and the model is too slow unoptimised.
-echo "== wasm-bindgen tests in headless Chromium" >&2
-(
-    cd web
-    CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
-    CHROMEDRIVER="$(command -v chromedriver)" \
-    WASM_BINDGEN_TEST_TIMEOUT=1800 \
-        cargo test --release --target wasm32-unknown-unknown --test browser
-)
+# The wasm-bindgen tests, built in the release profile (the same build the
+# site uses; the model is too slow unoptimised), run in headless Chromium with
+# WebGPU (SwiftShader) by wasm-tests.mjs.
+echo "== wasm-bindgen tests in headless Chromium (CPU backend and WebGPU)" >&2
+WASM=$(cd web && cargo test --release --target wasm32-unknown-unknown --test browser --no-run --message-format=json \
+    | node -e 'let last; require("readline").createInterface({ input: process.stdin }).on("line", (l) => { const m = JSON.parse(l); if (m.executable) last = m.executable; }).on("close", () => console.log(last));')
+(cd tests/browser && npm ci --no-audit --no-fund --silent && node wasm-tests.mjs "$WASM")
 
 echo "== site build and page test" >&2
 trunk build --release
 (
     cd tests/browser
-    npm ci --no-audit --no-fund --silent
     node page.test.mjs ../../dist "${BROWSER_OUT:-../../target/browser}"
 )

@@ -41,7 +41,7 @@ async fn measure(engine: &Engine, first: f64) -> Result<String> {
             mask[r * size + c] = true;
         }
     }
-    let mut stroke = || async {
+    let stroke = || async {
         let mut inpainter = engine.inpainter(&face, &mask, 0.08)?;
         for _ in 0..STROKE_STEPS {
             inpainter.step();

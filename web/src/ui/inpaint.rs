@@ -74,7 +74,7 @@ pub fn init(app: &Rc<App>) -> Result<Rc<Live>> {
     {
         let (a, st, redraw) = (app.clone(), state.clone(), redraw.clone());
         live.set(move || {
-            let (a, st, redraw) = (a.clone(), state_ref(&st), redraw.clone());
+            let (a, st, redraw) = (a.clone(), st.clone(), redraw.clone());
             async move {
                 if st.borrow().generation != a.generation() {
                     *st.borrow_mut() = Canvas::new(&a);
@@ -88,9 +88,8 @@ pub fn init(app: &Rc<App>) -> Result<Rc<Live>> {
                 report("inpaint-status", result);
             }
         });
-        let _ = st;
     }
-    let stroke = |state: &Rc<RefCell<Canvas>>, canvas: &HtmlCanvasElement, e: &PointerEvent| {
+    let stroke = move |state: &Rc<RefCell<Canvas>>, canvas: &HtmlCanvasElement, e: &PointerEvent| {
         let Some((x, y)) = canvas_pixel(canvas, e.client_x() as f64, e.client_y() as f64) else { return };
         let radius = input_value("inpaint-brush").and_then(|v| v.parse::<f64>().ok()).unwrap_or(2.0);
         state.borrow_mut().paint(size, x, y, radius);
@@ -140,10 +139,6 @@ pub fn init(app: &Rc<App>) -> Result<Rc<Live>> {
         });
     }
     Ok(live)
-}
-
-fn state_ref(s: &Rc<RefCell<Canvas>>) -> Rc<RefCell<Canvas>> {
-    s.clone()
 }
 
 /// Runs the Adam steps for everything painted so far, redrawing as it goes.

@@ -50,8 +50,4 @@ impl Live {
             me.busy.set(false);
         });
     }
-
-    pub fn is_busy(&self) -> bool {
-        self.busy.get()
-    }
 }

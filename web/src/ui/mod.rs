@@ -108,6 +108,9 @@ impl App {
 
 /// Shows a message in a panel's status line (`error` styles it as one).
 pub fn status(id: &str, text: &str, error: bool) {
+    // Also on the console, where a tester or a bug report finds it.
+    let line = wasm_bindgen::JsValue::from(format!("{id}: {text}"));
+    if error { web_sys::console::warn_1(&line) } else { web_sys::console::log_1(&line) }
     if let Ok(e) = dom::by_id::<HtmlElement>(id) {
         e.set_text_content(Some(text));
         let _ = e.class_list().toggle_with_force("error", error);

@@ -65,20 +65,20 @@ pub fn init(app: &Rc<App>) -> Result<Rc<Live>> {
     // Click on the face or the site map: the nearest site of the level.
     for id in ["rf-face", "rf-sites"] {
         let canvas: HtmlCanvasElement = by_id(id)?;
-        let (cv, site, site_level, l) = (canvas.clone(), site.clone(), site_level.clone(), live.clone());
+        let (cv, chosen, levels_of_sites, l) = (canvas.clone(), site.clone(), site_level.clone(), live.clone());
         on(&canvas, "click", move |e: MouseEvent| {
             let Some((x, y)) = canvas_pixel(&cv, e.client_x() as f64, e.client_y() as f64) else { return };
             let level = level_of("rf-level");
             let nearest = (0..size * size)
-                .filter(|&s| site_level[s] == level)
+                .filter(|&s| levels_of_sites[s] == level)
                 .min_by_key(|&s| (s / size).abs_diff(y).pow(2) + (s % size).abs_diff(x).pow(2));
             if let Some(s) = nearest {
-                site.set(s);
+                chosen.set(s);
                 l.trigger();
             }
         });
         // Arrow keys step to the next site of the level in that direction.
-        let (site, site_level, l) = (site.clone(), site_level.clone(), live.clone());
+        let (chosen, levels_of_sites, l) = (site.clone(), site_level.clone(), live.clone());
         on(&canvas, "keydown", move |e: KeyboardEvent| {
             let (dr, dc): (isize, isize) = match e.key().as_str() {
                 "ArrowUp" => (-1, 0),
@@ -89,13 +89,13 @@ pub fn init(app: &Rc<App>) -> Result<Rc<Live>> {
             };
             e.prevent_default();
             let level = level_of("rf-level");
-            let (mut r, mut c) = ((site.get() / size) as isize, (site.get() % size) as isize);
+            let (mut r, mut c) = ((chosen.get() / size) as isize, (chosen.get() % size) as isize);
             for _ in 0..size {
                 r = (r + dr).rem_euclid(size as isize);
                 c = (c + dc).rem_euclid(size as isize);
                 let s = r as usize * size + c as usize;
-                if site_level[s] == level {
-                    site.set(s);
+                if levels_of_sites[s] == level {
+                    chosen.set(s);
                     l.trigger();
                     return;
                 }
