@@ -61,6 +61,47 @@ async function run(browser, base, name, query, expectBackend) {
   await page.close();
 }
 
+// Every other panel once (CPU backend): its job runs and reports no error.
+async function panels(browser, base) {
+  const page = await browser.newPage();
+  await page.setViewport({ width: 1000, height: 1200 });
+  await page.goto(base + '?backend=cpu');
+  await page.waitForSelector('#app[data-state="ready"]', { timeout: TIMEOUT });
+  const settle = async (id, pattern) => {
+    await page.waitForFunction((id, p) => new RegExp(p).test(document.getElementById(id).textContent)
+      || document.getElementById(id).classList.contains('error'), { timeout: TIMEOUT }, id, pattern.source);
+    const [text, error] = await page.$eval('#' + id, (e) => [e.textContent, e.classList.contains('error')]);
+    assert.ok(!error, `${id}: ${text}`);
+    return text;
+  };
+  await page.click('#tab-mix');
+  console.log('  mix:', await settle('mix-status', /mixtures in/));
+  await page.click('#tab-inpaint');
+  await page.click('#inpaint-erase');
+  console.log('  inpaint:', await settle('inpaint-status', /steps in/));
+  await page.click('#tab-explore');
+  console.log('  explore:', await settle('explore-status', /Decoded in/));
+  await page.click('#tab-receptive');
+  console.log('  receptive:', await settle('rf-status', /pixels;/));
+  await page.focus('#rf-face');
+  await page.keyboard.press('ArrowRight');
+  await page.click('#tab-photo');
+  // A generated face as the upload (never a dataset image), then a non-image.
+  const png = await page.$eval('#inpaint-canvas', (c) => c.toDataURL('image/png'));
+  const file = path.join(out, 'upload.png');
+  fs.writeFileSync(file, Buffer.from(png.split(',')[1], 'base64'));
+  await (await page.$('#photo-file')).uploadFile(file);
+  console.log('  photo:', await settle('photo-status', /bits\/dim/));
+  const junk = path.join(out, 'notes.txt');
+  fs.writeFileSync(junk, 'not an image');
+  await (await page.$('#photo-file')).uploadFile(junk);
+  await page.waitForFunction(() => document.getElementById('photo-status').classList.contains('error'), { timeout: TIMEOUT });
+  console.log('  non-image:', await page.$eval('#photo-status', (e) => e.textContent));
+  await page.screenshot({ path: path.join(out, 'page-panels.png'), fullPage: true });
+  console.log('ok panels');
+  await page.close();
+}
+
 async function missingWeights(browser, base) {
   const page = await browser.newPage();
   await page.goto(base + '?backend=cpu&model=models/missing.rgflow');
@@ -77,6 +118,7 @@ try {
   try {
     await run(gpu, server.url, 'webgpu', '', /WebGPU/);
     await run(gpu, server.url, 'cpu', '?backend=cpu', /CPU/);
+    await panels(gpu, server.url);
     await missingWeights(gpu, server.url);
   } finally {
     await gpu.close();

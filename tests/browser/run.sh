@@ -6,9 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 ./web/setup.sh
-if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+if ! command -v chromium >/dev/null; then
     SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
-    $SUDO apt-get update -q && $SUDO apt-get install -y -q chromium chromium-driver
+    $SUDO apt-get update -q && $SUDO apt-get install -y -q chromium
 fi
 
 # The wasm-bindgen tests, built in the release profile (the same build the

@@ -10,11 +10,12 @@ const TYPES = {
 };
 
 /** Serves `root` on a free local port; resolves to `{ url, close }`. */
-export function serve(root) {
+export function serve(dir) {
+  const root = path.resolve(dir);
   const server = http.createServer((req, res) => {
     const url = new URL(req.url, 'http://localhost');
     let file = path.join(root, decodeURIComponent(url.pathname));
-    if (!file.startsWith(path.resolve(root))) { res.writeHead(403).end(); return; }
+    if (!file.startsWith(root)) { res.writeHead(403).end(); return; }
     if (fs.existsSync(file) && fs.statSync(file).isDirectory()) file = path.join(file, 'index.html');
     fs.stat(file, (err, stat) => {
       if (err) { res.writeHead(404).end('not found'); return; }
