@@ -81,10 +81,17 @@ async function panels(browser, base) {
   console.log('  inpaint:', await settle('inpaint-status', /steps in/));
   await page.click('#tab-explore');
   console.log('  explore:', await settle('explore-status', /Decoded in/));
+  await page.click('#walk-play');
+  console.log('  walk:', await settle('walk-status', /frames of level/));
+  await page.click('#walk-play');
   await page.click('#tab-receptive');
-  console.log('  receptive:', await settle('rf-status', /pixels;/));
+  const first = await settle('rf-status', /pixels;/);
+  console.log('  receptive:', first);
   await page.focus('#rf-face');
   await page.keyboard.press('ArrowRight');
+  await page.waitForFunction((s) => document.getElementById('rf-status').textContent !== s
+    && /pixels;/.test(document.getElementById('rf-status').textContent), { timeout: TIMEOUT }, first);
+  console.log('  receptive, next site:', await settle('rf-status', /pixels;/));
   await page.click('#tab-photo');
   // A generated face as the upload (never a dataset image), then a non-image.
   const png = await page.$eval('#inpaint-canvas', (c) => c.toDataURL('image/png'));
