@@ -62,7 +62,7 @@ pub fn prepare(img: &DynamicImage, crop: Crop, size: usize, channels: usize) -> 
 
 /// Decodes an encoded image (PNG or JPEG) and [`prepare`]s it.
 pub fn decode_and_prepare(bytes: &[u8], crop: Crop, size: usize, channels: usize) -> Result<Vec<u8>> {
-    let img = image::load_from_memory(bytes).map_err(|e| Error::Shape(format!("not a readable image: {e}")))?;
+    let img = image::load_from_memory(bytes).map_err(|e| Error::Image(e.to_string()))?;
     prepare(&img, crop, size, channels)
 }
 
@@ -132,6 +132,7 @@ mod tests {
 
     #[test]
     fn garbage_bytes_are_an_error() {
-        assert!(decode_and_prepare(b"definitely not a jpeg", Crop::None, 8, 3).is_err());
+        let err = decode_and_prepare(b"definitely not a jpeg", Crop::None, 8, 3).unwrap_err();
+        assert!(matches!(err, Error::Image(_)), "{err}");
     }
 }

@@ -122,12 +122,14 @@ pub fn from_bytes(bytes: Vec<u8>, source: &str, device: &Device) -> Result<RgFlo
 /// Loads weights into a freshly built model of `config` (which must be the
 /// file's own config; see [`read_config`]).
 fn load_into(config: RgFlowConfig, bytes: Vec<u8>, source: &str, device: &Device) -> Result<RgFlow> {
-    // The random initialisation is overwritten at once: run it on the CPU, so
-    // a GPU (a browser's WebGPU above all) compiles no kernels for it.
+    // The random initialisation is overwritten at once: for inference, run it
+    // on the CPU, so a GPU (a browser's WebGPU above all) compiles no kernels
+    // for it. A training device keeps its own parameters (autodiff-tracked).
     #[cfg(feature = "flex")]
-    let mut flow = config.init(&Device::flex());
+    let init_device = if device.is_autodiff() { device.clone() } else { Device::flex() };
     #[cfg(not(feature = "flex"))]
-    let mut flow = config.init(device);
+    let init_device = device.clone();
+    let mut flow = config.init(&init_device);
     // f16 files become f32 on the host as they load: a device cast would need
     // f16 shaders, which many WebGPU adapters lack.
     let mut store = BurnpackStore::from_bytes(Some(Bytes::from_bytes_vec(bytes)))
@@ -140,7 +142,8 @@ fn load_into(config: RgFlowConfig, bytes: Vec<u8>, source: &str, device: &Device
         return Err(Error::weights(source, format!("unexpected tensors, e.g. `{}`", result.unused[0])));
     }
     // Anything the adapter did not reach still computes in f32.
-    Ok(flow.map(&mut ToF32).to_device(device))
+    let flow = flow.map(&mut ToF32);
+    Ok(if &init_device == device { flow } else { flow.to_device(device) })
 }
 
 /// Loads a flow saved with [`save`].

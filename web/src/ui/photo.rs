@@ -45,7 +45,7 @@ async fn load(app: &App, file: &web_sys::File) -> Result<String> {
     let bytes = js_sys::Uint8Array::new(&buffer).to_vec();
     let c = app.engine.config().clone();
     let chw = pixels::decode_and_prepare(&bytes, Crop::CenterSquare, c.image_size, c.channels)
-        .map_err(|e| WebError::Input(format!("{name} is not an image this demo can read ({e})")))?;
+        .map_err(|e| WebError::Input(format!("{name}: {e}")))?;
     let x01: Vec<f32> = chw.iter().map(|&v| v as f32 / 255.0).collect();
     let t = now();
     let (face, bpd) = app.engine.encode(x01).await?;
