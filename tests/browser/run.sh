@@ -15,7 +15,7 @@ fi
 # site uses; the model is too slow unoptimised), run in headless Chromium with
 # WebGPU (SwiftShader) by wasm-tests.mjs.
 echo "== wasm-bindgen tests in headless Chromium (CPU backend and WebGPU)" >&2
-WASM=$(cd web && cargo test --release --target wasm32-unknown-unknown --test browser --no-run --message-format=json \
+WASM=$(cd web && cargo test --release --target wasm32-unknown-unknown --test browser --no-run --message-format=json-render-diagnostics \
     | node -e 'let last; require("readline").createInterface({ input: process.stdin }).on("line", (l) => { const m = JSON.parse(l); if (m.executable) last = m.executable; }).on("close", () => console.log(last));')
 (cd tests/browser && npm ci --no-audit --no-fund --silent && node wasm-tests.mjs "$WASM")
 
