@@ -61,10 +61,6 @@ impl Engine {
         Ok(Self { flow, device, backend })
     }
 
-    pub fn from_flow(flow: RgFlow, device: Device, backend: BackendKind) -> Self {
-        Self { flow, device, backend }
-    }
-
     pub fn flow(&self) -> &RgFlow {
         &self.flow
     }
@@ -75,10 +71,6 @@ impl Engine {
 
     pub fn backend(&self) -> BackendKind {
         self.backend
-    }
-
-    pub fn device(&self) -> &Device {
-        &self.device
     }
 
     /// Number of levels (index 0 = finest).

@@ -35,3 +35,18 @@ pub fn max_diff(a: &[f32], b: &[f32]) -> f32 {
 pub fn centre_mask(size: usize) -> Vec<bool> {
     (0..size * size).map(|s| (s / size).abs_diff(size / 2) < 3 && (s % size).abs_diff(size / 2) < 3).collect()
 }
+
+/// Checks an inpainting result against the face it started from: every pixel
+/// outside `mask` (`[L·L]`, all channels) is unchanged, some inside changed.
+pub fn assert_inpainted(before: &[f32], after: &[f32], mask: &[bool], what: &str) {
+    let plane = mask.len();
+    let mut changed = 0;
+    for (e, (a, b)) in before.iter().zip(after).enumerate() {
+        if mask[e % plane] {
+            changed += usize::from(a != b);
+        } else {
+            assert_eq!(a, b, "{what}: known pixel {e} changed");
+        }
+    }
+    assert!(changed > 0, "{what}: the hole did not change");
+}
