@@ -32,6 +32,7 @@ pub mod error;
 pub mod flow;
 mod gather;
 pub mod import;
+pub mod kernels;
 pub mod lattice;
 pub mod local;
 pub mod nn;
