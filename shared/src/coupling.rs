@@ -4,6 +4,7 @@
 use burn::module::Module;
 use burn::prelude::*;
 
+use crate::kernels::{self, CouplingParams};
 use crate::nn::MlpResNet;
 
 /// Checkerboard masks over a `[C, K, K]` block flattened to `C·K²`:
@@ -63,51 +64,50 @@ impl CouplingStack {
     ///
     /// `x: [M, C·K²]` (one row per block) `-> (z: [M, C·K²], log|det J|: [M])`.
     pub fn forward(&self, mut x: Tensor<2>) -> (Tensor<2>, Tensor<1>) {
-        let mut sum_s: Option<Tensor<2>> = None;
+        let mut ldj: Option<Tensor<1>> = None;
         for (s_net, t_net) in self.s_layers.iter().zip(&self.t_layers) {
             for (mask, inv_mask) in [(&self.mask_left, &self.mask_right), (&self.mask_right, &self.mask_left)] {
-                let (s, t) = Self::scale_shift(s_net, t_net, x.clone() * mask.clone(), inv_mask);
+                let params = Self::params(s_net, t_net, inv_mask);
+                let (s_raw, t_raw) = Self::raw_scale_shift(s_net, t_net, x.clone() * mask.clone());
                 // s = t = 0 on the conditioning half, so this equals the authors'
                 // `mask·x + inv_mask·(x·exp(s) + t)` exactly.
-                x = x * s.clone().exp() + t;
-                sum_s = Some(match sum_s {
-                    Some(acc) => acc + s,
-                    None => s,
-                });
+                let log_scale = kernels::coupling_log_scale(s_raw.clone(), &params);
+                x = kernels::coupling_update(x, s_raw, t_raw, &params, false);
+                ldj = Some(ldj.map_or(log_scale.clone(), |acc| acc + log_scale));
             }
         }
-        let ldj = sum_s.expect("at least one coupling layer").sum_dim(1).squeeze_dim(1);
-        (x, ldj)
+        (x, ldj.expect("at least one coupling layer"))
     }
 
     /// Latent to data direction, the exact inverse of [`Self::forward`].
     ///
     /// `z: [M, C·K²] -> (x: [M, C·K²], log|det J⁻¹|: [M])`.
     pub fn inverse(&self, mut z: Tensor<2>) -> (Tensor<2>, Tensor<1>) {
-        let mut sum_s: Option<Tensor<2>> = None;
+        let mut log_scale_sum: Option<Tensor<1>> = None;
         for (s_net, t_net) in self.s_layers.iter().zip(&self.t_layers).rev() {
             for (mask, inv_mask) in [(&self.mask_right, &self.mask_left), (&self.mask_left, &self.mask_right)] {
-                let (s, t) = Self::scale_shift(s_net, t_net, z.clone() * mask.clone(), inv_mask);
-                z = (z - t) * s.clone().neg().exp();
-                sum_s = Some(match sum_s {
-                    Some(acc) => acc + s,
-                    None => s,
-                });
+                let params = Self::params(s_net, t_net, inv_mask);
+                let (s_raw, t_raw) = Self::raw_scale_shift(s_net, t_net, z.clone() * mask.clone());
+                let log_scale = kernels::coupling_log_scale(s_raw.clone(), &params);
+                z = kernels::coupling_update(z, s_raw, t_raw, &params, true);
+                log_scale_sum = Some(log_scale_sum.map_or(log_scale.clone(), |acc| acc + log_scale));
             }
         }
-        let ldj = sum_s.expect("at least one coupling layer").sum_dim(1).squeeze_dim::<1>(1).neg();
-        (z, ldj)
+        (z, log_scale_sum.expect("at least one coupling layer").neg())
     }
 
-    /// `s` and `t` of one coupling, zero on the conditioning half.
-    fn scale_shift(
-        s_net: &MlpResNet,
-        t_net: &MlpResNet,
-        conditioner: Tensor<2>,
-        inv_mask: &Tensor<2>,
-    ) -> (Tensor<2>, Tensor<2>) {
-        let s = s_net.forward(conditioner.clone()) * inv_mask.clone();
-        let t = t_net.forward(conditioner) * inv_mask.clone();
-        (s, t)
+    /// The s and t networks' outputs before their final scale (and `tanh`),
+    /// which the fused update applies.
+    fn raw_scale_shift(s_net: &MlpResNet, t_net: &MlpResNet, conditioner: Tensor<2>) -> (Tensor<2>, Tensor<2>) {
+        (s_net.trunk(conditioner.clone()), t_net.trunk(conditioner))
+    }
+
+    fn params(s_net: &MlpResNet, t_net: &MlpResNet, inv_mask: &Tensor<2>) -> CouplingParams {
+        debug_assert!(s_net.final_tanh && !t_net.final_tanh);
+        CouplingParams {
+            s_scale: s_net.scale.scale.val(),
+            t_scale: t_net.scale.scale.val(),
+            mask: inv_mask.clone().squeeze_dim(0),
+        }
     }
 }

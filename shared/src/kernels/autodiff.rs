@@ -1,7 +1,8 @@
-//! [`FusedKernels`] under autodiff: the inner backend's fused forward, and a
-//! backward step that calls its fused backward.
+//! [`FusedKernels`] under autodiff: the inner backend's fused forward, and
+//! backward steps that call its fused backward.
 
 use burn::backend::Autodiff;
+use burn::backend::autodiff::NodeId;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
@@ -9,6 +10,13 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::tensor::FloatTensor;
 
 use super::FusedKernels;
+
+/// Registers `grad` for a parent, if it is tracked.
+fn register<B: FusedKernels>(grads: &mut Gradients, parent: Option<NodeId>, grad: FloatTensor<B>) {
+    if let Some(id) = parent {
+        grads.register::<B>(id, grad);
+    }
+}
 
 impl<B: FusedKernels, C: CheckpointStrategy> FusedKernels for Autodiff<B, C> {
     fn swish(x: FloatTensor<Self>, beta: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -24,12 +32,8 @@ impl<B: FusedKernels, C: CheckpointStrategy> FusedKernels for Autodiff<B, C> {
                 let grad = grads.consume::<B>(&ops.node);
                 let (x, beta) = ops.state;
                 let (grad_x, grad_beta) = B::swish_backward(x, beta, grad);
-                if let Some(node) = node_x {
-                    grads.register::<B>(node.id, grad_x);
-                }
-                if let Some(node) = node_beta {
-                    grads.register::<B>(node.id, grad_beta);
-                }
+                register::<B>(grads, node_x.map(|n| n.id), grad_x);
+                register::<B>(grads, node_beta.map(|n| n.id), grad_beta);
             }
         }
 
@@ -41,6 +45,83 @@ impl<B: FusedKernels, C: CheckpointStrategy> FusedKernels for Autodiff<B, C> {
                 prep.finish((x, beta), output)
             }
             OpsKind::UnTracked(prep) => prep.finish(B::swish(x, beta)),
+        }
+    }
+
+    fn coupling_update(
+        x: FloatTensor<Self>,
+        s_raw: FloatTensor<Self>,
+        t_raw: FloatTensor<Self>,
+        s_scale: FloatTensor<Self>,
+        t_scale: FloatTensor<Self>,
+        mask: FloatTensor<Self>,
+        inverse: bool,
+    ) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct CouplingBackward;
+
+        impl<B: FusedKernels> Backward<B, 6> for CouplingBackward {
+            /// The forward inputs `[x, s_raw, t_raw, s_scale, t_scale, mask]`
+            /// and the direction.
+            type State = ([FloatTensor<B>; 6], bool);
+
+            fn backward(self, ops: Ops<Self::State, 6>, grads: &mut Gradients, _: &mut Checkpointer) {
+                let [node_x, node_s_raw, node_t_raw, node_s_scale, node_t_scale, _mask] = ops.parents;
+                let grad = grads.consume::<B>(&ops.node);
+                let ([x, s_raw, t_raw, s_scale, t_scale, mask], inverse) = ops.state;
+                let (gx, gs, gt, gs_scale, gt_scale) =
+                    B::coupling_update_backward(x, s_raw, t_raw, s_scale, t_scale, mask, inverse, grad);
+                register::<B>(grads, node_x.map(|n| n.id), gx);
+                register::<B>(grads, node_s_raw.map(|n| n.id), gs);
+                register::<B>(grads, node_t_raw.map(|n| n.id), gt);
+                register::<B>(grads, node_s_scale.map(|n| n.id), gs_scale);
+                register::<B>(grads, node_t_scale.map(|n| n.id), gt_scale);
+            }
+        }
+
+        let (inputs, nodes): (Vec<_>, Vec<_>) =
+            [x, s_raw, t_raw, s_scale, t_scale, mask].into_iter().map(|t| t.into_parts()).unzip();
+        let inputs: [FloatTensor<B>; 6] = inputs.try_into().expect("six inputs");
+        let nodes = nodes.try_into().expect("six inputs");
+        let run = |[x, s_raw, t_raw, s_scale, t_scale, mask]: [FloatTensor<B>; 6]| {
+            B::coupling_update(x, s_raw, t_raw, s_scale, t_scale, mask, inverse)
+        };
+        match CouplingBackward.prepare::<C>(nodes).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let output = run(inputs.clone());
+                prep.finish((inputs, inverse), output)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(run(inputs)),
+        }
+    }
+
+    fn coupling_log_scale(s_raw: FloatTensor<Self>, s_scale: FloatTensor<Self>, mask: FloatTensor<Self>) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct LogScaleBackward;
+
+        impl<B: FusedKernels> Backward<B, 3> for LogScaleBackward {
+            /// The forward inputs `s_raw`, `s_scale`, `mask`.
+            type State = [FloatTensor<B>; 3];
+
+            fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+                let [node_s_raw, node_s_scale, _mask] = ops.parents;
+                let grad = grads.consume::<B>(&ops.node);
+                let [s_raw, s_scale, mask] = ops.state;
+                let (g_raw, g_scale) = B::coupling_log_scale_backward(s_raw, s_scale, mask, grad);
+                register::<B>(grads, node_s_raw.map(|n| n.id), g_raw);
+                register::<B>(grads, node_s_scale.map(|n| n.id), g_scale);
+            }
+        }
+
+        let (s_raw, n_raw) = s_raw.into_parts();
+        let (s_scale, n_scale) = s_scale.into_parts();
+        let (mask, n_mask) = mask.into_parts();
+        match LogScaleBackward.prepare::<C>([n_raw, n_scale, n_mask]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let output = B::coupling_log_scale(s_raw.clone(), s_scale.clone(), mask.clone());
+                prep.finish([s_raw, s_scale, mask], output)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::coupling_log_scale(s_raw, s_scale, mask)),
         }
     }
 }

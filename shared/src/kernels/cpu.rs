@@ -3,20 +3,23 @@
 //! The hot loops are written as plain per-element arithmetic with no branches
 //! and no libm calls, so the compiler vectorises them; `multiversion` compiles
 //! each one for AVX-512 and AVX2 and picks at run time (glibc's scalar `expf`
-//! was a fifth of a training step before these kernels).
+//! was a fifth of a training step before these kernels). Rows are split
+//! across the thread pool; outputs are written once, never zero-filled first.
+//!
+//! Shapes: `[M, F]` tensors are row-major slices of `M · F` values, per-feature
+//! vectors have `F` values.
+
+use std::mem::MaybeUninit;
+use std::ops::Range;
 
 use multiversion::multiversion;
-
-/// Rows handed to one thread at a time: big enough that the thread pool's
-/// overhead (~µs) is small next to the work, small enough to split a batch.
-#[cfg(feature = "parallel")]
-const ROWS_PER_TASK: usize = 64;
 
 /// `e^x` in f32 to within 2 ulp, branch-free (Cephes' `expf`): `x = n ln 2 + r`
 /// with `|r| ≤ ln 2 / 2`, a degree-6 polynomial for `e^r`, and `2^n` built in
 /// the exponent bits. Inputs are clamped to `[-87, 88]`, so the result is
-/// always finite and non-zero (`e^{-87} ≈ 1.6e-38`): the callers only use it
-/// inside `1 / (1 + e^x)`, where that is exact to f32 precision.
+/// always finite and non-zero (`e^{-87} ≈ 1.6e-38`); every caller either
+/// feeds it bounded values or uses it inside `1 / (1 + e^x)`, where that is
+/// exact to f32 precision.
 #[inline(always)]
 pub(crate) fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
@@ -47,75 +50,309 @@ fn sigmoid(v: f32) -> f32 {
     1.0 / (1.0 + exp(-v))
 }
 
-/// Swish `y = x · σ(β x)` over rows of `beta.len()` features.
-pub fn swish(x: &[f32], beta: &[f32], y: &mut [f32]) {
-    for_row_chunks(x, beta.len(), y, |x, y| swish_rows(x, beta, y));
+/// `tanh(u) = 1 − 2 / (1 + e^{2u})`, exact in the limits.
+#[inline(always)]
+fn tanh(u: f32) -> f32 {
+    1.0 - 2.0 / (1.0 + exp(2.0 * u))
+}
+
+// ---------------------------------------------------------------- Swish --
+
+/// Swish `y = x · σ(β x)`: `x: [M, F]`, `beta: [F]` -> `[M, F]`.
+pub fn swish(x: &[f32], beta: &[f32]) -> Vec<f32> {
+    let f = beta.len();
+    let y = Output::new(x.len());
+    for_rows(x.len() / f, 0, |rows, _| {
+        let span = rows.start * f..rows.end * f;
+        swish_rows(&x[span.clone()], beta, unsafe { y.slice(span) });
+    });
+    y.finish()
 }
 
 #[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq+fma", "x86_64+avx2+fma"))]
-fn swish_rows(x: &[f32], beta: &[f32], y: &mut [f32]) {
+fn swish_rows(x: &[f32], beta: &[f32], y: &mut [MaybeUninit<f32>]) {
     for (x, y) in x.chunks_exact(beta.len()).zip(y.chunks_exact_mut(beta.len())) {
         for ((&x, &b), y) in x.iter().zip(beta).zip(y) {
-            *y = x * sigmoid(b * x);
+            y.write(x * sigmoid(b * x));
         }
     }
 }
 
-/// Gradients of Swish given the output gradient `g`:
-/// `∂y/∂x = σ + β x σ (1 − σ)` into `grad_x`, and `∂y/∂β = x² σ (1 − σ)`
-/// summed over rows, returned.
-pub fn swish_backward(x: &[f32], beta: &[f32], g: &[f32], grad_x: &mut [f32]) -> Vec<f32> {
-    let features = beta.len();
-    let task = |x: &[f32], g: &[f32], grad_x: &mut [f32]| {
-        let mut grad_beta = vec![0.0; features];
-        swish_backward_rows(x, beta, g, grad_x, &mut grad_beta);
-        grad_beta
-    };
-    #[cfg(feature = "parallel")]
-    {
-        use rayon::prelude::*;
-        let chunk = ROWS_PER_TASK * features;
-        if x.len() > chunk {
-            return x
-                .par_chunks(chunk)
-                .zip(g.par_chunks(chunk))
-                .zip(grad_x.par_chunks_mut(chunk))
-                .map(|((x, g), grad_x)| task(x, g, grad_x))
-                .reduce(|| vec![0.0; features], |a, b| a.iter().zip(&b).map(|(a, b)| a + b).collect());
-        }
-    }
-    task(x, g, grad_x)
+/// Gradients of Swish given the output gradient `g: [M, F]`:
+/// `(∂L/∂x = g (σ + β x σ (1 − σ)): [M, F], ∂L/∂β = Σ_rows g x² σ (1 − σ): [F])`.
+pub fn swish_backward(x: &[f32], beta: &[f32], g: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    let f = beta.len();
+    let grad_x = Output::new(x.len());
+    let grad_beta = for_rows(x.len() / f, f, |rows, grad_beta| {
+        let span = rows.start * f..rows.end * f;
+        swish_backward_rows(&x[span.clone()], beta, &g[span.clone()], unsafe { grad_x.slice(span) }, grad_beta);
+    });
+    (grad_x.finish(), grad_beta)
 }
 
 #[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq+fma", "x86_64+avx2+fma"))]
-fn swish_backward_rows(x: &[f32], beta: &[f32], g: &[f32], grad_x: &mut [f32], grad_beta: &mut [f32]) {
+fn swish_backward_rows(x: &[f32], beta: &[f32], g: &[f32], grad_x: &mut [MaybeUninit<f32>], grad_beta: &mut [f32]) {
     let f = beta.len();
     for ((x, g), gx) in x.chunks_exact(f).zip(g.chunks_exact(f)).zip(grad_x.chunks_exact_mut(f)) {
         for i in 0..f {
             let (x, b, g) = (x[i], beta[i], g[i]);
             let s = sigmoid(b * x);
             let ds = s * (1.0 - s);
-            gx[i] = g * (s + b * x * ds);
+            gx[i].write(g * (s + b * x * ds));
             grad_beta[i] += g * x * x * ds;
         }
     }
 }
 
-/// Runs `rows(x_chunk, y_chunk)` over whole rows of `features`, split across
-/// the thread pool when there is enough work.
-fn for_row_chunks(x: &[f32], features: usize, y: &mut [f32], rows: impl Fn(&[f32], &mut [f32]) + Sync) {
-    debug_assert_eq!(x.len(), y.len());
-    debug_assert_eq!(x.len() % features.max(1), 0);
-    #[cfg(feature = "parallel")]
-    {
-        use rayon::prelude::*;
-        let chunk = ROWS_PER_TASK * features;
-        if x.len() > chunk {
-            x.par_chunks(chunk).zip(y.par_chunks_mut(chunk)).for_each(|(x, y)| rows(x, y));
-            return;
+// ------------------------------------------------------------- Coupling --
+
+/// The inputs of one affine coupling update, all `f32` slices:
+/// `x, s_raw, t_raw: [M, F]`, `s_scale, t_scale, mask: [F]`.
+///
+/// The update acts where `mask = 1`: `s = tanh(s_raw · s_scale) · mask`,
+/// `t = t_raw · t_scale · mask`, and `y = x · e^s + t` (or, inverse,
+/// `y = (x − t) · e^{−s}`).
+#[derive(Clone, Copy)]
+pub struct Coupling<'a> {
+    pub x: &'a [f32],
+    pub s_raw: &'a [f32],
+    pub t_raw: &'a [f32],
+    pub s_scale: &'a [f32],
+    pub t_scale: &'a [f32],
+    pub mask: &'a [f32],
+    pub inverse: bool,
+}
+
+impl Coupling<'_> {
+    fn features(&self) -> usize {
+        self.mask.len()
+    }
+
+    fn rows(&self, span: Range<usize>) -> Self {
+        Self { x: &self.x[span.clone()], s_raw: &self.s_raw[span.clone()], t_raw: &self.t_raw[span], ..*self }
+    }
+}
+
+/// Gradients of a coupling update: `[M, F]` for `x`, `s_raw`, `t_raw`, `[F]`
+/// for `s_scale`, `t_scale`.
+pub struct CouplingGrads {
+    pub x: Vec<f32>,
+    pub s_raw: Vec<f32>,
+    pub t_raw: Vec<f32>,
+    pub s_scale: Vec<f32>,
+    pub t_scale: Vec<f32>,
+}
+
+/// `y: [M, F]` of a coupling update.
+pub fn coupling_update(c: Coupling<'_>) -> Vec<f32> {
+    let f = c.features();
+    let y = Output::new(c.x.len());
+    for_rows(c.x.len() / f, 0, |rows, _| {
+        let span = rows.start * f..rows.end * f;
+        coupling_rows(c.rows(span.clone()), unsafe { y.slice(span) });
+    });
+    y.finish()
+}
+
+#[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq+fma", "x86_64+avx2+fma"))]
+fn coupling_rows<'a>(c: Coupling<'a>, y: &mut [MaybeUninit<f32>]) {
+    let f = c.features();
+    let sign = if c.inverse { -1.0 } else { 1.0 };
+    for (row, y) in y.chunks_exact_mut(f).enumerate() {
+        let at = row * f;
+        for i in 0..f {
+            let (x, sr, tr, m) = (c.x[at + i], c.s_raw[at + i], c.t_raw[at + i], c.mask[i]);
+            let s = tanh(sr * c.s_scale[i]) * m;
+            let t = tr * c.t_scale[i] * m;
+            // forward: x e^s + t; inverse: (x − t) e^{−s}.
+            let shifted = if c.inverse { x - t } else { x };
+            let out = shifted * exp(sign * s);
+            y[i].write(if c.inverse { out } else { out + t });
         }
     }
-    rows(x, y)
+}
+
+/// Gradients of [`coupling_update`] given `grad_y: [M, F]`.
+pub fn coupling_update_backward(c: Coupling<'_>, grad_y: &[f32]) -> CouplingGrads {
+    let f = c.features();
+    let n = c.x.len();
+    let (gx, gs, gt) = (Output::new(n), Output::new(n), Output::new(n));
+    let scales = for_rows(n / f, 2 * f, |rows, scales| {
+        let span = rows.start * f..rows.end * f;
+        let (gs_scale, gt_scale) = scales.split_at_mut(f);
+        let outs = unsafe { [gx.slice(span.clone()), gs.slice(span.clone()), gt.slice(span.clone())] };
+        coupling_backward_rows(c.rows(span.clone()), &grad_y[span], outs, gs_scale, gt_scale);
+    });
+    CouplingGrads {
+        x: gx.finish(),
+        s_raw: gs.finish(),
+        t_raw: gt.finish(),
+        s_scale: scales[..f].to_vec(),
+        t_scale: scales[f..].to_vec(),
+    }
+}
+
+#[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq+fma", "x86_64+avx2+fma"))]
+fn coupling_backward_rows<'a>(
+    c: Coupling<'a>,
+    grad_y: &[f32],
+    [gx, gs, gt]: [&mut [MaybeUninit<f32>]; 3],
+    gs_scale: &mut [f32],
+    gt_scale: &mut [f32],
+) {
+    let f = c.features();
+    for row in 0..grad_y.len() / f {
+        let at = row * f;
+        for i in 0..f {
+            let (x, sr, tr, m, gy) = (c.x[at + i], c.s_raw[at + i], c.t_raw[at + i], c.mask[i], grad_y[at + i]);
+            let (a, b) = (c.s_scale[i], c.t_scale[i]);
+            let th = tanh(sr * a);
+            let s = th * m;
+            let t = tr * b * m;
+            // ∂y/∂x, and ∂L/∂s and ∂L/∂t for each direction.
+            let (dx, g_s, g_t) = if c.inverse {
+                let e = exp(-s);
+                let y = (x - t) * e;
+                (e, -gy * y, -gy * e)
+            } else {
+                let e = exp(s);
+                (e, gy * x * e, gy)
+            };
+            gx[at + i].write(gy * dx);
+            // s = tanh(s_raw a) m, t = t_raw b m.
+            let du = g_s * (1.0 - th * th) * m;
+            gs[at + i].write(du * a);
+            gs_scale[i] += du * sr;
+            gt[at + i].write(g_t * m * b);
+            gt_scale[i] += g_t * m * tr;
+        }
+    }
+}
+
+/// `Σ_f tanh(s_raw · s_scale) · mask` per row: the log-determinant of a
+/// forward coupling update. `s_raw: [M, F]`, `s_scale, mask: [F]` -> `[M]`.
+pub fn coupling_log_scale(s_raw: &[f32], s_scale: &[f32], mask: &[f32]) -> Vec<f32> {
+    let f = mask.len();
+    let out = Output::new(s_raw.len() / f);
+    for_rows(s_raw.len() / f, 0, |rows, _| {
+        let span = rows.start * f..rows.end * f;
+        log_scale_rows(&s_raw[span], s_scale, mask, unsafe { out.slice(rows) });
+    });
+    out.finish()
+}
+
+#[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq+fma", "x86_64+avx2+fma"))]
+fn log_scale_rows(s_raw: &[f32], s_scale: &[f32], mask: &[f32], out: &mut [MaybeUninit<f32>]) {
+    for (sr, out) in s_raw.chunks_exact(mask.len()).zip(out) {
+        let mut sum = 0.0;
+        for i in 0..mask.len() {
+            sum += tanh(sr[i] * s_scale[i]) * mask[i];
+        }
+        out.write(sum);
+    }
+}
+
+/// Gradients of [`coupling_log_scale`] given `grad: [M]`:
+/// `(∂L/∂s_raw: [M, F], ∂L/∂s_scale: [F])`.
+pub fn coupling_log_scale_backward(s_raw: &[f32], s_scale: &[f32], mask: &[f32], grad: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    let f = mask.len();
+    let gs = Output::new(s_raw.len());
+    let g_scale = for_rows(grad.len(), f, |rows, g_scale| {
+        let span = rows.start * f..rows.end * f;
+        log_scale_backward_rows(&s_raw[span.clone()], s_scale, mask, &grad[rows], unsafe { gs.slice(span) }, g_scale);
+    });
+    (gs.finish(), g_scale)
+}
+
+#[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq+fma", "x86_64+avx2+fma"))]
+fn log_scale_backward_rows(
+    s_raw: &[f32],
+    s_scale: &[f32],
+    mask: &[f32],
+    grad: &[f32],
+    gs: &mut [MaybeUninit<f32>],
+    g_scale: &mut [f32],
+) {
+    let f = mask.len();
+    for ((sr, gs), &g) in s_raw.chunks_exact(f).zip(gs.chunks_exact_mut(f)).zip(grad) {
+        for i in 0..f {
+            let th = tanh(sr[i] * s_scale[i]);
+            let du = g * (1.0 - th * th) * mask[i];
+            gs[i].write(du * s_scale[i]);
+            g_scale[i] += du * sr[i];
+        }
+    }
+}
+
+// ------------------------------------------------------------ Threading --
+
+/// Rows handed to one task: big enough that the pool's overhead (µs) is
+/// small next to the work, small enough to split a batch across threads.
+#[cfg(feature = "parallel")]
+const ROWS_PER_TASK: usize = 128;
+
+/// Runs `task(rows, partials)` over `0..m` in row ranges, on the thread pool
+/// when there is more than one range. Each task accumulates into its own
+/// zeroed `partials` of `partial_len` values; returns their sum.
+fn for_rows(m: usize, partial_len: usize, task: impl Fn(Range<usize>, &mut [f32]) + Sync) -> Vec<f32> {
+    #[cfg(feature = "parallel")]
+    if m > ROWS_PER_TASK {
+        use rayon::prelude::*;
+        let ranges: Vec<Range<usize>> =
+            (0..m).step_by(ROWS_PER_TASK).map(|start| start..(start + ROWS_PER_TASK).min(m)).collect();
+        return ranges
+            .into_par_iter()
+            .map(|rows| {
+                let mut partials = vec![0.0; partial_len];
+                task(rows, &mut partials);
+                partials
+            })
+            .reduce(
+                || vec![0.0; partial_len],
+                |mut a, b| {
+                    a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+                    a
+                },
+            );
+    }
+    let mut partials = vec![0.0; partial_len];
+    task(0..m, &mut partials);
+    partials
+}
+
+/// An output buffer that tasks fill in disjoint ranges, without zeroing it
+/// first.
+struct Output {
+    values: Vec<MaybeUninit<f32>>,
+}
+
+// SAFETY: tasks only touch disjoint ranges (see `slice`).
+unsafe impl Sync for Output {}
+
+impl Output {
+    fn new(len: usize) -> Self {
+        let mut values = Vec::with_capacity(len);
+        values.resize_with(len, MaybeUninit::uninit);
+        Self { values }
+    }
+
+    /// A mutable view of `range`.
+    ///
+    /// # Safety
+    /// No two live views may overlap; `for_rows` hands every task its own rows.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn slice(&self, range: Range<usize>) -> &mut [MaybeUninit<f32>] {
+        assert!(range.end <= self.values.len());
+        unsafe { std::slice::from_raw_parts_mut(self.values.as_ptr().add(range.start).cast_mut(), range.len()) }
+    }
+
+    /// The values, once every one has been written.
+    fn finish(self) -> Vec<f32> {
+        let mut values = std::mem::ManuallyDrop::new(self.values);
+        // SAFETY: every kernel writes each element of its range, and the
+        // ranges cover the buffer; `MaybeUninit<f32>` has `f32`'s layout.
+        unsafe { Vec::from_raw_parts(values.as_mut_ptr().cast::<f32>(), values.len(), values.capacity()) }
+    }
 }
 
 #[cfg(test)]
@@ -125,6 +362,15 @@ mod tests {
     fn ulp_error(ours: f32, exact: f64) -> f64 {
         let ulp = f64::from(f32::EPSILON) * exact.abs();
         (f64::from(ours) - exact).abs() / ulp
+    }
+
+    fn close(ours: f32, want: f64, tol: f64) -> bool {
+        (f64::from(ours) - want).abs() <= tol * (1.0 + want.abs())
+    }
+
+    /// Deterministic test values in about `[-scale, scale]`.
+    fn values(n: usize, seed: usize, scale: f32) -> Vec<f32> {
+        (0..n).map(|i| (((i * 7919 + seed * 104_729) % 2001) as f32 / 1000.0 - 1.0) * scale).collect()
     }
 
     #[test]
@@ -139,30 +385,94 @@ mod tests {
         assert_eq!(exp(0.0), 1.0);
         // Clamped, never infinite or zero.
         assert!(exp(1000.0).is_finite() && exp(-1000.0) > 0.0);
+        assert_eq!(tanh(100.0), 1.0);
+        assert_eq!(tanh(-100.0), -1.0);
     }
 
     #[test]
     fn swish_and_its_gradients_match_f64_formulas() {
         let features = 5;
         let beta = [1.0f32, 0.5, -0.7, 2.0, 0.0];
-        let x: Vec<f32> = (0..features * 300).map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0).collect();
-        let g: Vec<f32> = (0..x.len()).map(|i| ((i * 13 % 17) as f32 - 8.0) / 5.0).collect();
-        let mut y = vec![0.0; x.len()];
-        swish(&x, &beta, &mut y);
-        let mut grad_x = vec![0.0; x.len()];
-        let grad_beta = swish_backward(&x, &beta, &g, &mut grad_x);
+        // 300 rows: more than one task.
+        let x = values(features * 300, 1, 7.0);
+        let g = values(x.len(), 2, 1.6);
+        let y = swish(&x, &beta);
+        let (grad_x, grad_beta) = swish_backward(&x, &beta, &g);
 
         let mut want_beta = vec![0.0f64; features];
         for i in 0..x.len() {
             let (x, b, g) = (f64::from(x[i]), f64::from(beta[i % features]), f64::from(g[i]));
             let s = 1.0 / (1.0 + (-b * x).exp());
-            assert!((f64::from(y[i]) - x * s).abs() < 1e-5 * (1.0 + x.abs()), "y[{i}]");
-            let want_gx = g * (s + b * x * s * (1.0 - s));
-            assert!((f64::from(grad_x[i]) - want_gx).abs() < 1e-5 * (1.0 + want_gx.abs()), "grad_x[{i}]");
+            assert!(close(y[i], x * s, 1e-5), "y[{i}]");
+            assert!(close(grad_x[i], g * (s + b * x * s * (1.0 - s)), 1e-5), "grad_x[{i}]");
             want_beta[i % features] += g * x * x * s * (1.0 - s);
         }
         for (ours, want) in grad_beta.iter().zip(&want_beta) {
-            assert!((f64::from(*ours) - want).abs() < 1e-4 * (1.0 + want.abs()), "{ours} vs {want}");
+            assert!(close(*ours, *want, 1e-4), "{ours} vs {want}");
+        }
+    }
+
+    /// The coupling update, its log-scale and all their gradients against
+    /// central differences of an f64 model of the same formulas.
+    #[test]
+    fn coupling_kernels_match_f64_formulas_and_differences() {
+        let f = 6;
+        let m = 200;
+        let (x, s_raw, t_raw) = (values(m * f, 3, 2.0), values(m * f, 4, 3.0), values(m * f, 5, 2.0));
+        let (s_scale, t_scale) = (values(f, 6, 0.8), values(f, 7, 1.5));
+        let mask = [1.0, 0.0, 1.0, 0.0, 1.0, 0.0];
+        let gy = values(m * f, 8, 1.0);
+        let gl = values(m, 9, 1.0);
+
+        for inverse in [false, true] {
+            let c = Coupling { x: &x, s_raw: &s_raw, t_raw: &t_raw, s_scale: &s_scale, t_scale: &t_scale, mask: &mask, inverse };
+            let y = coupling_update(c);
+            let log_scale = coupling_log_scale(&s_raw, &s_scale, &mask);
+            let grads = coupling_update_backward(c, &gy);
+            let (gs_log, g_scale_log) = coupling_log_scale_backward(&s_raw, &s_scale, &mask, &gl);
+
+            // f64 model of one element: (y, s).
+            let model = |x: f64, sr: f64, tr: f64, a: f64, b: f64, m: f64| {
+                let s = (sr * a).tanh() * m;
+                let t = tr * b * m;
+                if inverse { ((x - t) * (-s).exp(), s) } else { (x * s.exp() + t, s) }
+            };
+            let h = 1e-6;
+            let mut want_a = vec![0.0f64; f];
+            let mut want_b = vec![0.0f64; f];
+            let mut want_a_log = vec![0.0f64; f];
+            for r in 0..m {
+                let mut row_sum = 0.0;
+                for i in 0..f {
+                    let k = r * f + i;
+                    let args = [x[k], s_raw[k], t_raw[k], s_scale[i], t_scale[i], mask[i]].map(f64::from);
+                    let eval = |j: usize, d: f64| {
+                        let mut a = args;
+                        a[j] += d;
+                        model(a[0], a[1], a[2], a[3], a[4], a[5])
+                    };
+                    let (want_y, s) = eval(0, 0.0);
+                    row_sum += s;
+                    assert!(close(y[k], want_y, 1e-5), "y[{k}] inverse={inverse}");
+                    let dy = |j| (eval(j, h).0 - eval(j, -h).0) / (2.0 * h);
+                    let ds = |j| (eval(j, h).1 - eval(j, -h).1) / (2.0 * h);
+                    let g = f64::from(gy[k]);
+                    assert!(close(grads.x[k], g * dy(0), 1e-4), "∂x[{k}]");
+                    assert!(close(grads.s_raw[k], g * dy(1), 1e-4), "∂s_raw[{k}]");
+                    assert!(close(grads.t_raw[k], g * dy(2), 1e-4), "∂t_raw[{k}]");
+                    want_a[i] += g * dy(3);
+                    want_b[i] += g * dy(4);
+                    let gl = f64::from(gl[r]);
+                    assert!(close(gs_log[k], gl * ds(1), 1e-4), "log-scale ∂s_raw[{k}]");
+                    want_a_log[i] += gl * ds(3);
+                }
+                assert!(close(log_scale[r], row_sum, 1e-5), "log-scale[{r}]");
+            }
+            for i in 0..f {
+                assert!(close(grads.s_scale[i], want_a[i], 1e-3), "∂s_scale[{i}] inverse={inverse}");
+                assert!(close(grads.t_scale[i], want_b[i], 1e-3), "∂t_scale[{i}]");
+                assert!(close(g_scale_log[i], want_a_log[i], 1e-3), "log-scale ∂s_scale[{i}]");
+            }
         }
     }
 }

@@ -1,43 +1,122 @@
 //! [`FusedKernels`] on burn-flex: the [`cpu`](super::cpu) slice kernels.
 
 use burn::backend::Flex;
-use burn::backend::flex::FlexTensor;
 use burn::backend::TensorMetadata;
+use burn::backend::flex::FlexTensor;
 use burn::tensor::{DType, Shape, TensorData};
 
 use super::{FusedKernels, cpu, reference};
 
-/// A contiguous f32 view of `t` (copying a strided tensor).
-fn contiguous(t: FlexTensor) -> FlexTensor {
-    if t.is_contiguous() { t } else { t.to_contiguous() }
+/// The inputs as contiguous f32 tensors, or `None` when one is of another
+/// dtype (those take the reference path).
+fn f32_inputs<const N: usize>(inputs: &[FlexTensor; N]) -> Option<[FlexTensor; N]> {
+    inputs.iter().all(|t| t.dtype() == DType::F32).then(|| {
+        inputs.clone().map(|t| if t.is_contiguous() { t } else { t.to_contiguous() })
+    })
 }
 
 fn f32s(t: &FlexTensor) -> &[f32] {
     t.as_slice::<f32>().expect("contiguous f32 tensor")
 }
 
-fn from_vec(values: Vec<f32>, shape: Shape) -> FlexTensor {
+fn tensor(values: Vec<f32>, shape: Shape) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(values, shape))
 }
 
 impl FusedKernels for Flex {
     fn swish(x: FlexTensor, beta: FlexTensor) -> FlexTensor {
-        if x.dtype() != DType::F32 || beta.dtype() != DType::F32 {
+        let Some([x, beta]) = f32_inputs(&[x.clone(), beta.clone()]) else {
             return reference::swish::<Self>(x, beta);
-        }
-        let (x, beta) = (contiguous(x), contiguous(beta));
-        let mut y = vec![0.0; x.shape().num_elements()];
-        cpu::swish(f32s(&x), f32s(&beta), &mut y);
-        from_vec(y, x.shape())
+        };
+        tensor(cpu::swish(f32s(&x), f32s(&beta)), x.shape())
     }
 
     fn swish_backward(x: FlexTensor, beta: FlexTensor, grad: FlexTensor) -> (FlexTensor, FlexTensor) {
-        if [x.dtype(), beta.dtype(), grad.dtype()].iter().any(|d| *d != DType::F32) {
+        let Some([x, beta, grad]) = f32_inputs(&[x.clone(), beta.clone(), grad.clone()]) else {
             return reference::swish_backward::<Self>(x, beta, grad);
-        }
-        let (x, beta, grad) = (contiguous(x), contiguous(beta), contiguous(grad));
-        let mut grad_x = vec![0.0; x.shape().num_elements()];
-        let grad_beta = cpu::swish_backward(f32s(&x), f32s(&beta), f32s(&grad), &mut grad_x);
-        (from_vec(grad_x, x.shape()), from_vec(grad_beta, beta.shape()))
+        };
+        let (grad_x, grad_beta) = cpu::swish_backward(f32s(&x), f32s(&beta), f32s(&grad));
+        (tensor(grad_x, x.shape()), tensor(grad_beta, beta.shape()))
+    }
+
+    fn coupling_update(
+        x: FlexTensor,
+        s_raw: FlexTensor,
+        t_raw: FlexTensor,
+        s_scale: FlexTensor,
+        t_scale: FlexTensor,
+        mask: FlexTensor,
+        inverse: bool,
+    ) -> FlexTensor {
+        let inputs = [x, s_raw, t_raw, s_scale, t_scale, mask];
+        let Some(t) = f32_inputs(&inputs) else {
+            let [x, s_raw, t_raw, s_scale, t_scale, mask] = inputs;
+            return reference::coupling_update::<Self>(x, s_raw, t_raw, s_scale, t_scale, mask, inverse);
+        };
+        tensor(cpu::coupling_update(coupling(&t, inverse)), t[0].shape())
+    }
+
+    fn coupling_update_backward(
+        x: FlexTensor,
+        s_raw: FlexTensor,
+        t_raw: FlexTensor,
+        s_scale: FlexTensor,
+        t_scale: FlexTensor,
+        mask: FlexTensor,
+        inverse: bool,
+        grad: FlexTensor,
+    ) -> (FlexTensor, FlexTensor, FlexTensor, FlexTensor, FlexTensor) {
+        let inputs = [x, s_raw, t_raw, s_scale, t_scale, mask, grad];
+        let Some(t) = f32_inputs(&inputs) else {
+            let [x, s_raw, t_raw, s_scale, t_scale, mask, grad] = inputs;
+            let [x, s_raw, t_raw, s_scale, t_scale] =
+                reference::coupling_update_backward::<Self>(x, s_raw, t_raw, s_scale, t_scale, mask, inverse, grad);
+            return (x, s_raw, t_raw, s_scale, t_scale);
+        };
+        let g = cpu::coupling_update_backward(coupling(&t, inverse), f32s(&t[6]));
+        let (rows, features) = (t[0].shape(), t[3].shape());
+        (
+            tensor(g.x, rows.clone()),
+            tensor(g.s_raw, rows.clone()),
+            tensor(g.t_raw, rows),
+            tensor(g.s_scale, features.clone()),
+            tensor(g.t_scale, features),
+        )
+    }
+
+    fn coupling_log_scale(s_raw: FlexTensor, s_scale: FlexTensor, mask: FlexTensor) -> FlexTensor {
+        let Some([s_raw, s_scale, mask]) = f32_inputs(&[s_raw.clone(), s_scale.clone(), mask.clone()]) else {
+            return reference::coupling_log_scale::<Self>(s_raw, s_scale, mask);
+        };
+        let rows = s_raw.shape()[0];
+        tensor(cpu::coupling_log_scale(f32s(&s_raw), f32s(&s_scale), f32s(&mask)), Shape::new([rows]))
+    }
+
+    fn coupling_log_scale_backward(
+        s_raw: FlexTensor,
+        s_scale: FlexTensor,
+        mask: FlexTensor,
+        grad: FlexTensor,
+    ) -> (FlexTensor, FlexTensor) {
+        let inputs = [s_raw, s_scale, mask, grad];
+        let Some([s_raw, s_scale, mask, grad]) = f32_inputs(&inputs) else {
+            let [s_raw, s_scale, mask, grad] = inputs;
+            return reference::coupling_log_scale_backward::<Self>(s_raw, s_scale, mask, grad);
+        };
+        let (g_raw, g_scale) = cpu::coupling_log_scale_backward(f32s(&s_raw), f32s(&s_scale), f32s(&mask), f32s(&grad));
+        (tensor(g_raw, s_raw.shape()), tensor(g_scale, s_scale.shape()))
+    }
+}
+
+/// The slices of `[x, s_raw, t_raw, s_scale, t_scale, mask, ..]`.
+fn coupling(t: &[FlexTensor], inverse: bool) -> cpu::Coupling<'_> {
+    cpu::Coupling {
+        x: f32s(&t[0]),
+        s_raw: f32s(&t[1]),
+        t_raw: f32s(&t[2]),
+        s_scale: f32s(&t[3]),
+        t_scale: f32s(&t[4]),
+        mask: f32s(&t[5]),
+        inverse,
     }
 }

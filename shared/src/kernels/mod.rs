@@ -42,6 +42,58 @@ pub trait FusedKernels: burn::backend::Backend {
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         reference::swish_backward::<Self>(x, beta, grad)
     }
+
+    /// One affine coupling update of the `mask = 1` half of each block row:
+    /// with `s = tanh(s_raw · s_scale) · mask` and `t = t_raw · t_scale · mask`,
+    /// `x e^s + t`, or `(x − t) e^{−s}` when `inverse`. `x, s_raw, t_raw:
+    /// [M, F]`; `s_scale, t_scale, mask: [F]` -> `[M, F]`.
+    fn coupling_update(
+        x: FloatTensor<Self>,
+        s_raw: FloatTensor<Self>,
+        t_raw: FloatTensor<Self>,
+        s_scale: FloatTensor<Self>,
+        t_scale: FloatTensor<Self>,
+        mask: FloatTensor<Self>,
+        inverse: bool,
+    ) -> FloatTensor<Self> {
+        reference::coupling_update::<Self>(x, s_raw, t_raw, s_scale, t_scale, mask, inverse)
+    }
+
+    /// Gradients of [`Self::coupling_update`] given `grad: [M, F]`: for `x`,
+    /// `s_raw`, `t_raw` (`[M, F]`), `s_scale`, `t_scale` (`[F]`).
+    #[allow(clippy::too_many_arguments)]
+    fn coupling_update_backward(
+        x: FloatTensor<Self>,
+        s_raw: FloatTensor<Self>,
+        t_raw: FloatTensor<Self>,
+        s_scale: FloatTensor<Self>,
+        t_scale: FloatTensor<Self>,
+        mask: FloatTensor<Self>,
+        inverse: bool,
+        grad: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let [x, s_raw, t_raw, s_scale, t_scale] =
+            reference::coupling_update_backward::<Self>(x, s_raw, t_raw, s_scale, t_scale, mask, inverse, grad);
+        (x, s_raw, t_raw, s_scale, t_scale)
+    }
+
+    /// The log-determinant of a forward coupling update per row,
+    /// `Σ_f tanh(s_raw · s_scale) · mask`: `s_raw: [M, F]`, `s_scale, mask:
+    /// [F]` -> `[M]`.
+    fn coupling_log_scale(s_raw: FloatTensor<Self>, s_scale: FloatTensor<Self>, mask: FloatTensor<Self>) -> FloatTensor<Self> {
+        reference::coupling_log_scale::<Self>(s_raw, s_scale, mask)
+    }
+
+    /// Gradients of [`Self::coupling_log_scale`] given `grad: [M]`: for
+    /// `s_raw` (`[M, F]`) and `s_scale` (`[F]`).
+    fn coupling_log_scale_backward(
+        s_raw: FloatTensor<Self>,
+        s_scale: FloatTensor<Self>,
+        mask: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        reference::coupling_log_scale_backward::<Self>(s_raw, s_scale, mask, grad)
+    }
 }
 
 #[cfg(feature = "ndarray")]
@@ -54,6 +106,43 @@ impl FusedKernels for burn::backend::Cube {}
 /// `x: [M, F]`, `beta: [F]` -> `[M, F]`, differentiable in both.
 pub fn swish(x: Tensor<2>, beta: Tensor<1>) -> Tensor<2> {
     Tensor::from_dispatch(<Dispatch as FusedKernels>::swish(x.into_dispatch(), beta.into_dispatch()))
+}
+
+/// The per-feature parameters of a coupling update (see
+/// [`coupling_update`]), each `[F]`.
+pub struct CouplingParams {
+    /// Scale of `s` before its `tanh`.
+    pub s_scale: Tensor<1>,
+    /// Scale of `t`.
+    pub t_scale: Tensor<1>,
+    /// 1 on the half being updated, 0 on the conditioning half.
+    pub mask: Tensor<1>,
+}
+
+/// One affine coupling update, `x e^s + t` (or `(x − t) e^{−s}` when
+/// `inverse`) with `s = tanh(s_raw · s_scale) · mask`, `t = t_raw · t_scale ·
+/// mask`: `x, s_raw, t_raw: [M, F]` -> `[M, F]`, differentiable in all but
+/// the mask.
+pub fn coupling_update(x: Tensor<2>, s_raw: Tensor<2>, t_raw: Tensor<2>, params: &CouplingParams, inverse: bool) -> Tensor<2> {
+    Tensor::from_dispatch(<Dispatch as FusedKernels>::coupling_update(
+        x.into_dispatch(),
+        s_raw.into_dispatch(),
+        t_raw.into_dispatch(),
+        params.s_scale.clone().into_dispatch(),
+        params.t_scale.clone().into_dispatch(),
+        params.mask.clone().into_dispatch(),
+        inverse,
+    ))
+}
+
+/// The log-determinant of a forward [`coupling_update`] per row,
+/// `Σ_f s`: `s_raw: [M, F]` -> `[M]`.
+pub fn coupling_log_scale(s_raw: Tensor<2>, params: &CouplingParams) -> Tensor<1> {
+    Tensor::from_dispatch(<Dispatch as FusedKernels>::coupling_log_scale(
+        s_raw.into_dispatch(),
+        params.s_scale.clone().into_dispatch(),
+        params.mask.clone().into_dispatch(),
+    ))
 }
 
 #[cfg(test)]

@@ -38,3 +38,104 @@ pub fn swish_backward<B: Backend>(
     let grad_beta = B::float_reshape(B::float_sum_dim(per_elem, 0), Shape::new([shape[1]]));
     (grad_x, grad_beta)
 }
+
+/// `[F]` per-feature vectors broadcast to `[M, F]`.
+fn per_features<B: Backend, const N: usize>(vectors: [FloatTensor<B>; N], shape: &Shape) -> [FloatTensor<B>; N] {
+    vectors.map(|v| per_feature::<B>(v, shape))
+}
+
+/// `(s, t)` of a coupling update, both `[M, F]` and zero where `mask = 0`,
+/// with `tanh(s_raw · s_scale)`.
+fn scale_shift<B: Backend>(
+    s_raw: FloatTensor<B>,
+    t_raw: FloatTensor<B>,
+    [s_scale, t_scale, mask]: [FloatTensor<B>; 3],
+) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
+    let th = B::float_tanh(B::float_mul(s_raw, s_scale));
+    let s = B::float_mul(th.clone(), mask.clone());
+    let t = B::float_mul(B::float_mul(t_raw, t_scale), mask);
+    (s, t, th)
+}
+
+/// `x e^s + t`, or `(x − t) e^{−s}` for the inverse.
+pub fn coupling_update<B: Backend>(
+    x: FloatTensor<B>,
+    s_raw: FloatTensor<B>,
+    t_raw: FloatTensor<B>,
+    s_scale: FloatTensor<B>,
+    t_scale: FloatTensor<B>,
+    mask: FloatTensor<B>,
+    inverse: bool,
+) -> FloatTensor<B> {
+    let shape = x.shape();
+    let (s, t, _) = scale_shift::<B>(s_raw, t_raw, per_features::<B, 3>([s_scale, t_scale, mask], &shape));
+    if inverse {
+        B::float_mul(B::float_sub(x, t), B::float_exp(B::float_neg(s)))
+    } else {
+        B::float_add(B::float_mul(x, B::float_exp(s)), t)
+    }
+}
+
+/// Gradients of [`coupling_update`]: `(x, s_raw, t_raw, s_scale, t_scale)`.
+#[allow(clippy::too_many_arguments)]
+pub fn coupling_update_backward<B: Backend>(
+    x: FloatTensor<B>,
+    s_raw: FloatTensor<B>,
+    t_raw: FloatTensor<B>,
+    s_scale: FloatTensor<B>,
+    t_scale: FloatTensor<B>,
+    mask: FloatTensor<B>,
+    inverse: bool,
+    grad: FloatTensor<B>,
+) -> [FloatTensor<B>; 5] {
+    let shape = x.shape();
+    let [a, b, m] = per_features::<B, 3>([s_scale, t_scale, mask], &shape);
+    let (s, t, th) = scale_shift::<B>(s_raw.clone(), t_raw.clone(), [a.clone(), b.clone(), m.clone()]);
+    let (dx, g_s, g_t) = if inverse {
+        let e = B::float_exp(B::float_neg(s));
+        let y = B::float_mul(B::float_sub(x, t), e.clone());
+        let g_s = B::float_neg(B::float_mul(grad.clone(), y));
+        let g_t = B::float_neg(B::float_mul(grad.clone(), e.clone()));
+        (e, g_s, g_t)
+    } else {
+        let e = B::float_exp(s);
+        let g_s = B::float_mul(B::float_mul(grad.clone(), x), e.clone());
+        (e, g_s, grad.clone())
+    };
+    let grad_x = B::float_mul(grad, dx);
+    // s = tanh(s_raw a) m, t = t_raw b m.
+    let one_minus_th2 = B::float_add_scalar(B::float_neg(B::float_mul(th.clone(), th)), 1.0.into());
+    let du = B::float_mul(B::float_mul(g_s, one_minus_th2), m.clone());
+    let g_tm = B::float_mul(g_t, m);
+    let grad_s_raw = B::float_mul(du.clone(), a);
+    let grad_t_raw = B::float_mul(g_tm.clone(), b);
+    let features = Shape::new([shape[1]]);
+    let grad_s_scale = B::float_reshape(B::float_sum_dim(B::float_mul(du, s_raw), 0), features.clone());
+    let grad_t_scale = B::float_reshape(B::float_sum_dim(B::float_mul(g_tm, t_raw), 0), features);
+    [grad_x, grad_s_raw, grad_t_raw, grad_s_scale, grad_t_scale]
+}
+
+/// `Σ_f tanh(s_raw · s_scale) · mask` per row: `[M]`.
+pub fn coupling_log_scale<B: Backend>(s_raw: FloatTensor<B>, s_scale: FloatTensor<B>, mask: FloatTensor<B>) -> FloatTensor<B> {
+    let shape = s_raw.shape();
+    let [a, m] = per_features::<B, 2>([s_scale, mask], &shape);
+    let s = B::float_mul(B::float_tanh(B::float_mul(s_raw, a)), m);
+    B::float_reshape(B::float_sum_dim(s, 1), Shape::new([shape[0]]))
+}
+
+/// Gradients of [`coupling_log_scale`] given `grad: [M]`: `(s_raw, s_scale)`.
+pub fn coupling_log_scale_backward<B: Backend>(
+    s_raw: FloatTensor<B>,
+    s_scale: FloatTensor<B>,
+    mask: FloatTensor<B>,
+    grad: FloatTensor<B>,
+) -> (FloatTensor<B>, FloatTensor<B>) {
+    let shape = s_raw.shape();
+    let [a, m] = per_features::<B, 2>([s_scale, mask], &shape);
+    let grad = B::float_expand(B::float_reshape(grad, Shape::new([shape[0], 1])), shape.clone());
+    let th = B::float_tanh(B::float_mul(s_raw.clone(), a.clone()));
+    let one_minus_th2 = B::float_add_scalar(B::float_neg(B::float_mul(th.clone(), th)), 1.0.into());
+    let du = B::float_mul(B::float_mul(grad, one_minus_th2), m);
+    let grad_scale = B::float_reshape(B::float_sum_dim(B::float_mul(du.clone(), s_raw), 0), Shape::new([shape[1]]));
+    (B::float_mul(du, a), grad_scale)
+}

@@ -66,12 +66,18 @@ impl MlpResNet {
     }
 
     /// `[M, D] -> [M, D]`.
-    pub fn forward(&self, mut x: Tensor<2>) -> Tensor<2> {
+    pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        let x = self.scale.forward(self.trunk(x));
+        if self.final_tanh { tanh_via_exp(x) } else { x }
+    }
+
+    /// The residual blocks alone, before the final scale (and `tanh`), which
+    /// the couplings fuse into their update: `[M, D] -> [M, D]`.
+    pub fn trunk(&self, mut x: Tensor<2>) -> Tensor<2> {
         for block in &self.res_blocks {
             x = (x.clone() + block.forward(x)).mul_scalar(std::f64::consts::FRAC_1_SQRT_2);
         }
-        let x = self.scale.forward(x);
-        if self.final_tanh { tanh_via_exp(x) } else { x }
+        x
     }
 }
 
