@@ -50,7 +50,18 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    // The CPU backend splits every op across rayon's pool. Called from a
+    // thread outside the pool, each op wakes the workers and puts the caller
+    // to sleep until they finish — thousands of round trips per training
+    // step. Running the command on a pool worker makes each op a cheap
+    // fork-join instead.
+    let pool = rayon::ThreadPoolBuilder::new().thread_name(|i| format!("cpu-{i}")).build()?;
+    pool.install(|| run(cli))
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
         Command::Train(a) => train::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Sample(a) => sample::run(a),
