@@ -82,18 +82,31 @@ impl CouplingStack {
     /// Latent to data direction, the exact inverse of [`Self::forward`].
     ///
     /// `z: [M, C·K²] -> (x: [M, C·K²], log|det J⁻¹|: [M])`.
-    pub fn inverse(&self, mut z: Tensor<2>) -> (Tensor<2>, Tensor<1>) {
+    pub fn inverse(&self, z: Tensor<2>) -> (Tensor<2>, Tensor<1>) {
+        let (x, ldj) = self.inverse_impl(z, true);
+        (x, ldj.expect("log-determinant requested"))
+    }
+
+    /// [`Self::inverse`] without the log-determinant, which sampling does not
+    /// need: `z: [M, C·K²] -> x: [M, C·K²]`.
+    pub fn inverse_without_ldj(&self, z: Tensor<2>) -> Tensor<2> {
+        self.inverse_impl(z, false).0
+    }
+
+    fn inverse_impl(&self, mut z: Tensor<2>, with_ldj: bool) -> (Tensor<2>, Option<Tensor<1>>) {
         let mut log_scale_sum: Option<Tensor<1>> = None;
         for (s_net, t_net) in self.s_layers.iter().zip(&self.t_layers).rev() {
             for (mask, inv_mask) in [(&self.mask_right, &self.mask_left), (&self.mask_left, &self.mask_right)] {
                 let params = Self::params(s_net, t_net, inv_mask);
                 let (s_raw, t_raw) = Self::raw_scale_shift(s_net, t_net, z.clone() * mask.clone());
-                let log_scale = kernels::coupling_log_scale(s_raw.clone(), &params);
+                if with_ldj {
+                    let log_scale = kernels::coupling_log_scale(s_raw.clone(), &params);
+                    log_scale_sum = Some(log_scale_sum.map_or(log_scale.clone(), |acc| acc + log_scale));
+                }
                 z = kernels::coupling_update(z, s_raw, t_raw, &params, true);
-                log_scale_sum = Some(log_scale_sum.map_or(log_scale.clone(), |acc| acc + log_scale));
             }
         }
-        (z, log_scale_sum.expect("at least one coupling layer").neg())
+        (z, log_scale_sum.map(Tensor::neg))
     }
 
     /// The s and t networks' outputs before their final scale (and `tanh`),

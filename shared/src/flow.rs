@@ -14,6 +14,14 @@ use crate::lattice::MeraLattice;
 use crate::preprocess;
 use crate::prior::Prior;
 
+/// What a pass through a sub-layer computes.
+#[derive(Clone, Copy, Debug)]
+enum Pass {
+    Forward,
+    Inverse,
+    InverseWithoutLdj,
+}
+
 /// RG-Flow: `x ↔ z` with a tractable log-determinant.
 ///
 /// Internally the image is one row of `C·L²` values per batch entry. Before a
@@ -105,8 +113,9 @@ impl RgFlow {
         self.num_params()
     }
 
-    /// Applies sub-layer `k` (forward or inverse) to a state already in layout `k`.
-    fn apply_sublayer(&self, k: usize, state: Tensor<2>, inverse: bool) -> (Tensor<2>, Tensor<1>) {
+    /// Applies sub-layer `k` (forward, inverse, or inverse without the
+    /// log-determinant) to a state already in layout `k`.
+    fn apply_sublayer(&self, k: usize, state: Tensor<2>, pass: Pass) -> (Tensor<2>, Option<Tensor<1>>) {
         let [batch, n] = state.dims();
         let blocks = self.lattice.sublayers[k].num_blocks;
         let dim = self.config.block_dim();
@@ -117,8 +126,18 @@ impl RgFlow {
             (state.clone().slice([0..batch, 0..active_len]), Some(state.slice([0..batch, active_len..n])))
         };
         let rows = active.reshape([batch * blocks, dim]);
-        let (out, ldj) = if inverse { self.layers[k].inverse(rows) } else { self.layers[k].forward(rows) };
-        let ldj = ldj.reshape([batch, blocks]).sum_dim(1).squeeze_dim(1);
+        let (out, ldj) = match pass {
+            Pass::Forward => {
+                let (out, ldj) = self.layers[k].forward(rows);
+                (out, Some(ldj))
+            }
+            Pass::Inverse => {
+                let (out, ldj) = self.layers[k].inverse(rows);
+                (out, Some(ldj))
+            }
+            Pass::InverseWithoutLdj => (self.layers[k].inverse_without_ldj(rows), None),
+        };
+        let ldj = ldj.map(|l| l.reshape([batch, blocks]).sum_dim(1).squeeze_dim(1));
         let out = out.reshape([batch, active_len]);
         let state = match passive {
             Some(p) => Tensor::cat(vec![out, p], 1),
@@ -136,9 +155,9 @@ impl RgFlow {
         let mut ldj = Tensor::<1>::zeros([dims[0]], &state.device());
         for k in 0..self.layers.len() {
             state = state.select(1, self.forward_gathers[k].clone());
-            let (s, l) = self.apply_sublayer(k, state, false);
+            let (s, l) = self.apply_sublayer(k, state, Pass::Forward);
             state = s;
-            ldj = ldj + l;
+            ldj = ldj + l.expect("forward log-determinant");
         }
         let state = state.select(1, self.forward_gathers[self.layers.len()].clone());
         (state.reshape(dims), ldj)
@@ -148,15 +167,30 @@ impl RgFlow {
     ///
     /// `z: [B, C, L, L] -> (x: [B, C, L, L], log|det ∂x/∂z|: [B])`.
     pub fn inverse(&self, z: Tensor<4>) -> (Tensor<4>, Tensor<1>) {
+        let (x, ldj) = self.inverse_impl(z, Pass::Inverse);
+        (x, ldj.expect("inverse log-determinant"))
+    }
+
+    /// [`Self::inverse`] without the log-determinant, which drawing images
+    /// does not need (it is a quarter of the work of the couplings):
+    /// `z: [B, C, L, L] -> x: [B, C, L, L]`.
+    pub fn inverse_without_ldj(&self, z: Tensor<4>) -> Tensor<4> {
+        self.inverse_impl(z, Pass::InverseWithoutLdj).0
+    }
+
+    fn inverse_impl(&self, z: Tensor<4>, pass: Pass) -> (Tensor<4>, Option<Tensor<1>>) {
         let dims = z.dims();
         let depth = self.layers.len();
         let mut state = z.reshape([dims[0], dims[1] * dims[2] * dims[3]]);
-        let mut ldj = Tensor::<1>::zeros([dims[0]], &state.device());
+        let mut ldj: Option<Tensor<1>> = None;
         for j in 0..depth {
             state = state.select(1, self.inverse_gathers[j].clone());
-            let (s, l) = self.apply_sublayer(depth - 1 - j, state, true);
+            let (s, l) = self.apply_sublayer(depth - 1 - j, state, pass);
             state = s;
-            ldj = ldj + l;
+            ldj = match (ldj, l) {
+                (Some(acc), Some(l)) => Some(acc + l),
+                (acc, l) => acc.or(l),
+            };
         }
         let state = state.select(1, self.inverse_gathers[depth].clone());
         (state.reshape(dims), ldj)

@@ -34,9 +34,14 @@ pub fn logit_transform(x01: Tensor<4>, constraint: f64) -> (Tensor<4>, Tensor<1>
 /// `logit: [B, C, L, L] -> (x01: [B, C, L, L], log|det J| of the forward map: [B])`.
 pub fn inverse_logit_transform(logit: Tensor<4>, constraint: f64) -> (Tensor<4>, Tensor<1>) {
     let ldj = logit_ldj(logit.clone(), constraint);
+    (logit_to_pixels(logit, constraint), ldj)
+}
+
+/// The image part of [`inverse_logit_transform`] alone, for decoding:
+/// `[B, C, L, L] -> [B, C, L, L]` in `[0, 1]` (unclamped).
+pub fn logit_to_pixels(logit: Tensor<4>, constraint: f64) -> Tensor<4> {
     let y = burn::tensor::activation::sigmoid(logit);
-    let x01 = y.mul_scalar(2.0).sub_scalar(1.0).div_scalar(constraint).add_scalar(1.0).div_scalar(2.0);
-    (x01, ldj)
+    y.mul_scalar(2.0).sub_scalar(1.0).div_scalar(constraint).add_scalar(1.0).div_scalar(2.0)
 }
 
 /// `log|d logit / d x01|` summed per image, from the logits: `[B, C, L, L] -> [B]`.

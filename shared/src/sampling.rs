@@ -74,9 +74,8 @@ impl RgFlow {
     ///
     /// `z: [B, C, L, L] -> [B, C, L, L]`.
     pub fn decode(&self, z: Tensor<4>) -> Tensor<4> {
-        let (x, _) = self.inverse(z);
-        let (x01, _) = preprocess::inverse_logit_transform(x, self.config().logit_constraint);
-        x01.clamp(0.0, 1.0)
+        let x = self.inverse_without_ldj(z);
+        preprocess::logit_to_pixels(x, self.config().logit_constraint).clamp(0.0, 1.0)
     }
 
     /// Maps `[0, 1]` images (not dequantised) to their latents.

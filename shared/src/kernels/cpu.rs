@@ -157,17 +157,21 @@ pub fn coupling_update(c: Coupling<'_>) -> Vec<f32> {
 #[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq+fma", "x86_64+avx2+fma"))]
 fn coupling_rows<'a>(c: Coupling<'a>, y: &mut [MaybeUninit<f32>]) {
     let f = c.features();
-    let sign = if c.inverse { -1.0 } else { 1.0 };
-    for (row, y) in y.chunks_exact_mut(f).enumerate() {
-        let at = row * f;
-        for i in 0..f {
-            let (x, sr, tr, m) = (c.x[at + i], c.s_raw[at + i], c.t_raw[at + i], c.mask[i]);
-            let s = tanh(sr * c.s_scale[i]) * m;
-            let t = tr * c.t_scale[i] * m;
-            // forward: x e^s + t; inverse: (x − t) e^{−s}.
-            let shifted = if c.inverse { x - t } else { x };
-            let out = shifted * exp(sign * s);
-            y[i].write(if c.inverse { out } else { out + t });
+    let per_feature = || c.s_scale.iter().zip(c.t_scale).zip(c.mask);
+    let rows = c.x.chunks_exact(f).zip(c.s_raw.chunks_exact(f)).zip(c.t_raw.chunks_exact(f)).zip(y.chunks_exact_mut(f));
+    // Two loops rather than a branch per element, so each vectorises.
+    if c.inverse {
+        for (((x, sr), tr), y) in rows {
+            for ((((x, sr), tr), y), ((a, b), m)) in x.iter().zip(sr).zip(tr).zip(y).zip(per_feature()) {
+                let t = tr * b * m;
+                y.write((x - t) * exp(-tanh(sr * a) * m));
+            }
+        }
+    } else {
+        for (((x, sr), tr), y) in rows {
+            for ((((x, sr), tr), y), ((a, b), m)) in x.iter().zip(sr).zip(tr).zip(y).zip(per_feature()) {
+                y.write(x * exp(tanh(sr * a) * m) + tr * b * m);
+            }
         }
     }
 }
@@ -201,11 +205,16 @@ fn coupling_backward_rows<'a>(
     gt_scale: &mut [f32],
 ) {
     let f = c.features();
+    let (s_scale, t_scale, mask) = (&c.s_scale[..f], &c.t_scale[..f], &c.mask[..f]);
+    let (gs_scale, gt_scale) = (&mut gs_scale[..f], &mut gt_scale[..f]);
     for row in 0..grad_y.len() / f {
-        let at = row * f;
+        // Row slices of length `f`, so the loop below has no bounds checks.
+        let span = row * f..(row + 1) * f;
+        let (x, sr, tr, gy) = (&c.x[span.clone()], &c.s_raw[span.clone()], &c.t_raw[span.clone()], &grad_y[span.clone()]);
+        let (gx, gs, gt) = (&mut gx[span.clone()], &mut gs[span.clone()], &mut gt[span]);
         for i in 0..f {
-            let (x, sr, tr, m, gy) = (c.x[at + i], c.s_raw[at + i], c.t_raw[at + i], c.mask[i], grad_y[at + i]);
-            let (a, b) = (c.s_scale[i], c.t_scale[i]);
+            let (x, sr, tr, m, gy) = (x[i], sr[i], tr[i], mask[i], gy[i]);
+            let (a, b) = (s_scale[i], t_scale[i]);
             let th = tanh(sr * a);
             let s = th * m;
             let t = tr * b * m;
@@ -218,12 +227,12 @@ fn coupling_backward_rows<'a>(
                 let e = exp(s);
                 (e, gy * x * e, gy)
             };
-            gx[at + i].write(gy * dx);
+            gx[i].write(gy * dx);
             // s = tanh(s_raw a) m, t = t_raw b m.
             let du = g_s * (1.0 - th * th) * m;
-            gs[at + i].write(du * a);
+            gs[i].write(du * a);
             gs_scale[i] += du * sr;
-            gt[at + i].write(g_t * m * b);
+            gt[i].write(g_t * m * b);
             gt_scale[i] += g_t * m * tr;
         }
     }
@@ -243,12 +252,21 @@ pub fn coupling_log_scale(s_raw: &[f32], s_scale: &[f32], mask: &[f32]) -> Vec<f
 
 #[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq+fma", "x86_64+avx2+fma"))]
 fn log_scale_rows(s_raw: &[f32], s_scale: &[f32], mask: &[f32], out: &mut [MaybeUninit<f32>]) {
-    for (sr, out) in s_raw.chunks_exact(mask.len()).zip(out) {
-        let mut sum = 0.0;
-        for i in 0..mask.len() {
-            sum += tanh(sr[i] * s_scale[i]) * mask[i];
+    // A row's sum is accumulated in `LANES` independent partial sums (one
+    // vector register), since a plain running sum cannot be vectorised
+    // without reordering the additions.
+    const LANES: usize = 16;
+    let f = mask.len();
+    let whole = f - f % LANES;
+    for (sr, out) in s_raw.chunks_exact(f).zip(out) {
+        let mut lanes = [0.0f32; LANES];
+        for ((sr, a), m) in sr[..whole].chunks_exact(LANES).zip(s_scale.chunks_exact(LANES)).zip(mask.chunks_exact(LANES)) {
+            for j in 0..LANES {
+                lanes[j] += tanh(sr[j] * a[j]) * m[j];
+            }
         }
-        out.write(sum);
+        let tail: f32 = (whole..f).map(|i| tanh(sr[i] * s_scale[i]) * mask[i]).sum();
+        out.write(lanes.iter().sum::<f32>() + tail);
     }
 }
 

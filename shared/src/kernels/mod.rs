@@ -150,51 +150,110 @@ mod tests {
     use burn::prelude::*;
     use burn::tensor::Distribution;
 
+    use super::CouplingParams;
+
     /// Swish as plain tensor ops, the way the model computed it before.
     fn swish_composed(x: Tensor<2>, beta: Tensor<1>) -> Tensor<2> {
         x.clone() * burn::tensor::activation::sigmoid(x * beta.unsqueeze::<2>())
     }
 
-    fn max_rel_diff(a: Tensor<2>, b: Tensor<2>) -> f32 {
+    fn coupling_composed(x: Tensor<2>, s_raw: Tensor<2>, t_raw: Tensor<2>, p: &CouplingParams, inverse: bool) -> Tensor<2> {
+        let m = p.mask.clone().unsqueeze::<2>();
+        let s = (s_raw * p.s_scale.clone().unsqueeze::<2>()).tanh() * m.clone();
+        let t = t_raw * p.t_scale.clone().unsqueeze::<2>() * m;
+        if inverse { (x - t) * s.neg().exp() } else { x * s.exp() + t }
+    }
+
+    fn log_scale_composed(s_raw: Tensor<2>, p: &CouplingParams) -> Tensor<1> {
+        let s = (s_raw * p.s_scale.clone().unsqueeze::<2>()).tanh() * p.mask.clone().unsqueeze::<2>();
+        s.sum_dim(1).squeeze_dim(1)
+    }
+
+    fn max_rel_diff<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
         let scale = b.clone().abs().max().into_scalar::<f32>().max(1e-6);
         (a - b).abs().max().into_scalar::<f32>() / scale
     }
 
-    /// Forward value and both gradients of the fused op against the composed
-    /// one, on `device` (autodiff).
+    /// Forward values and every gradient of the fused ops against the
+    /// composed ones, on an autodiff `device`. The rows are enough to be
+    /// split across threads by the CPU kernels.
     fn check_against_composed(device: &Device) {
         device.seed(3);
-        // Big enough to be split across threads on the CPU kernels.
-        let x = Tensor::<2>::random([333, 40], Distribution::Normal(0.0, 3.0), device);
-        let beta = Tensor::<1>::random([40], Distribution::Uniform(-1.5, 2.0), device);
-        let weights = Tensor::<2>::random([333, 40], Distribution::Normal(0.0, 1.0), device);
+        let (rows, features) = (333, 40);
+        let normal = |shape: [usize; 2], std| Tensor::<2>::random(shape, Distribution::Normal(0.0, std), device);
+        let vector = |lo, hi| Tensor::<1>::random([features], Distribution::Uniform(lo, hi), device);
 
+        // Swish.
+        let (x, beta, w) = (normal([rows, features], 3.0), vector(-1.5, 2.0), normal([rows, features], 1.0));
         let run = |f: fn(Tensor<2>, Tensor<1>) -> Tensor<2>| {
             let (x, beta) = (x.clone().require_grad(), beta.clone().require_grad());
             let y = f(x.clone(), beta.clone());
-            let grads = (y.clone() * weights.clone()).sum().backward();
+            let grads = (y.clone() * w.clone()).sum().backward();
             (y, x.grad(&grads).unwrap(), beta.grad(&grads).unwrap())
         };
         let (y, gx, gb) = run(super::swish);
         let (y_ref, gx_ref, gb_ref) = run(swish_composed);
-        assert!(max_rel_diff(y, y_ref) < 1e-5);
-        assert!(max_rel_diff(gx, gx_ref) < 1e-5);
-        assert!(max_rel_diff(gb.unsqueeze(), gb_ref.unsqueeze()) < 1e-5);
+        assert!(max_rel_diff(y, y_ref) < 1e-5, "swish");
+        assert!(max_rel_diff(gx, gx_ref) < 1e-5, "swish ∂x");
+        assert!(max_rel_diff(gb, gb_ref) < 1e-5, "swish ∂β");
+
+        // Coupling update and log-scale, both directions.
+        let mask: Vec<f32> = (0..features).map(|i| (i % 2) as f32).collect();
+        let mask = Tensor::<1>::from_floats(mask.as_slice(), device);
+        let inputs = [normal([rows, features], 2.0), normal([rows, features], 2.0), normal([rows, features], 1.0)];
+        let (s_scale, t_scale) = (vector(-1.0, 1.0), vector(-1.0, 1.0));
+        let (w_y, w_l) = (normal([rows, features], 1.0), Tensor::<1>::random([rows], Distribution::Normal(0.0, 1.0), device));
+        for inverse in [false, true] {
+            let run = |fused: bool| {
+                let [x, s_raw, t_raw] = inputs.clone().map(Tensor::require_grad);
+                let p = CouplingParams {
+                    s_scale: s_scale.clone().require_grad(),
+                    t_scale: t_scale.clone().require_grad(),
+                    mask: mask.clone(),
+                };
+                let (y, log_scale) = if fused {
+                    (super::coupling_update(x.clone(), s_raw.clone(), t_raw.clone(), &p, inverse), super::coupling_log_scale(s_raw.clone(), &p))
+                } else {
+                    (coupling_composed(x.clone(), s_raw.clone(), t_raw.clone(), &p, inverse), log_scale_composed(s_raw.clone(), &p))
+                };
+                let grads = ((y.clone() * w_y.clone()).sum() + (log_scale.clone() * w_l.clone()).sum()).backward();
+                let g2 = |t: &Tensor<2>| t.grad(&grads).unwrap();
+                let g1 = |t: &Tensor<1>| t.grad(&grads).unwrap();
+                (y, log_scale, [g2(&x), g2(&s_raw), g2(&t_raw)], [g1(&p.s_scale), g1(&p.t_scale)])
+            };
+            let (y, ls, g_rows, g_features) = run(true);
+            let (y_ref, ls_ref, g_rows_ref, g_features_ref) = run(false);
+            assert!(max_rel_diff(y, y_ref) < 1e-5, "coupling y, inverse={inverse}");
+            assert!(max_rel_diff(ls, ls_ref) < 1e-5, "log-scale");
+            for (i, (g, r)) in g_rows.into_iter().zip(g_rows_ref).enumerate() {
+                assert!(max_rel_diff(g, r) < 1e-5, "coupling ∂(x, s_raw, t_raw)[{i}], inverse={inverse}");
+            }
+            for (i, (g, r)) in g_features.into_iter().zip(g_features_ref).enumerate() {
+                assert!(max_rel_diff(g, r) < 1e-4, "coupling ∂(s_scale, t_scale)[{i}], inverse={inverse}");
+            }
+        }
     }
 
     #[test]
-    fn fused_swish_matches_composed_ops_on_flex() {
+    fn fused_ops_match_composed_ops_on_flex() {
         check_against_composed(&Device::flex().autodiff());
+    }
+
+    /// The reference implementation (every backend without a CPU kernel,
+    /// the GPU included) and its backward steps.
+    #[cfg(feature = "ndarray")]
+    #[test]
+    fn fused_ops_match_composed_ops_on_ndarray() {
+        check_against_composed(&Device::ndarray().autodiff());
     }
 
     #[test]
     fn fused_swish_without_autodiff_matches_composed_ops() {
         let device = Device::flex();
         device.seed(4);
-        let x = Tensor::<2>::random([70, 128], Distribution::Normal(0.0, 2.0), &device);
+        // A transposed (non-contiguous) input takes the copy path.
+        let x = Tensor::<2>::random([128, 70], Distribution::Normal(0.0, 2.0), &device).transpose();
         let beta = Tensor::<1>::random([128], Distribution::Uniform(0.0, 2.0), &device);
-        // A non-contiguous input takes the copy path.
-        let xt = x.clone().transpose().transpose();
-        assert!(max_rel_diff(super::swish(xt, beta.clone()), swish_composed(x, beta)) < 1e-5);
+        assert!(max_rel_diff(super::swish(x.clone(), beta.clone()), swish_composed(x, beta)) < 1e-5);
     }
 }

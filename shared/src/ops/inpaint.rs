@@ -178,7 +178,7 @@ impl Inpainter {
         let c = self.flow.config();
         let (l, plane) = (c.image_size, c.image_size * c.image_size);
         let n = c.channels * plane;
-        let (filled, _) = preprocess::inverse_logit_transform(self.assemble(self.u.clone()), c.logit_constraint);
+        let filled = preprocess::logit_to_pixels(self.assemble(self.u.clone()), c.logit_constraint);
         let take_filled = (0..n).map(|e| if self.unknown[e % plane] { n + e } else { e }).collect();
         pick_columns(vec![self.x01.clone().reshape([1, n]), filled.reshape([1, n])], take_filled).reshape([1, c.channels, l, l])
     }

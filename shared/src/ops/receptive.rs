@@ -25,8 +25,8 @@ pub fn receptive_field_tensor(flow: &RgFlow, z: Tensor<4>, latent: LatentSite, e
     delta[n + e] = -eps;
     let delta = Tensor::<2>::from_data(TensorData::new(delta, [2, n]), &z.device());
     let pair = (z.reshape([1, n]).repeat_dim(0, 2) + delta).reshape([2, c, h, w]);
-    let (x, _) = flow.inverse(pair);
-    let (x01, _) = crate::preprocess::inverse_logit_transform(x, flow.config().logit_constraint);
+    let x = flow.inverse_without_ldj(pair);
+    let x01 = crate::preprocess::logit_to_pixels(x, flow.config().logit_constraint);
     let difference = x01.clone().narrow(0, 0, 1) - x01.narrow(0, 1, 1);
     Ok(difference.div_scalar(2.0 * eps).reshape([c, h, w]))
 }
