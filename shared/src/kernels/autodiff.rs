@@ -19,32 +19,61 @@ fn register<B: FusedKernels>(grads: &mut Gradients, parent: Option<NodeId>, grad
 }
 
 impl<B: FusedKernels, C: CheckpointStrategy> FusedKernels for Autodiff<B, C> {
-    fn swish(x: FloatTensor<Self>, beta: FloatTensor<Self>) -> FloatTensor<Self> {
+    fn swish(x: FloatTensor<Self>, bias: FloatTensor<Self>, beta: FloatTensor<Self>) -> FloatTensor<Self> {
         #[derive(Debug)]
         struct SwishBackward;
 
-        impl<B: FusedKernels> Backward<B, 2> for SwishBackward {
-            /// The forward inputs `x` and `β`.
-            type State = (FloatTensor<B>, FloatTensor<B>);
+        impl<B: FusedKernels> Backward<B, 3> for SwishBackward {
+            /// The forward inputs `x`, `bias`, `β`.
+            type State = [FloatTensor<B>; 3];
 
-            fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
-                let [node_x, node_beta] = ops.parents;
+            fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+                let [node_x, node_bias, node_beta] = ops.parents;
                 let grad = grads.consume::<B>(&ops.node);
-                let (x, beta) = ops.state;
-                let (grad_x, grad_beta) = B::swish_backward(x, beta, grad);
+                let [x, bias, beta] = ops.state;
+                let (grad_x, grad_bias, grad_beta) = B::swish_backward(x, bias, beta, grad);
                 register::<B>(grads, node_x.map(|n| n.id), grad_x);
+                register::<B>(grads, node_bias.map(|n| n.id), grad_bias);
                 register::<B>(grads, node_beta.map(|n| n.id), grad_beta);
             }
         }
 
-        let (x, x_node) = x.into_parts();
-        let (beta, beta_node) = beta.into_parts();
-        match SwishBackward.prepare::<C>([x_node, beta_node]).compute_bound().stateful() {
+        let (x, n_x) = x.into_parts();
+        let (bias, n_bias) = bias.into_parts();
+        let (beta, n_beta) = beta.into_parts();
+        match SwishBackward.prepare::<C>([n_x, n_bias, n_beta]).compute_bound().stateful() {
             OpsKind::Tracked(prep) => {
-                let output = B::swish(x.clone(), beta.clone());
-                prep.finish((x, beta), output)
+                let output = B::swish(x.clone(), bias.clone(), beta.clone());
+                prep.finish([x, bias, beta], output)
             }
-            OpsKind::UnTracked(prep) => prep.finish(B::swish(x, beta)),
+            OpsKind::UnTracked(prep) => prep.finish(B::swish(x, bias, beta)),
+        }
+    }
+
+    fn residual(x: FloatTensor<Self>, h: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct ResidualBackward;
+
+        impl<B: FusedKernels> Backward<B, 3> for ResidualBackward {
+            /// Nothing: the gradients depend on the output gradient alone.
+            type State = ();
+
+            fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+                let [node_x, node_h, node_bias] = ops.parents;
+                let grad = grads.consume::<B>(&ops.node);
+                let (scaled, grad_bias) = B::residual_backward(grad);
+                register::<B>(grads, node_x.map(|n| n.id), scaled.clone());
+                register::<B>(grads, node_h.map(|n| n.id), scaled);
+                register::<B>(grads, node_bias.map(|n| n.id), grad_bias);
+            }
+        }
+
+        let (x, n_x) = x.into_parts();
+        let (h, n_h) = h.into_parts();
+        let (bias, n_bias) = bias.into_parts();
+        match ResidualBackward.prepare::<C>([n_x, n_h, n_bias]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => prep.finish((), B::residual(x, h, bias)),
+            OpsKind::UnTracked(prep) => prep.finish(B::residual(x, h, bias)),
         }
     }
 

@@ -58,48 +58,112 @@ fn tanh(u: f32) -> f32 {
 
 // ---------------------------------------------------------------- Swish --
 
-/// Swish `y = x · σ(β x)`: `x: [M, F]`, `beta: [F]` -> `[M, F]`.
-pub fn swish(x: &[f32], beta: &[f32]) -> Vec<f32> {
+/// Swish of a biased input, `y = u · σ(β u)` with `u = x + bias`:
+/// `x: [M, F]`, `bias, beta: [F]` -> `[M, F]`.
+pub fn swish(x: &[f32], bias: &[f32], beta: &[f32]) -> Vec<f32> {
     let f = beta.len();
     let y = Output::new(x.len());
     for_rows(x.len() / f, 0, |rows, _| {
         let span = rows.start * f..rows.end * f;
-        swish_rows(&x[span.clone()], beta, unsafe { y.slice(span) });
+        swish_rows(&x[span.clone()], bias, beta, unsafe { y.slice(span) });
     });
     y.finish()
 }
 
 #[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq+fma", "x86_64+avx2+fma"))]
-fn swish_rows(x: &[f32], beta: &[f32], y: &mut [MaybeUninit<f32>]) {
+fn swish_rows(x: &[f32], bias: &[f32], beta: &[f32], y: &mut [MaybeUninit<f32>]) {
     for (x, y) in x.chunks_exact(beta.len()).zip(y.chunks_exact_mut(beta.len())) {
-        for ((&x, &b), y) in x.iter().zip(beta).zip(y) {
-            y.write(x * sigmoid(b * x));
+        for (((&x, &c), &b), y) in x.iter().zip(bias).zip(beta).zip(y) {
+            let u = x + c;
+            y.write(u * sigmoid(b * u));
         }
     }
 }
 
-/// Gradients of Swish given the output gradient `g: [M, F]`:
-/// `(∂L/∂x = g (σ + β x σ (1 − σ)): [M, F], ∂L/∂β = Σ_rows g x² σ (1 − σ): [F])`.
-pub fn swish_backward(x: &[f32], beta: &[f32], g: &[f32]) -> (Vec<f32>, Vec<f32>) {
+/// Gradients of [`swish`] given the output gradient `g: [M, F]`: with
+/// `σ = σ(β u)`, `∂L/∂x = g (σ + β u σ (1 − σ))` (`[M, F]`), `∂L/∂bias` its
+/// sum over rows and `∂L/∂β = Σ_rows g u² σ (1 − σ)` (both `[F]`).
+pub fn swish_backward(x: &[f32], bias: &[f32], beta: &[f32], g: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let f = beta.len();
     let grad_x = Output::new(x.len());
-    let grad_beta = for_rows(x.len() / f, f, |rows, grad_beta| {
+    let mut sums = for_rows(x.len() / f, 2 * f, |rows, sums| {
         let span = rows.start * f..rows.end * f;
-        swish_backward_rows(&x[span.clone()], beta, &g[span.clone()], unsafe { grad_x.slice(span) }, grad_beta);
+        let (grad_bias, grad_beta) = sums.split_at_mut(f);
+        let grad_x = unsafe { grad_x.slice(span.clone()) };
+        swish_backward_rows(&x[span.clone()], bias, beta, &g[span], grad_x, grad_bias, grad_beta);
     });
-    (grad_x.finish(), grad_beta)
+    let grad_beta = sums.split_off(f);
+    (grad_x.finish(), sums, grad_beta)
 }
 
 #[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq+fma", "x86_64+avx2+fma"))]
-fn swish_backward_rows(x: &[f32], beta: &[f32], g: &[f32], grad_x: &mut [MaybeUninit<f32>], grad_beta: &mut [f32]) {
+fn swish_backward_rows(
+    x: &[f32],
+    bias: &[f32],
+    beta: &[f32],
+    g: &[f32],
+    grad_x: &mut [MaybeUninit<f32>],
+    grad_bias: &mut [f32],
+    grad_beta: &mut [f32],
+) {
     let f = beta.len();
+    let (bias, grad_bias, grad_beta) = (&bias[..f], &mut grad_bias[..f], &mut grad_beta[..f]);
     for ((x, g), gx) in x.chunks_exact(f).zip(g.chunks_exact(f)).zip(grad_x.chunks_exact_mut(f)) {
         for i in 0..f {
-            let (x, b, g) = (x[i], beta[i], g[i]);
-            let s = sigmoid(b * x);
+            let (u, b, g) = (x[i] + bias[i], beta[i], g[i]);
+            let s = sigmoid(b * u);
             let ds = s * (1.0 - s);
-            gx[i].write(g * (s + b * x * ds));
-            grad_beta[i] += g * x * x * ds;
+            let gu = g * (s + b * u * ds);
+            gx[i].write(gu);
+            grad_bias[i] += gu;
+            grad_beta[i] += g * u * u * ds;
+        }
+    }
+}
+
+// ------------------------------------------------------------- Residual --
+
+/// The residual connection with the branch's last bias,
+/// `(x + h + bias) / √2`: `x, h: [M, F]`, `bias: [F]` -> `[M, F]`.
+pub fn residual(x: &[f32], h: &[f32], bias: &[f32]) -> Vec<f32> {
+    let f = bias.len();
+    let y = Output::new(x.len());
+    for_rows(x.len() / f, 0, |rows, _| {
+        let span = rows.start * f..rows.end * f;
+        residual_rows(&x[span.clone()], &h[span.clone()], bias, unsafe { y.slice(span) });
+    });
+    y.finish()
+}
+
+#[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq+fma", "x86_64+avx2+fma"))]
+fn residual_rows(x: &[f32], h: &[f32], bias: &[f32], y: &mut [MaybeUninit<f32>]) {
+    let f = bias.len();
+    for ((x, h), y) in x.chunks_exact(f).zip(h.chunks_exact(f)).zip(y.chunks_exact_mut(f)) {
+        for (((x, h), b), y) in x.iter().zip(h).zip(bias).zip(y) {
+            y.write((x + h + b) * std::f32::consts::FRAC_1_SQRT_2);
+        }
+    }
+}
+
+/// Gradients of [`residual`] given `g: [M, F]`: `g / √2`, which is the
+/// gradient of both `x` and `h`, and its sum over rows for the bias (`[F]`).
+pub fn residual_backward(g: &[f32], features: usize) -> (Vec<f32>, Vec<f32>) {
+    let scaled = Output::new(g.len());
+    let grad_bias = for_rows(g.len() / features, features, |rows, grad_bias| {
+        let span = rows.start * features..rows.end * features;
+        residual_backward_rows(&g[span.clone()], unsafe { scaled.slice(span) }, grad_bias);
+    });
+    (scaled.finish(), grad_bias)
+}
+
+#[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq+fma", "x86_64+avx2+fma"))]
+fn residual_backward_rows(g: &[f32], scaled: &mut [MaybeUninit<f32>], grad_bias: &mut [f32]) {
+    let f = grad_bias.len();
+    for (g, out) in g.chunks_exact(f).zip(scaled.chunks_exact_mut(f)) {
+        for ((g, out), gb) in g.iter().zip(out).zip(grad_bias.iter_mut()) {
+            let v = g * std::f32::consts::FRAC_1_SQRT_2;
+            out.write(v);
+            *gb += v;
         }
     }
 }
@@ -411,21 +475,43 @@ mod tests {
     fn swish_and_its_gradients_match_f64_formulas() {
         let features = 5;
         let beta = [1.0f32, 0.5, -0.7, 2.0, 0.0];
+        let bias = [0.3f32, -1.0, 0.0, 2.0, -0.5];
         // 300 rows: more than one task.
         let x = values(features * 300, 1, 7.0);
         let g = values(x.len(), 2, 1.6);
-        let y = swish(&x, &beta);
-        let (grad_x, grad_beta) = swish_backward(&x, &beta, &g);
+        let y = swish(&x, &bias, &beta);
+        let (grad_x, grad_bias, grad_beta) = swish_backward(&x, &bias, &beta, &g);
 
+        let mut want_bias = vec![0.0f64; features];
         let mut want_beta = vec![0.0f64; features];
         for i in 0..x.len() {
-            let (x, b, g) = (f64::from(x[i]), f64::from(beta[i % features]), f64::from(g[i]));
-            let s = 1.0 / (1.0 + (-b * x).exp());
-            assert!(close(y[i], x * s, 1e-5), "y[{i}]");
-            assert!(close(grad_x[i], g * (s + b * x * s * (1.0 - s)), 1e-5), "grad_x[{i}]");
-            want_beta[i % features] += g * x * x * s * (1.0 - s);
+            let (u, b, g) = (f64::from(x[i]) + f64::from(bias[i % features]), f64::from(beta[i % features]), f64::from(g[i]));
+            let s = 1.0 / (1.0 + (-b * u).exp());
+            assert!(close(y[i], u * s, 1e-5), "y[{i}]");
+            let gu = g * (s + b * u * s * (1.0 - s));
+            assert!(close(grad_x[i], gu, 1e-5), "grad_x[{i}]");
+            want_bias[i % features] += gu;
+            want_beta[i % features] += g * u * u * s * (1.0 - s);
         }
-        for (ours, want) in grad_beta.iter().zip(&want_beta) {
+        for (ours, want) in grad_bias.iter().zip(&want_bias).chain(grad_beta.iter().zip(&want_beta)) {
+            assert!(close(*ours, *want, 1e-4), "{ours} vs {want}");
+        }
+    }
+
+    #[test]
+    fn residual_and_its_gradients() {
+        let f = 7;
+        let (x, h, bias, g) = (values(f * 300, 1, 2.0), values(f * 300, 2, 2.0), values(f, 3, 1.0), values(f * 300, 4, 1.0));
+        let y = residual(&x, &h, &bias);
+        let (scaled, grad_bias) = residual_backward(&g, f);
+        let mut want_bias = vec![0.0f64; f];
+        for i in 0..x.len() {
+            let want = (f64::from(x[i]) + f64::from(h[i]) + f64::from(bias[i % f])) / 2f64.sqrt();
+            assert!(close(y[i], want, 1e-6), "y[{i}]");
+            assert!(close(scaled[i], f64::from(g[i]) / 2f64.sqrt(), 1e-6), "∂[{i}]");
+            want_bias[i % f] += f64::from(g[i]) / 2f64.sqrt();
+        }
+        for (ours, want) in grad_bias.iter().zip(&want_bias) {
             assert!(close(*ours, *want, 1e-4), "{ours} vs {want}");
         }
     }

@@ -24,19 +24,41 @@ fn tensor(values: Vec<f32>, shape: Shape) -> FlexTensor {
 }
 
 impl FusedKernels for Flex {
-    fn swish(x: FlexTensor, beta: FlexTensor) -> FlexTensor {
-        let Some([x, beta]) = f32_inputs(&[x.clone(), beta.clone()]) else {
-            return reference::swish::<Self>(x, beta);
+    fn swish(x: FlexTensor, bias: FlexTensor, beta: FlexTensor) -> FlexTensor {
+        let inputs = [x, bias, beta];
+        let Some([x, bias, beta]) = f32_inputs(&inputs) else {
+            let [x, bias, beta] = inputs;
+            return reference::swish::<Self>(x, bias, beta);
         };
-        tensor(cpu::swish(f32s(&x), f32s(&beta)), x.shape())
+        tensor(cpu::swish(f32s(&x), f32s(&bias), f32s(&beta)), x.shape())
     }
 
-    fn swish_backward(x: FlexTensor, beta: FlexTensor, grad: FlexTensor) -> (FlexTensor, FlexTensor) {
-        let Some([x, beta, grad]) = f32_inputs(&[x.clone(), beta.clone(), grad.clone()]) else {
-            return reference::swish_backward::<Self>(x, beta, grad);
+    fn swish_backward(x: FlexTensor, bias: FlexTensor, beta: FlexTensor, grad: FlexTensor) -> (FlexTensor, FlexTensor, FlexTensor) {
+        let inputs = [x, bias, beta, grad];
+        let Some([x, bias, beta, grad]) = f32_inputs(&inputs) else {
+            let [x, bias, beta, grad] = inputs;
+            return reference::swish_backward::<Self>(x, bias, beta, grad);
         };
-        let (grad_x, grad_beta) = cpu::swish_backward(f32s(&x), f32s(&beta), f32s(&grad));
-        (tensor(grad_x, x.shape()), tensor(grad_beta, beta.shape()))
+        let (grad_x, grad_bias, grad_beta) = cpu::swish_backward(f32s(&x), f32s(&bias), f32s(&beta), f32s(&grad));
+        (tensor(grad_x, x.shape()), tensor(grad_bias, bias.shape()), tensor(grad_beta, beta.shape()))
+    }
+
+    fn residual(x: FlexTensor, h: FlexTensor, bias: FlexTensor) -> FlexTensor {
+        let inputs = [x, h, bias];
+        let Some([x, h, bias]) = f32_inputs(&inputs) else {
+            let [x, h, bias] = inputs;
+            return reference::residual::<Self>(x, h, bias);
+        };
+        tensor(cpu::residual(f32s(&x), f32s(&h), f32s(&bias)), x.shape())
+    }
+
+    fn residual_backward(grad: FlexTensor) -> (FlexTensor, FlexTensor) {
+        let Some([grad]) = f32_inputs(&[grad.clone()]) else {
+            return reference::residual_backward::<Self>(grad);
+        };
+        let features = grad.shape()[1];
+        let (scaled, grad_bias) = cpu::residual_backward(f32s(&grad), features);
+        (tensor(scaled, grad.shape()), tensor(grad_bias, Shape::new([features])))
     }
 
     fn coupling_update(

@@ -28,19 +28,33 @@ use burn::prelude::*;
     Autodiff: cfg(feature = "autodiff"),
 )]
 pub trait FusedKernels: burn::backend::Backend {
-    /// Swish `x · σ(β x)`: `x: [M, F]`, `beta: [F]` -> `[M, F]`.
-    fn swish(x: FloatTensor<Self>, beta: FloatTensor<Self>) -> FloatTensor<Self> {
-        reference::swish::<Self>(x, beta)
+    /// Swish of a biased input, `u · σ(β u)` with `u = x + bias`:
+    /// `x: [M, F]`, `bias, beta: [F]` -> `[M, F]`.
+    fn swish(x: FloatTensor<Self>, bias: FloatTensor<Self>, beta: FloatTensor<Self>) -> FloatTensor<Self> {
+        reference::swish::<Self>(x, bias, beta)
     }
 
     /// Gradients of [`Self::swish`] given the output gradient `grad: [M, F]`:
-    /// `(∂L/∂x: [M, F], ∂L/∂β: [F])`.
+    /// `(∂L/∂x: [M, F], ∂L/∂bias: [F], ∂L/∂β: [F])`.
     fn swish_backward(
         x: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
         beta: FloatTensor<Self>,
         grad: FloatTensor<Self>,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        reference::swish_backward::<Self>(x, beta, grad)
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        reference::swish_backward::<Self>(x, bias, beta, grad)
+    }
+
+    /// The residual connection with the branch's last bias,
+    /// `(x + h + bias) / √2`: `x, h: [M, F]`, `bias: [F]` -> `[M, F]`.
+    fn residual(x: FloatTensor<Self>, h: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self> {
+        reference::residual::<Self>(x, h, bias)
+    }
+
+    /// Gradients of [`Self::residual`] given `grad: [M, F]`: `grad / √2`
+    /// (the gradient of both `x` and `h`) and its row sums (of the bias, `[F]`).
+    fn residual_backward(grad: FloatTensor<Self>) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        reference::residual_backward::<Self>(grad)
     }
 
     /// One affine coupling update of the `mask = 1` half of each block row:
@@ -105,7 +119,20 @@ impl FusedKernels for burn::backend::Cube {}
 /// Swish with a learnable slope per feature, `x · σ(β x)`:
 /// `x: [M, F]`, `beta: [F]` -> `[M, F]`, differentiable in both.
 pub fn swish(x: Tensor<2>, beta: Tensor<1>) -> Tensor<2> {
-    Tensor::from_dispatch(<Dispatch as FusedKernels>::swish(x.into_dispatch(), beta.into_dispatch()))
+    let bias = Tensor::zeros(beta.shape(), &beta.device());
+    bias_swish(x, bias, beta)
+}
+
+/// Swish of `x + bias` (a linear layer's bias folded into the activation
+/// that follows it): `x: [M, F]`, `bias, beta: [F]` -> `[M, F]`.
+pub fn bias_swish(x: Tensor<2>, bias: Tensor<1>, beta: Tensor<1>) -> Tensor<2> {
+    Tensor::from_dispatch(<Dispatch as FusedKernels>::swish(x.into_dispatch(), bias.into_dispatch(), beta.into_dispatch()))
+}
+
+/// The residual connection `(x + h + bias) / √2`, with the branch's last
+/// bias folded in: `x, h: [M, F]`, `bias: [F]` -> `[M, F]`.
+pub fn residual(x: Tensor<2>, h: Tensor<2>, bias: Tensor<1>) -> Tensor<2> {
+    Tensor::from_dispatch(<Dispatch as FusedKernels>::residual(x.into_dispatch(), h.into_dispatch(), bias.into_dispatch()))
 }
 
 /// The per-feature parameters of a coupling update (see
@@ -157,6 +184,10 @@ mod tests {
         x.clone() * burn::tensor::activation::sigmoid(x * beta.unsqueeze::<2>())
     }
 
+    fn residual_composed(x: Tensor<2>, h: Tensor<2>, bias: Tensor<1>) -> Tensor<2> {
+        (x + h + bias.unsqueeze()).mul_scalar(std::f64::consts::FRAC_1_SQRT_2)
+    }
+
     fn coupling_composed(x: Tensor<2>, s_raw: Tensor<2>, t_raw: Tensor<2>, p: &CouplingParams, inverse: bool) -> Tensor<2> {
         let m = p.mask.clone().unsqueeze::<2>();
         let s = (s_raw * p.s_scale.clone().unsqueeze::<2>()).tanh() * m.clone();
@@ -183,19 +214,30 @@ mod tests {
         let normal = |shape: [usize; 2], std| Tensor::<2>::random(shape, Distribution::Normal(0.0, std), device);
         let vector = |lo, hi| Tensor::<1>::random([features], Distribution::Uniform(lo, hi), device);
 
-        // Swish.
-        let (x, beta, w) = (normal([rows, features], 3.0), vector(-1.5, 2.0), normal([rows, features], 1.0));
-        let run = |f: fn(Tensor<2>, Tensor<1>) -> Tensor<2>| {
-            let (x, beta) = (x.clone().require_grad(), beta.clone().require_grad());
-            let y = f(x.clone(), beta.clone());
-            let grads = (y.clone() * w.clone()).sum().backward();
-            (y, x.grad(&grads).unwrap(), beta.grad(&grads).unwrap())
+        // Swish of a biased input, and the residual sum.
+        let (x, h, w) = (normal([rows, features], 3.0), normal([rows, features], 1.0), normal([rows, features], 1.0));
+        let (bias, beta) = (vector(-1.0, 1.0), vector(-1.5, 2.0));
+        let run = |fused: bool| {
+            let [x, h] = [x.clone(), h.clone()].map(Tensor::require_grad);
+            let [bias, beta] = [bias.clone(), beta.clone()].map(Tensor::require_grad);
+            let (y, r) = if fused {
+                (super::bias_swish(x.clone(), bias.clone(), beta.clone()), super::residual(x.clone(), h.clone(), bias.clone()))
+            } else {
+                (swish_composed(x.clone() + bias.clone().unsqueeze(), beta.clone()), residual_composed(x.clone(), h.clone(), bias.clone()))
+            };
+            let grads = ((y.clone() + r.clone().mul_scalar(0.7)) * w.clone()).sum().backward();
+            (y, r, [x.grad(&grads).unwrap(), h.grad(&grads).unwrap()], [bias.grad(&grads).unwrap(), beta.grad(&grads).unwrap()])
         };
-        let (y, gx, gb) = run(super::swish);
-        let (y_ref, gx_ref, gb_ref) = run(swish_composed);
+        let (y, r, g_rows, g_features) = run(true);
+        let (y_ref, r_ref, g_rows_ref, g_features_ref) = run(false);
         assert!(max_rel_diff(y, y_ref) < 1e-5, "swish");
-        assert!(max_rel_diff(gx, gx_ref) < 1e-5, "swish ∂x");
-        assert!(max_rel_diff(gb, gb_ref) < 1e-5, "swish ∂β");
+        assert!(max_rel_diff(r, r_ref) < 1e-6, "residual");
+        for (i, (g, r)) in g_rows.into_iter().zip(g_rows_ref).enumerate() {
+            assert!(max_rel_diff(g, r) < 1e-5, "swish/residual ∂(x, h)[{i}]");
+        }
+        for (i, (g, r)) in g_features.into_iter().zip(g_features_ref).enumerate() {
+            assert!(max_rel_diff(g, r) < 1e-5, "swish/residual ∂(bias, β)[{i}]");
+        }
 
         // Coupling update and log-scale, both directions.
         let mask: Vec<f32> = (0..features).map(|i| (i % 2) as f32).collect();

@@ -13,30 +13,49 @@ fn per_feature<B: Backend>(beta: FloatTensor<B>, shape: &Shape) -> FloatTensor<B
     B::float_expand(B::float_reshape(beta, Shape::new([1, features])), shape.clone())
 }
 
-/// `x / (1 + e^{-βx})`.
-pub fn swish<B: Backend>(x: FloatTensor<B>, beta: FloatTensor<B>) -> FloatTensor<B> {
-    let beta = per_feature::<B>(beta, &x.shape());
-    let e = B::float_exp(B::float_neg(B::float_mul(x.clone(), beta)));
-    B::float_div(x, B::float_add_scalar(e, 1.0.into()))
+/// `u / (1 + e^{-βu})` with `u = x + bias`.
+pub fn swish<B: Backend>(x: FloatTensor<B>, bias: FloatTensor<B>, beta: FloatTensor<B>) -> FloatTensor<B> {
+    let shape = x.shape();
+    let u = B::float_add(x, per_feature::<B>(bias, &shape));
+    let e = B::float_exp(B::float_neg(B::float_mul(u.clone(), per_feature::<B>(beta, &shape))));
+    B::float_div(u, B::float_add_scalar(e, 1.0.into()))
 }
 
-/// `(g · (σ + βxσ(1−σ)), Σ_rows g · x²σ(1−σ))`.
+/// `(g (σ + βuσ(1−σ)), its row sums, Σ_rows g u²σ(1−σ))`.
 pub fn swish_backward<B: Backend>(
     x: FloatTensor<B>,
+    bias: FloatTensor<B>,
     beta: FloatTensor<B>,
     grad: FloatTensor<B>,
-) -> (FloatTensor<B>, FloatTensor<B>) {
+) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
     let shape = x.shape();
-    let beta = per_feature::<B>(beta, &shape);
-    let bx = B::float_mul(x.clone(), beta);
-    let s = B::sigmoid(bx.clone());
+    let u = B::float_add(x, per_feature::<B>(bias, &shape));
+    let bu = B::float_mul(u.clone(), per_feature::<B>(beta, &shape));
+    let s = B::sigmoid(bu.clone());
     // σ(1 − σ)
     let ds = B::float_mul(s.clone(), B::float_add_scalar(B::float_neg(s.clone()), 1.0.into()));
-    let dx = B::float_add(s, B::float_mul(bx, ds.clone()));
-    let grad_x = B::float_mul(grad.clone(), dx);
-    let per_elem = B::float_mul(grad, B::float_mul(B::float_mul(x.clone(), x), ds));
-    let grad_beta = B::float_reshape(B::float_sum_dim(per_elem, 0), Shape::new([shape[1]]));
-    (grad_x, grad_beta)
+    let du = B::float_add(s, B::float_mul(bu, ds.clone()));
+    let grad_x = B::float_mul(grad.clone(), du);
+    let per_elem = B::float_mul(grad, B::float_mul(B::float_mul(u.clone(), u), ds));
+    let features = Shape::new([shape[1]]);
+    let grad_bias = B::float_reshape(B::float_sum_dim(grad_x.clone(), 0), features.clone());
+    let grad_beta = B::float_reshape(B::float_sum_dim(per_elem, 0), features);
+    (grad_x, grad_bias, grad_beta)
+}
+
+/// `(x + h + bias) / √2`.
+pub fn residual<B: Backend>(x: FloatTensor<B>, h: FloatTensor<B>, bias: FloatTensor<B>) -> FloatTensor<B> {
+    let shape = x.shape();
+    let sum = B::float_add(B::float_add(x, h), per_feature::<B>(bias, &shape));
+    B::float_mul_scalar(sum, std::f64::consts::FRAC_1_SQRT_2.into())
+}
+
+/// `(g / √2, Σ_rows g / √2)`.
+pub fn residual_backward<B: Backend>(grad: FloatTensor<B>) -> (FloatTensor<B>, FloatTensor<B>) {
+    let features = grad.shape()[1];
+    let scaled = B::float_mul_scalar(grad, std::f64::consts::FRAC_1_SQRT_2.into());
+    let grad_bias = B::float_reshape(B::float_sum_dim(scaled.clone(), 0), Shape::new([features]));
+    (scaled, grad_bias)
 }
 
 /// `[F]` per-feature vectors broadcast to `[M, F]`.

@@ -2,6 +2,7 @@ use burn::module::Module;
 use burn::prelude::*;
 
 use super::{Scale, Swish, WeightNormLinear};
+use crate::kernels;
 
 /// One residual branch: `Swish → Linear → Swish → Linear …` over the widths
 /// `[D, H, …, H, D]` (the authors' `build_res_block`).
@@ -22,12 +23,24 @@ impl ResBlock {
         }
     }
 
-    /// `[M, D] -> [M, D]`: the branch only, without the skip connection.
-    pub fn forward(&self, mut x: Tensor<2>) -> Tensor<2> {
+    /// `[M, D] -> [M, D]`: the block with its skip connection,
+    /// `(x + branch(x)) / √2`.
+    ///
+    /// Each linear layer's bias is folded into the fused op after it (the
+    /// next Swish, or the residual sum), which saves a pass over the
+    /// activations each way.
+    pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        let mut h = x.clone();
+        let mut bias: Option<Tensor<1>> = None;
         for (act, linear) in self.activations.iter().zip(&self.linears) {
-            x = linear.forward(act.forward(x));
+            h = match bias {
+                Some(b) => act.forward_with_bias(h, b),
+                None => act.forward(h),
+            };
+            h = linear.forward_without_bias(h);
+            bias = Some(linear.bias.val());
         }
-        x
+        kernels::residual(x, h, bias.expect("at least one linear layer"))
     }
 }
 
@@ -75,7 +88,7 @@ impl MlpResNet {
     /// the couplings fuse into their update: `[M, D] -> [M, D]`.
     pub fn trunk(&self, mut x: Tensor<2>) -> Tensor<2> {
         for block in &self.res_blocks {
-            x = (x.clone() + block.forward(x)).mul_scalar(std::f64::consts::FRAC_1_SQRT_2);
+            x = block.forward(x);
         }
         x
     }

@@ -21,4 +21,9 @@ impl Swish {
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
         crate::kernels::swish(x, self.beta.val())
     }
+
+    /// Swish of `x + bias`, one fused op: `x: [M, F]`, `bias: [F]` -> `[M, F]`.
+    pub fn forward_with_bias(&self, x: Tensor<2>, bias: Tensor<1>) -> Tensor<2> {
+        crate::kernels::bias_swish(x, bias, self.beta.val())
+    }
 }

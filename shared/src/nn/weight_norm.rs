@@ -40,6 +40,12 @@ impl WeightNormLinear {
 
     /// `[M, in] -> [M, out]`.
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        x.matmul(self.weight()) + self.bias.val().unsqueeze::<2>()
+        self.forward_without_bias(x) + self.bias.val().unsqueeze::<2>()
+    }
+
+    /// `x W` without the bias, for callers that fold the bias into their
+    /// next op: `[M, in] -> [M, out]`.
+    pub fn forward_without_bias(&self, x: Tensor<2>) -> Tensor<2> {
+        x.matmul(self.weight())
     }
 }
