@@ -13,6 +13,7 @@ use std::mem::MaybeUninit;
 use std::ops::Range;
 
 use multiversion::multiversion;
+use multiversion::target::target_cfg_f;
 
 /// `e^x` in f32 to within 2 ulp, branch-free (Cephes' `expf`): `x = n ln 2 + r`
 /// with `|r| ≤ ln 2 / 2`, a degree-6 polynomial for `e^r`, and `2^n` built in
@@ -21,7 +22,7 @@ use multiversion::multiversion;
 /// feeds it bounded values or uses it inside `1 / (1 + e^x)`, where that is
 /// exact to f32 precision.
 #[inline(always)]
-pub(crate) fn exp(x: f32) -> f32 {
+pub(crate) fn exp<const FMA: bool>(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     // ln 2 split so that `n · LN2_HI` is exact.
     const LN2_HI: f32 = 0.693_359_4;
@@ -29,31 +30,39 @@ pub(crate) fn exp(x: f32) -> f32 {
     // Adding 1.5·2^23 rounds to the nearest integer in the default rounding mode.
     const ROUND: f32 = 12_582_912.0;
     let x = x.max(-87.0).min(88.0);
-    let n = (x * LOG2E + ROUND) - ROUND;
-    let r = x - n * LN2_HI - n * LN2_LO;
+    let n = mul_add::<FMA>(x, LOG2E, ROUND) - ROUND;
+    let r = mul_add::<FMA>(n, -LN2_LO, mul_add::<FMA>(n, -LN2_HI, x));
     let p = 1.987_569_1e-4;
-    let p = p * r + 1.398_199_9e-3;
-    let p = p * r + 8.333_452e-3;
-    let p = p * r + 4.166_579_6e-2;
-    let p = p * r + 1.666_666_5e-1;
-    let p = p * r + 5.000_000_1e-1;
-    let er = p * r * r + r + 1.0;
+    let p = mul_add::<FMA>(p, r, 1.398_199_9e-3);
+    let p = mul_add::<FMA>(p, r, 8.333_452e-3);
+    let p = mul_add::<FMA>(p, r, 4.166_579_6e-2);
+    let p = mul_add::<FMA>(p, r, 1.666_666_5e-1);
+    let p = mul_add::<FMA>(p, r, 5.000_000_1e-1);
+    let er = mul_add::<FMA>(p, r * r, r + 1.0);
     // `n + 127` lands in the low mantissa bits of `n + 127 + 2^23`; shifting
     // them into the exponent field gives `2^n` (n ∈ [-126, 127] here).
     let two_n = f32::from_bits((n + 8_388_735.0).to_bits() << 23);
     er * two_n
 }
 
+/// `a · b + c`, fused where the running kernel was compiled with FMA (the
+/// `multiversion` kernels pass `FMA` from the target they were built for; a
+/// fused multiply-add without hardware support would be a slow libm call).
+#[inline(always)]
+fn mul_add<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FMA { a.mul_add(b, c) } else { a * b + c }
+}
+
 /// `σ(v) = 1 / (1 + e^{-v})`.
 #[inline(always)]
-fn sigmoid(v: f32) -> f32 {
-    1.0 / (1.0 + exp(-v))
+fn sigmoid<const FMA: bool>(v: f32) -> f32 {
+    1.0 / (1.0 + exp::<FMA>(-v))
 }
 
 /// `tanh(u) = 1 − 2 / (1 + e^{2u})`, exact in the limits.
 #[inline(always)]
-fn tanh(u: f32) -> f32 {
-    1.0 - 2.0 / (1.0 + exp(2.0 * u))
+fn tanh<const FMA: bool>(u: f32) -> f32 {
+    1.0 - 2.0 / (1.0 + exp::<FMA>(2.0 * u))
 }
 
 // ---------------------------------------------------------------- Swish --
@@ -72,10 +81,11 @@ pub fn swish(x: &[f32], bias: &[f32], beta: &[f32]) -> Vec<f32> {
 
 #[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq+fma", "x86_64+avx2+fma"))]
 fn swish_rows(x: &[f32], bias: &[f32], beta: &[f32], y: &mut [MaybeUninit<f32>]) {
+    const FMA: bool = target_cfg_f!(target_feature = "fma");
     for (x, y) in x.chunks_exact(beta.len()).zip(y.chunks_exact_mut(beta.len())) {
         for (((&x, &c), &b), y) in x.iter().zip(bias).zip(beta).zip(y) {
             let u = x + c;
-            y.write(u * sigmoid(b * u));
+            y.write(u * sigmoid::<FMA>(b * u));
         }
     }
 }
@@ -106,12 +116,13 @@ fn swish_backward_rows(
     grad_bias: &mut [f32],
     grad_beta: &mut [f32],
 ) {
+    const FMA: bool = target_cfg_f!(target_feature = "fma");
     let f = beta.len();
     let (bias, grad_bias, grad_beta) = (&bias[..f], &mut grad_bias[..f], &mut grad_beta[..f]);
     for ((x, g), gx) in x.chunks_exact(f).zip(g.chunks_exact(f)).zip(grad_x.chunks_exact_mut(f)) {
         for i in 0..f {
             let (u, b, g) = (x[i] + bias[i], beta[i], g[i]);
-            let s = sigmoid(b * u);
+            let s = sigmoid::<FMA>(b * u);
             let ds = s * (1.0 - s);
             let gu = g * (s + b * u * ds);
             gx[i].write(gu);
@@ -220,6 +231,7 @@ pub fn coupling_update(c: Coupling<'_>) -> Vec<f32> {
 
 #[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq+fma", "x86_64+avx2+fma"))]
 fn coupling_rows<'a>(c: Coupling<'a>, y: &mut [MaybeUninit<f32>]) {
+    const FMA: bool = target_cfg_f!(target_feature = "fma");
     let f = c.features();
     let per_feature = || c.s_scale.iter().zip(c.t_scale).zip(c.mask);
     let rows = c.x.chunks_exact(f).zip(c.s_raw.chunks_exact(f)).zip(c.t_raw.chunks_exact(f)).zip(y.chunks_exact_mut(f));
@@ -228,13 +240,13 @@ fn coupling_rows<'a>(c: Coupling<'a>, y: &mut [MaybeUninit<f32>]) {
         for (((x, sr), tr), y) in rows {
             for ((((x, sr), tr), y), ((a, b), m)) in x.iter().zip(sr).zip(tr).zip(y).zip(per_feature()) {
                 let t = tr * b * m;
-                y.write((x - t) * exp(-tanh(sr * a) * m));
+                y.write((x - t) * exp::<FMA>(-tanh::<FMA>(sr * a) * m));
             }
         }
     } else {
         for (((x, sr), tr), y) in rows {
             for ((((x, sr), tr), y), ((a, b), m)) in x.iter().zip(sr).zip(tr).zip(y).zip(per_feature()) {
-                y.write(x * exp(tanh(sr * a) * m) + tr * b * m);
+                y.write(x * exp::<FMA>(tanh::<FMA>(sr * a) * m) + tr * b * m);
             }
         }
     }
@@ -268,6 +280,7 @@ fn coupling_backward_rows<'a>(
     gs_scale: &mut [f32],
     gt_scale: &mut [f32],
 ) {
+    const FMA: bool = target_cfg_f!(target_feature = "fma");
     let f = c.features();
     let (s_scale, t_scale, mask) = (&c.s_scale[..f], &c.t_scale[..f], &c.mask[..f]);
     let (gs_scale, gt_scale) = (&mut gs_scale[..f], &mut gt_scale[..f]);
@@ -279,20 +292,20 @@ fn coupling_backward_rows<'a>(
         for i in 0..f {
             let (x, sr, tr, m, gy) = (x[i], sr[i], tr[i], mask[i], gy[i]);
             let (a, b) = (s_scale[i], t_scale[i]);
-            let th = tanh(sr * a);
+            let th = tanh::<FMA>(sr * a);
             let s = th * m;
             let t = tr * b * m;
             // ∂y/∂x, and ∂L/∂s and ∂L/∂t for each direction.
             let (dx, g_s, g_t) = if c.inverse {
-                let e = exp(-s);
+                let e = exp::<FMA>(-s);
                 let y = (x - t) * e;
                 (e, -gy * y, -gy * e)
             } else {
-                let e = exp(s);
+                let e = exp::<FMA>(s);
                 (e, gy * x * e, gy)
             };
             gx[i].write(gy * dx);
-            // s = tanh(s_raw a) m, t = t_raw b m.
+            // s = tanh::<FMA>(s_raw a) m, t = t_raw b m.
             let du = g_s * (1.0 - th * th) * m;
             gs[i].write(du * a);
             gs_scale[i] += du * sr;
@@ -316,6 +329,7 @@ pub fn coupling_log_scale(s_raw: &[f32], s_scale: &[f32], mask: &[f32]) -> Vec<f
 
 #[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq+fma", "x86_64+avx2+fma"))]
 fn log_scale_rows(s_raw: &[f32], s_scale: &[f32], mask: &[f32], out: &mut [MaybeUninit<f32>]) {
+    const FMA: bool = target_cfg_f!(target_feature = "fma");
     // A row's sum is accumulated in `LANES` independent partial sums (one
     // vector register), since a plain running sum cannot be vectorised
     // without reordering the additions.
@@ -326,10 +340,10 @@ fn log_scale_rows(s_raw: &[f32], s_scale: &[f32], mask: &[f32], out: &mut [Maybe
         let mut lanes = [0.0f32; LANES];
         for ((sr, a), m) in sr[..whole].chunks_exact(LANES).zip(s_scale.chunks_exact(LANES)).zip(mask.chunks_exact(LANES)) {
             for j in 0..LANES {
-                lanes[j] += tanh(sr[j] * a[j]) * m[j];
+                lanes[j] += tanh::<FMA>(sr[j] * a[j]) * m[j];
             }
         }
-        let tail: f32 = (whole..f).map(|i| tanh(sr[i] * s_scale[i]) * mask[i]).sum();
+        let tail: f32 = (whole..f).map(|i| tanh::<FMA>(sr[i] * s_scale[i]) * mask[i]).sum();
         out.write(lanes.iter().sum::<f32>() + tail);
     }
 }
@@ -355,10 +369,11 @@ fn log_scale_backward_rows(
     gs: &mut [MaybeUninit<f32>],
     g_scale: &mut [f32],
 ) {
+    const FMA: bool = target_cfg_f!(target_feature = "fma");
     let f = mask.len();
     for ((sr, gs), &g) in s_raw.chunks_exact(f).zip(gs.chunks_exact_mut(f)).zip(grad) {
         for i in 0..f {
-            let th = tanh(sr[i] * s_scale[i]);
+            let th = tanh::<FMA>(sr[i] * s_scale[i]);
             let du = g * (1.0 - th * th) * mask[i];
             gs[i].write(du * s_scale[i]);
             g_scale[i] += du * sr[i];
@@ -460,15 +475,17 @@ mod tests {
         let mut worst = 0.0f64;
         let mut x = -87.0f32;
         while x <= 88.0 {
-            worst = worst.max(ulp_error(exp(x), f64::from(x).exp()));
+            worst = worst.max(ulp_error(exp::<false>(x), f64::from(x).exp()));
+            worst = worst.max(ulp_error(exp::<true>(x), f64::from(x).exp()));
             x += 0.001_3;
         }
         assert!(worst < 2.0, "worst error {worst} ulp");
-        assert_eq!(exp(0.0), 1.0);
+        assert_eq!(exp::<false>(0.0), 1.0);
+        assert_eq!(exp::<true>(0.0), 1.0);
         // Clamped, never infinite or zero.
-        assert!(exp(1000.0).is_finite() && exp(-1000.0) > 0.0);
-        assert_eq!(tanh(100.0), 1.0);
-        assert_eq!(tanh(-100.0), -1.0);
+        assert!(exp::<false>(1000.0).is_finite() && exp::<false>(-1000.0) > 0.0);
+        assert_eq!(tanh::<false>(100.0), 1.0);
+        assert_eq!(tanh::<true>(-100.0), -1.0);
     }
 
     #[test]
