@@ -50,6 +50,39 @@ impl<B: FusedKernels, C: CheckpointStrategy> FusedKernels for Autodiff<B, C> {
         }
     }
 
+    fn matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct MatmulBackward;
+
+        impl<B: FusedKernels> Backward<B, 2> for MatmulBackward {
+            /// The forward operands.
+            type State = (FloatTensor<B>, FloatTensor<B>);
+
+            fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+                let [node_lhs, node_rhs] = ops.parents;
+                let grad = grads.consume::<B>(&ops.node);
+                let (lhs, rhs) = ops.state;
+                // Transposes are strided views; the products read them in place.
+                if let Some(node) = node_lhs {
+                    grads.register::<B>(node.id, B::matmul(grad.clone(), B::float_transpose(rhs)));
+                }
+                if let Some(node) = node_rhs {
+                    grads.register::<B>(node.id, B::matmul(B::float_transpose(lhs), grad));
+                }
+            }
+        }
+
+        let (lhs, n_lhs) = lhs.into_parts();
+        let (rhs, n_rhs) = rhs.into_parts();
+        match MatmulBackward.prepare::<C>([n_lhs, n_rhs]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let output = B::matmul(lhs.clone(), rhs.clone());
+                prep.finish((lhs, rhs), output)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::matmul(lhs, rhs)),
+        }
+    }
+
     fn residual(x: FloatTensor<Self>, h: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self> {
         #[derive(Debug)]
         struct ResidualBackward;

@@ -386,7 +386,7 @@ fn log_scale_backward_rows(
 /// Rows handed to one task: big enough that the pool's overhead (µs) is
 /// small next to the work, small enough to split a batch across threads.
 #[cfg(feature = "parallel")]
-const ROWS_PER_TASK: usize = 128;
+const ROWS_PER_TASK: usize = 512;
 
 /// Runs `task(rows, partials)` over `0..m` in row ranges, on the thread pool
 /// when there is more than one range. Each task accumulates into its own

@@ -43,6 +43,38 @@ impl FusedKernels for Flex {
         (tensor(grad_x, x.shape()), tensor(grad_bias, bias.shape()), tensor(grad_beta, beta.shape()))
     }
 
+    fn matmul(lhs: FlexTensor, rhs: FlexTensor) -> FlexTensor {
+        let two_d = lhs.shape().num_dims() == 2 && rhs.shape().num_dims() == 2;
+        if !two_d || lhs.dtype() != DType::F32 || rhs.dtype() != DType::F32 {
+            return <Self as burn::backend::ops::FloatTensorOps<Self>>::float_matmul(lhs, rhs);
+        }
+        let ([m, k], [k2, n]) = (lhs.shape().dims::<2>(), rhs.shape().dims::<2>());
+        assert_eq!(k, k2, "matmul: [{m}, {k}] × [{k2}, {n}]");
+        let operand = |t: &FlexTensor| {
+            let strides = t.layout().strides();
+            let values: &[f32] = t.storage();
+            // SAFETY: the layout's offset lies inside its storage.
+            (unsafe { values.as_ptr().add(t.layout().start_offset()) }, strides[0], strides[1])
+        };
+        let ((a, a_rs, a_cs), (b, b_rs, b_cs)) = (operand(&lhs), operand(&rhs));
+        let mut out = Vec::<f32>::with_capacity(m * n);
+        // SAFETY: the operands are read through their own strides; `out` has
+        // room for `m · n` values, all of which gemm writes (it does not read
+        // `dst` when `read_dst` is false), before `set_len`.
+        unsafe {
+            gemm::gemm(
+                m, n, k,
+                out.as_mut_ptr(), 1, n as isize, false,
+                a, a_cs, a_rs,
+                b, b_cs, b_rs,
+                0.0, 1.0, false, false, false,
+                gemm_parallelism(m, n, k),
+            );
+            out.set_len(m * n);
+        }
+        tensor(out, Shape::new([m, n]))
+    }
+
     fn residual(x: FlexTensor, h: FlexTensor, bias: FlexTensor) -> FlexTensor {
         let inputs = [x, h, bias];
         let Some([x, h, bias]) = f32_inputs(&inputs) else {
@@ -141,4 +173,15 @@ fn coupling(t: &[FlexTensor], inverse: bool) -> cpu::Coupling<'_> {
         mask: f32s(&t[5]),
         inverse,
     }
+}
+
+/// Threads for a product of `m·n·k` multiply-adds: below burn-flex's
+/// threshold the pool's overhead outweighs the split.
+fn gemm_parallelism(m: usize, n: usize, k: usize) -> gemm::Parallelism {
+    #[cfg(feature = "parallel")]
+    if m.saturating_mul(n).saturating_mul(k) >= 192 * 192 * 192 {
+        return gemm::Parallelism::Rayon(0);
+    }
+    let _ = (m, n, k);
+    gemm::Parallelism::None
 }

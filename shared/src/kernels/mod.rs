@@ -45,6 +45,13 @@ pub trait FusedKernels: burn::backend::Backend {
         reference::swish_backward::<Self>(x, bias, beta, grad)
     }
 
+    /// `lhs · rhs` for 2-D tensors: `[M, K] × [K, N] -> [M, N]` (the same as
+    /// burn's matmul; the CPU kernel writes its output without zero-filling
+    /// it first).
+    fn matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self> {
+        Self::float_matmul(lhs, rhs)
+    }
+
     /// The residual connection with the branch's last bias,
     /// `(x + h + bias) / √2`: `x, h: [M, F]`, `bias: [F]` -> `[M, F]`.
     fn residual(x: FloatTensor<Self>, h: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -127,6 +134,11 @@ pub fn swish(x: Tensor<2>, beta: Tensor<1>) -> Tensor<2> {
 /// that follows it): `x: [M, F]`, `bias, beta: [F]` -> `[M, F]`.
 pub fn bias_swish(x: Tensor<2>, bias: Tensor<1>, beta: Tensor<1>) -> Tensor<2> {
     Tensor::from_dispatch(<Dispatch as FusedKernels>::swish(x.into_dispatch(), bias.into_dispatch(), beta.into_dispatch()))
+}
+
+/// `lhs · rhs`: `[M, K] × [K, N] -> [M, N]`, differentiable in both.
+pub fn matmul(lhs: Tensor<2>, rhs: Tensor<2>) -> Tensor<2> {
+    Tensor::from_dispatch(<Dispatch as FusedKernels>::matmul(lhs.into_dispatch(), rhs.into_dispatch()))
 }
 
 /// The residual connection `(x + h + bias) / √2`, with the branch's last
@@ -238,6 +250,20 @@ mod tests {
         for (i, (g, r)) in g_features.into_iter().zip(g_features_ref).enumerate() {
             assert!(max_rel_diff(g, r) < 1e-5, "swish/residual ∂(bias, β)[{i}]");
         }
+
+        // Matrix product, including a transposed (strided) operand.
+        let (a, b) = (normal([rows, features], 1.0), normal([30, features], 1.0));
+        let w = normal([rows, 30], 1.0);
+        let run = |fused: bool| {
+            let (a, b) = (a.clone().require_grad(), b.clone().require_grad());
+            let y = if fused { super::matmul(a.clone(), b.clone().transpose()) } else { a.clone().matmul(b.clone().transpose()) };
+            let grads = (y.clone() * w.clone()).sum().backward();
+            (y, a.grad(&grads).unwrap(), b.grad(&grads).unwrap())
+        };
+        let ((y, ga, gb), (y_ref, ga_ref, gb_ref)) = (run(true), run(false));
+        assert!(max_rel_diff(y, y_ref) < 1e-5, "matmul");
+        assert!(max_rel_diff(ga, ga_ref) < 1e-5, "matmul ∂lhs");
+        assert!(max_rel_diff(gb, gb_ref) < 1e-5, "matmul ∂rhs");
 
         // Coupling update and log-scale, both directions.
         let mask: Vec<f32> = (0..features).map(|i| (i % 2) as f32).collect();

@@ -46,6 +46,6 @@ impl WeightNormLinear {
     /// `x W` without the bias, for callers that fold the bias into their
     /// next op: `[M, in] -> [M, out]`.
     pub fn forward_without_bias(&self, x: Tensor<2>) -> Tensor<2> {
-        x.matmul(self.weight())
+        crate::kernels::matmul(x, self.weight())
     }
 }
