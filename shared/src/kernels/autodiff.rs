@@ -83,6 +83,35 @@ impl<B: FusedKernels, C: CheckpointStrategy> FusedKernels for Autodiff<B, C> {
         }
     }
 
+    fn weight_norm(v: FloatTensor<Self>, g: FloatTensor<Self>) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct WeightNormBackward;
+
+        impl<B: FusedKernels> Backward<B, 2> for WeightNormBackward {
+            /// The forward inputs `v` and `g`.
+            type State = (FloatTensor<B>, FloatTensor<B>);
+
+            fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+                let [node_v, node_g] = ops.parents;
+                let grad = grads.consume::<B>(&ops.node);
+                let (v, g) = ops.state;
+                let (grad_v, grad_g) = B::weight_norm_backward(v, g, grad);
+                register::<B>(grads, node_v.map(|n| n.id), grad_v);
+                register::<B>(grads, node_g.map(|n| n.id), grad_g);
+            }
+        }
+
+        let (v, n_v) = v.into_parts();
+        let (g, n_g) = g.into_parts();
+        match WeightNormBackward.prepare::<C>([n_v, n_g]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let output = B::weight_norm(v.clone(), g.clone());
+                prep.finish((v, g), output)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::weight_norm(v, g)),
+        }
+    }
+
     fn residual(x: FloatTensor<Self>, h: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self> {
         #[derive(Debug)]
         struct ResidualBackward;

@@ -75,6 +75,25 @@ impl FusedKernels for Flex {
         tensor(out, Shape::new([m, n]))
     }
 
+    fn weight_norm(v: FlexTensor, g: FlexTensor) -> FlexTensor {
+        let inputs = [v, g];
+        let Some([v, g]) = f32_inputs(&inputs) else {
+            let [v, g] = inputs;
+            return reference::weight_norm::<Self>(v, g);
+        };
+        tensor(cpu::weight_norm(f32s(&v), f32s(&g)), v.shape())
+    }
+
+    fn weight_norm_backward(v: FlexTensor, g: FlexTensor, grad: FlexTensor) -> (FlexTensor, FlexTensor) {
+        let inputs = [v, g, grad];
+        let Some([v, g, grad]) = f32_inputs(&inputs) else {
+            let [v, g, grad] = inputs;
+            return reference::weight_norm_backward::<Self>(v, g, grad);
+        };
+        let (grad_v, grad_g) = cpu::weight_norm_backward(f32s(&v), f32s(&g), f32s(&grad));
+        (tensor(grad_v, v.shape()), tensor(grad_g, g.shape()))
+    }
+
     fn residual(x: FlexTensor, h: FlexTensor, bias: FlexTensor) -> FlexTensor {
         let inputs = [x, h, bias];
         let Some([x, h, bias]) = f32_inputs(&inputs) else {

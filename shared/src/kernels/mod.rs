@@ -52,6 +52,22 @@ pub trait FusedKernels: burn::backend::Backend {
         Self::float_matmul(lhs, rhs)
     }
 
+    /// Weight normalisation, `g · v / ‖v‖` with norms over rows (one per
+    /// output column): `v: [I, O]`, `g: [O]` -> `[I, O]`.
+    fn weight_norm(v: FloatTensor<Self>, g: FloatTensor<Self>) -> FloatTensor<Self> {
+        reference::weight_norm::<Self>(v, g)
+    }
+
+    /// Gradients of [`Self::weight_norm`] given `grad: [I, O]`: for `v`
+    /// (`[I, O]`) and `g` (`[O]`).
+    fn weight_norm_backward(
+        v: FloatTensor<Self>,
+        g: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        reference::weight_norm_backward::<Self>(v, g, grad)
+    }
+
     /// The residual connection with the branch's last bias,
     /// `(x + h + bias) / √2`: `x, h: [M, F]`, `bias: [F]` -> `[M, F]`.
     fn residual(x: FloatTensor<Self>, h: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -134,6 +150,12 @@ pub fn swish(x: Tensor<2>, beta: Tensor<1>) -> Tensor<2> {
 /// that follows it): `x: [M, F]`, `bias, beta: [F]` -> `[M, F]`.
 pub fn bias_swish(x: Tensor<2>, bias: Tensor<1>, beta: Tensor<1>) -> Tensor<2> {
     Tensor::from_dispatch(<Dispatch as FusedKernels>::swish(x.into_dispatch(), bias.into_dispatch(), beta.into_dispatch()))
+}
+
+/// Weight normalisation `g · v / ‖v‖` (norms per output column):
+/// `v: [I, O]`, `g: [O]` -> `[I, O]`, differentiable in both.
+pub fn weight_norm(v: Tensor<2>, g: Tensor<1>) -> Tensor<2> {
+    Tensor::from_dispatch(<Dispatch as FusedKernels>::weight_norm(v.into_dispatch(), g.into_dispatch()))
 }
 
 /// `lhs · rhs`: `[M, K] × [K, N] -> [M, N]`, differentiable in both.
@@ -264,6 +286,23 @@ mod tests {
         assert!(max_rel_diff(y, y_ref) < 1e-5, "matmul");
         assert!(max_rel_diff(ga, ga_ref) < 1e-5, "matmul ∂lhs");
         assert!(max_rel_diff(gb, gb_ref) < 1e-5, "matmul ∂rhs");
+
+        // Weight normalisation.
+        let (v, g, w) = (normal([30, features], 1.0), vector(0.5, 2.0), normal([30, features], 1.0));
+        let run = |fused: bool| {
+            let (v, g) = (v.clone().require_grad(), g.clone().require_grad());
+            let y = if fused {
+                super::weight_norm(v.clone(), g.clone())
+            } else {
+                v.clone() * (g.clone().unsqueeze::<2>() / v.clone().square().sum_dim(0).sqrt())
+            };
+            let grads = (y.clone() * w.clone()).sum().backward();
+            (y, v.grad(&grads).unwrap(), g.grad(&grads).unwrap())
+        };
+        let ((y, gv, gg), (y_ref, gv_ref, gg_ref)) = (run(true), run(false));
+        assert!(max_rel_diff(y, y_ref) < 1e-5, "weight norm");
+        assert!(max_rel_diff(gv, gv_ref) < 1e-5, "weight norm ∂v");
+        assert!(max_rel_diff(gg, gg_ref) < 1e-5, "weight norm ∂g");
 
         // Coupling update and log-scale, both directions.
         let mask: Vec<f32> = (0..features).map(|i| (i % 2) as f32).collect();

@@ -158,3 +158,29 @@ pub fn coupling_log_scale_backward<B: Backend>(
     let grad_scale = B::float_reshape(B::float_sum_dim(B::float_mul(du.clone(), s_raw), 0), Shape::new([shape[1]]));
     (B::float_mul(du, a), grad_scale)
 }
+
+/// `g · v / ‖v‖`, norms over rows (per output column): `v: [I, O]`, `g: [O]`.
+pub fn weight_norm<B: Backend>(v: FloatTensor<B>, g: FloatTensor<B>) -> FloatTensor<B> {
+    let shape = v.shape();
+    let norm = B::float_sqrt(B::float_sum_dim(B::float_mul(v.clone(), v.clone()), 0));
+    let scale = B::float_div(B::float_reshape(g, Shape::new([1, shape[1]])), norm);
+    B::float_mul(v, B::float_expand(scale, shape))
+}
+
+/// `((g / n)(grad − v c / n²), c / n)` with `n = ‖v‖`, `c = Σ_rows grad · v`.
+pub fn weight_norm_backward<B: Backend>(v: FloatTensor<B>, g: FloatTensor<B>, grad: FloatTensor<B>) -> (FloatTensor<B>, FloatTensor<B>) {
+    let shape = v.shape();
+    let columns = Shape::new([1, shape[1]]);
+    let norm = B::float_sqrt(B::float_sum_dim(B::float_mul(v.clone(), v.clone()), 0));
+    let c = B::float_sum_dim(B::float_mul(grad.clone(), v.clone()), 0);
+    let g = B::float_reshape(g, columns);
+    let grad_g = B::float_reshape(B::float_div(c.clone(), norm.clone()), Shape::new([shape[1]]));
+    let a = B::float_div(g.clone(), norm.clone());
+    let n3 = B::float_mul(B::float_mul(norm.clone(), norm.clone()), norm);
+    let b = B::float_div(B::float_mul(g, c), n3);
+    let grad_v = B::float_sub(
+        B::float_mul(grad, B::float_expand(a, shape.clone())),
+        B::float_mul(v, B::float_expand(b, shape)),
+    );
+    (grad_v, grad_g)
+}

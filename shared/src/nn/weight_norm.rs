@@ -33,9 +33,7 @@ impl WeightNormLinear {
 
     /// The effective weight `W = g · v / ‖v‖`, shape `[in, out]`.
     pub fn weight(&self) -> Tensor<2> {
-        let v = self.weight_v.val();
-        let norm = v.clone().square().sum_dim(0).sqrt();
-        v * (self.weight_g.val().unsqueeze::<2>() / norm)
+        crate::kernels::weight_norm(self.weight_v.val(), self.weight_g.val())
     }
 
     /// `[M, in] -> [M, out]`.
