@@ -66,9 +66,10 @@ impl CouplingStack {
     pub fn forward(&self, mut x: Tensor<2>) -> (Tensor<2>, Tensor<1>) {
         let mut ldj: Option<Tensor<1>> = None;
         for (s_net, t_net) in self.s_layers.iter().zip(&self.t_layers) {
+            let weights = (s_net.weights(), t_net.weights());
             for (mask, inv_mask) in [(&self.mask_left, &self.mask_right), (&self.mask_right, &self.mask_left)] {
                 let params = Self::params(s_net, t_net, inv_mask);
-                let (s_raw, t_raw) = Self::raw_scale_shift(s_net, t_net, x.clone() * mask.clone());
+                let (s_raw, t_raw) = Self::raw_scale_shift(s_net, t_net, &weights, x.clone() * mask.clone());
                 // s = t = 0 on the conditioning half, so this equals the authors'
                 // `mask·x + inv_mask·(x·exp(s) + t)` exactly.
                 let log_scale = kernels::coupling_log_scale(s_raw.clone(), &params);
@@ -96,9 +97,10 @@ impl CouplingStack {
     fn inverse_impl(&self, mut z: Tensor<2>, with_ldj: bool) -> (Tensor<2>, Option<Tensor<1>>) {
         let mut log_scale_sum: Option<Tensor<1>> = None;
         for (s_net, t_net) in self.s_layers.iter().zip(&self.t_layers).rev() {
+            let weights = (s_net.weights(), t_net.weights());
             for (mask, inv_mask) in [(&self.mask_right, &self.mask_left), (&self.mask_left, &self.mask_right)] {
                 let params = Self::params(s_net, t_net, inv_mask);
-                let (s_raw, t_raw) = Self::raw_scale_shift(s_net, t_net, z.clone() * mask.clone());
+                let (s_raw, t_raw) = Self::raw_scale_shift(s_net, t_net, &weights, z.clone() * mask.clone());
                 if with_ldj {
                     let log_scale = kernels::coupling_log_scale(s_raw.clone(), &params);
                     log_scale_sum = Some(log_scale_sum.map_or(log_scale.clone(), |acc| acc + log_scale));
@@ -111,8 +113,15 @@ impl CouplingStack {
 
     /// The s and t networks' outputs before their final scale (and `tanh`),
     /// which the fused update applies.
-    fn raw_scale_shift(s_net: &MlpResNet, t_net: &MlpResNet, conditioner: Tensor<2>) -> (Tensor<2>, Tensor<2>) {
-        (s_net.trunk(conditioner.clone()), t_net.trunk(conditioner))
+    /// `weights` are the networks' effective matrices, computed once per
+    /// coupling layer for both of its halves.
+    fn raw_scale_shift(
+        s_net: &MlpResNet,
+        t_net: &MlpResNet,
+        (s_weights, t_weights): &(Vec<Vec<Tensor<2>>>, Vec<Vec<Tensor<2>>>),
+        conditioner: Tensor<2>,
+    ) -> (Tensor<2>, Tensor<2>) {
+        (s_net.trunk_with_weights(conditioner.clone(), s_weights), t_net.trunk_with_weights(conditioner, t_weights))
     }
 
     fn params(s_net: &MlpResNet, t_net: &MlpResNet, inv_mask: &Tensor<2>) -> CouplingParams {

@@ -30,14 +30,25 @@ impl ResBlock {
     /// next Swish, or the residual sum), which saves a pass over the
     /// activations each way.
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        self.forward_with_weights(x, &self.weights())
+    }
+
+    /// The effective (weight-normalised) matrix of each linear layer.
+    pub fn weights(&self) -> Vec<Tensor<2>> {
+        self.linears.iter().map(WeightNormLinear::weight).collect()
+    }
+
+    /// [`Self::forward`] with [`Self::weights`] computed by the caller, who
+    /// may reuse them across several inputs.
+    pub fn forward_with_weights(&self, x: Tensor<2>, weights: &[Tensor<2>]) -> Tensor<2> {
         let mut h = x.clone();
         let mut bias: Option<Tensor<1>> = None;
-        for (act, linear) in self.activations.iter().zip(&self.linears) {
+        for ((act, linear), weight) in self.activations.iter().zip(&self.linears).zip(weights) {
             h = match bias {
                 Some(b) => act.forward_with_bias(h, b),
                 None => act.forward(h),
             };
-            h = linear.forward_without_bias(h);
+            h = kernels::matmul(h, weight.clone());
             bias = Some(linear.bias.val());
         }
         kernels::residual(x, h, bias.expect("at least one linear layer"))
@@ -86,9 +97,21 @@ impl MlpResNet {
 
     /// The residual blocks alone, before the final scale (and `tanh`), which
     /// the couplings fuse into their update: `[M, D] -> [M, D]`.
-    pub fn trunk(&self, mut x: Tensor<2>) -> Tensor<2> {
-        for block in &self.res_blocks {
-            x = block.forward(x);
+    pub fn trunk(&self, x: Tensor<2>) -> Tensor<2> {
+        self.trunk_with_weights(x, &self.weights())
+    }
+
+    /// The effective matrices of every block's linear layers.
+    pub fn weights(&self) -> Vec<Vec<Tensor<2>>> {
+        self.res_blocks.iter().map(ResBlock::weights).collect()
+    }
+
+    /// [`Self::trunk`] with [`Self::weights`] computed by the caller: a
+    /// coupling applies each network to both halves of its blocks, and the
+    /// weights need computing (and differentiating) only once.
+    pub fn trunk_with_weights(&self, mut x: Tensor<2>, weights: &[Vec<Tensor<2>>]) -> Tensor<2> {
+        for (block, weights) in self.res_blocks.iter().zip(weights) {
+            x = block.forward_with_weights(x, weights);
         }
         x
     }

@@ -37,13 +37,10 @@ impl WeightNormLinear {
     }
 
     /// `[M, in] -> [M, out]`.
+    ///
+    /// The s/t networks do not call this: they fold the bias into the fused
+    /// op that follows (see [`super::ResBlock::forward`]).
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        self.forward_without_bias(x) + self.bias.val().unsqueeze::<2>()
-    }
-
-    /// `x W` without the bias, for callers that fold the bias into their
-    /// next op: `[M, in] -> [M, out]`.
-    pub fn forward_without_bias(&self, x: Tensor<2>) -> Tensor<2> {
-        crate::kernels::matmul(x, self.weight())
+        crate::kernels::matmul(x, self.weight()) + self.bias.val().unsqueeze::<2>()
     }
 }
