@@ -18,7 +18,8 @@ use multiversion::target::target_cfg_f;
 /// `e^x` in f32 to within 2 ulp, branch-free (Cephes' `expf`): `x = n ln 2 + r`
 /// with `|r| ≤ ln 2 / 2`, a degree-6 polynomial for `e^r`, and `2^n` built in
 /// the exponent bits. Inputs are clamped to `[-87, 88]`, so the result is
-/// always finite and non-zero (`e^{-87} ≈ 1.6e-38`); every caller either
+/// finite and non-zero for every number (`e^{-87} ≈ 1.6e-38`) and NaN for
+/// NaN; every caller either
 /// feeds it bounded values or uses it inside `1 / (1 + e^x)`, where that is
 /// exact to f32 precision.
 #[inline(always)]
@@ -29,7 +30,9 @@ pub(crate) fn exp<const FMA: bool>(x: f32) -> f32 {
     const LN2_LO: f32 = -2.121_944_4e-4;
     // Adding 1.5·2^23 rounds to the nearest integer in the default rounding mode.
     const ROUND: f32 = 12_582_912.0;
-    let x = x.max(-87.0).min(88.0);
+    // `clamp`, unlike `max`/`min`, keeps a NaN a NaN, so a diverging model
+    // still shows up in its loss.
+    let x = x.clamp(-87.0, 88.0);
     let n = mul_add::<FMA>(x, LOG2E, ROUND) - ROUND;
     let r = mul_add::<FMA>(n, -LN2_LO, mul_add::<FMA>(n, -LN2_HI, x));
     let p = 1.987_569_1e-4;
@@ -37,7 +40,7 @@ pub(crate) fn exp<const FMA: bool>(x: f32) -> f32 {
     let p = mul_add::<FMA>(p, r, 8.333_452e-3);
     let p = mul_add::<FMA>(p, r, 4.166_579_6e-2);
     let p = mul_add::<FMA>(p, r, 1.666_666_5e-1);
-    let p = mul_add::<FMA>(p, r, 5.000_000_1e-1);
+    let p = mul_add::<FMA>(p, r, 0.5);
     let er = mul_add::<FMA>(p, r * r, r + 1.0);
     // `n + 127` lands in the low mantissa bits of `n + 127 + 2^23`; shifting
     // them into the exponent field gives `2^n` (n ∈ [-126, 127] here).
@@ -523,6 +526,8 @@ mod tests {
         assert_eq!(exp::<true>(0.0), 1.0);
         // Clamped, never infinite or zero.
         assert!(exp::<false>(1000.0).is_finite() && exp::<false>(-1000.0) > 0.0);
+        assert!(exp::<false>(f32::NAN).is_nan() && exp::<true>(f32::NAN).is_nan());
+        assert!(tanh::<false>(f32::NAN).is_nan() && sigmoid::<true>(f32::NAN).is_nan());
         assert_eq!(tanh::<false>(100.0), 1.0);
         assert_eq!(tanh::<true>(-100.0), -1.0);
     }

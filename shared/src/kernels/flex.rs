@@ -104,7 +104,9 @@ impl FusedKernels for Flex {
     }
 
     fn residual_backward(grad: FlexTensor) -> (FlexTensor, FlexTensor) {
-        let Some([grad]) = f32_inputs(&[grad.clone()]) else {
+        let inputs = [grad];
+        let Some([grad]) = f32_inputs(&inputs) else {
+            let [grad] = inputs;
             return reference::residual_backward::<Self>(grad);
         };
         let features = grad.shape()[1];

@@ -98,7 +98,7 @@ pub trait FusedKernels: burn::backend::Backend {
 
     /// Gradients of [`Self::coupling_update`] given `grad: [M, F]`: for `x`,
     /// `s_raw`, `t_raw` (`[M, F]`), `s_scale`, `t_scale` (`[F]`).
-    #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
     fn coupling_update_backward(
         x: FloatTensor<Self>,
         s_raw: FloatTensor<Self>,
