@@ -1,11 +1,14 @@
-//! Fused operations for the model's hottest element-wise work.
+//! Fused operations for the work of the s/t networks and couplings.
 //!
 //! burn runs `x · σ(βx)` as several tensor ops (and about a dozen more in the
 //! backward pass), each a full pass over memory with a scalar `exp` on the CPU
-//! backends. [`FusedKernels`] is a burn backend extension: one pass forward and
-//! one backward, with hand-written CPU kernels on burn-flex ([`cpu`]) and a
+//! backends. [`FusedKernels`] is a burn backend extension with one op per
+//! step of the model that is not a matrix product: Swish with the previous
+//! layer's bias, the residual sum, the affine coupling update and its
+//! log-determinant, weight normalisation, and a matmul that skips burn-flex's
+//! zero-fill. Each has hand-written CPU kernels on burn-flex ([`cpu`]), a
 //! composition of burn's own ops everywhere else (the GPU backends fuse those
-//! themselves). The autodiff backend gets a hand-written backward step.
+//! themselves), and a hand-written backward step under autodiff.
 
 // burn-ndarray is deprecated but still one of our CPU backends; the
 // extension macro names it in code it generates outside the trait.
