@@ -1,0 +1,190 @@
+//! Slice kernels behind the CPU backends' fused ops.
+//!
+//! The hot loops are written as plain per-element arithmetic with no branches
+//! and no libm calls, so the compiler vectorises them; `multiversion` compiles
+//! each one for AVX-512 and AVX2 and picks at run time (glibc's scalar `expf`
+//! was a fifth of a training step before these kernels). Rows are split
+//! across the thread pool; outputs are written once, never zero-filled first.
+//!
+//! Shapes: `[M, F]` tensors are row-major slices of `M · F` values, per-feature
+//! vectors have `F` values.
+
+use std::mem::MaybeUninit;
+use std::ops::Range;
+
+mod coupling;
+mod residual;
+mod swish;
+mod weight_norm;
+
+pub use coupling::{Coupling, CouplingGrads, coupling_log_scale, coupling_log_scale_backward, coupling_update, coupling_update_backward};
+pub use residual::{residual, residual_backward};
+pub use swish::{swish, swish_backward};
+pub use weight_norm::{weight_norm, weight_norm_backward};
+
+/// `e^x` in f32 to within 2 ulp, branch-free (Cephes' `expf`): `x = n ln 2 + r`
+/// with `|r| ≤ ln 2 / 2`, a degree-6 polynomial for `e^r`, and `2^n` built in
+/// the exponent bits. Inputs are clamped to `[-87, 88]`, so the result is
+/// finite and non-zero for every number (`e^{-87} ≈ 1.6e-38`) and NaN for
+/// NaN; every caller either
+/// feeds it bounded values or uses it inside `1 / (1 + e^x)`, where that is
+/// exact to f32 precision.
+#[inline(always)]
+fn exp<const FMA: bool>(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    // ln 2 split so that `n · LN2_HI` is exact.
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // Adding 1.5·2^23 rounds to the nearest integer in the default rounding mode.
+    const ROUND: f32 = 12_582_912.0;
+    // `clamp`, unlike `max`/`min`, keeps a NaN a NaN, so a diverging model
+    // still shows up in its loss.
+    let x = x.clamp(-87.0, 88.0);
+    let n = mul_add::<FMA>(x, LOG2E, ROUND) - ROUND;
+    let r = mul_add::<FMA>(n, -LN2_LO, mul_add::<FMA>(n, -LN2_HI, x));
+    let p = 1.987_569_1e-4;
+    let p = mul_add::<FMA>(p, r, 1.398_199_9e-3);
+    let p = mul_add::<FMA>(p, r, 8.333_452e-3);
+    let p = mul_add::<FMA>(p, r, 4.166_579_6e-2);
+    let p = mul_add::<FMA>(p, r, 1.666_666_5e-1);
+    let p = mul_add::<FMA>(p, r, 0.5);
+    let er = mul_add::<FMA>(p, r * r, r + 1.0);
+    // `n + 127` lands in the low mantissa bits of `n + 127 + 2^23`; shifting
+    // them into the exponent field gives `2^n` (n ∈ [-126, 127] here).
+    let two_n = f32::from_bits((n + 8_388_735.0).to_bits() << 23);
+    er * two_n
+}
+
+/// `a · b + c`, fused where the running kernel was compiled with FMA (the
+/// `multiversion` kernels pass `FMA` from the target they were built for; a
+/// fused multiply-add without hardware support would be a slow libm call).
+#[inline(always)]
+fn mul_add<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FMA { a.mul_add(b, c) } else { a * b + c }
+}
+
+/// `σ(v) = 1 / (1 + e^{-v})`.
+#[inline(always)]
+fn sigmoid<const FMA: bool>(v: f32) -> f32 {
+    1.0 / (1.0 + exp::<FMA>(-v))
+}
+
+/// `tanh(u) = 1 − 2 / (1 + e^{2u})`, exact in the limits.
+#[inline(always)]
+fn tanh<const FMA: bool>(u: f32) -> f32 {
+    1.0 - 2.0 / (1.0 + exp::<FMA>(2.0 * u))
+}
+
+// ------------------------------------------------------------ Threading --
+
+/// Rows handed to one task: big enough that the pool's overhead (µs) is
+/// small next to the work, small enough to split a batch across threads.
+#[cfg(feature = "parallel")]
+const ROWS_PER_TASK: usize = 512;
+
+/// Runs `task(rows, partials)` over `0..m` in row ranges, on the thread pool
+/// when there is more than one range. Each task accumulates into its own
+/// zeroed `partials` of `partial_len` values; returns their sum.
+fn for_rows(m: usize, partial_len: usize, task: impl Fn(Range<usize>, &mut [f32]) + Sync) -> Vec<f32> {
+    #[cfg(feature = "parallel")]
+    if m > ROWS_PER_TASK {
+        use rayon::prelude::*;
+        let ranges: Vec<Range<usize>> =
+            (0..m).step_by(ROWS_PER_TASK).map(|start| start..(start + ROWS_PER_TASK).min(m)).collect();
+        return ranges
+            .into_par_iter()
+            .map(|rows| {
+                let mut partials = vec![0.0; partial_len];
+                task(rows, &mut partials);
+                partials
+            })
+            .reduce(
+                || vec![0.0; partial_len],
+                |mut a, b| {
+                    a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+                    a
+                },
+            );
+    }
+    let mut partials = vec![0.0; partial_len];
+    task(0..m, &mut partials);
+    partials
+}
+
+/// An output buffer that tasks fill in disjoint ranges, without zeroing it
+/// first.
+struct Output {
+    values: Vec<MaybeUninit<f32>>,
+}
+
+// SAFETY: tasks only touch disjoint ranges (see `slice`).
+unsafe impl Sync for Output {}
+
+impl Output {
+    fn new(len: usize) -> Self {
+        let mut values = Vec::with_capacity(len);
+        values.resize_with(len, MaybeUninit::uninit);
+        Self { values }
+    }
+
+    /// A mutable view of `range`.
+    ///
+    /// # Safety
+    /// No two live views may overlap; `for_rows` hands every task its own rows.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn slice(&self, range: Range<usize>) -> &mut [MaybeUninit<f32>] {
+        assert!(range.end <= self.values.len());
+        unsafe { std::slice::from_raw_parts_mut(self.values.as_ptr().add(range.start).cast_mut(), range.len()) }
+    }
+
+    /// The values, once every one has been written.
+    fn finish(self) -> Vec<f32> {
+        let mut values = std::mem::ManuallyDrop::new(self.values);
+        // SAFETY: every kernel writes each element of its range, and the
+        // ranges cover the buffer; `MaybeUninit<f32>` has `f32`'s layout.
+        unsafe { Vec::from_raw_parts(values.as_mut_ptr().cast::<f32>(), values.len(), values.capacity()) }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod test_values {
+    pub fn ulp_error(ours: f32, exact: f64) -> f64 {
+        let ulp = f64::from(f32::EPSILON) * exact.abs();
+        (f64::from(ours) - exact).abs() / ulp
+    }
+
+    pub fn close(ours: f32, want: f64, tol: f64) -> bool {
+        (f64::from(ours) - want).abs() <= tol * (1.0 + want.abs())
+    }
+
+    /// Deterministic test values in about `[-scale, scale]`.
+    pub fn values(n: usize, seed: usize, scale: f32) -> Vec<f32> {
+        (0..n).map(|i| (((i * 7919 + seed * 104_729) % 2001) as f32 / 1000.0 - 1.0) * scale).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use super::test_values::ulp_error;
+
+    #[test]
+    fn exp_is_within_two_ulp_over_the_clamped_range() {
+        let mut worst = 0.0f64;
+        let mut x = -87.0f32;
+        while x <= 88.0 {
+            worst = worst.max(ulp_error(exp::<false>(x), f64::from(x).exp()));
+            worst = worst.max(ulp_error(exp::<true>(x), f64::from(x).exp()));
+            x += 0.001_3;
+        }
+        assert!(worst < 2.0, "worst error {worst} ulp");
+        assert_eq!(exp::<false>(0.0), 1.0);
+        assert_eq!(exp::<true>(0.0), 1.0);
+        // Clamped, never infinite or zero.
+        assert!(exp::<false>(1000.0).is_finite() && exp::<false>(-1000.0) > 0.0);
+        assert!(exp::<false>(f32::NAN).is_nan() && exp::<true>(f32::NAN).is_nan());
+        assert!(tanh::<false>(f32::NAN).is_nan() && sigmoid::<true>(f32::NAN).is_nan());
+        assert_eq!(tanh::<false>(100.0), 1.0);
+        assert_eq!(tanh::<true>(-100.0), -1.0);
+    }
+}
