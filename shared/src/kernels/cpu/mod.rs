@@ -79,36 +79,34 @@ fn tanh<const FMA: bool>(u: f32) -> f32 {
 
 /// Rows handed to one task: big enough that the pool's overhead (µs) is
 /// small next to the work, small enough to split a batch across threads.
-#[cfg(feature = "parallel")]
 const ROWS_PER_TASK: usize = 512;
 
-/// Runs `task(rows, partials)` over `0..m` in row ranges, on the thread pool
-/// when there is more than one range. Each task accumulates into its own
-/// zeroed `partials` of `partial_len` values; returns their sum.
+/// Runs `task(rows, partials)` over `0..m` in fixed ranges of
+/// [`ROWS_PER_TASK`] rows, on the thread pool when there is more than one.
+/// Each task accumulates into its own zeroed `partials` of `partial_len`
+/// values; they are summed in row order, so the result is the same whatever
+/// the pool's scheduling, thread count or build (training resumes exactly).
 fn for_rows(m: usize, partial_len: usize, task: impl Fn(Range<usize>, &mut [f32]) + Sync) -> Vec<f32> {
+    let ranges = (0..m).step_by(ROWS_PER_TASK).map(|start| start..(start + ROWS_PER_TASK).min(m));
+    let run = |rows: Range<usize>| {
+        let mut partials = vec![0.0; partial_len];
+        task(rows, &mut partials);
+        partials
+    };
     #[cfg(feature = "parallel")]
-    if m > ROWS_PER_TASK {
+    let partials: Vec<Vec<f32>> = if m > ROWS_PER_TASK {
         use rayon::prelude::*;
-        let ranges: Vec<Range<usize>> =
-            (0..m).step_by(ROWS_PER_TASK).map(|start| start..(start + ROWS_PER_TASK).min(m)).collect();
-        return ranges
-            .into_par_iter()
-            .map(|rows| {
-                let mut partials = vec![0.0; partial_len];
-                task(rows, &mut partials);
-                partials
-            })
-            .reduce(
-                || vec![0.0; partial_len],
-                |mut a, b| {
-                    a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
-                    a
-                },
-            );
+        ranges.collect::<Vec<_>>().into_par_iter().map(run).collect()
+    } else {
+        ranges.map(run).collect()
+    };
+    #[cfg(not(feature = "parallel"))]
+    let partials: Vec<Vec<f32>> = ranges.map(run).collect();
+    let mut sum = vec![0.0; partial_len];
+    for partial in &partials {
+        sum.iter_mut().zip(partial).for_each(|(s, p)| *s += p);
     }
-    let mut partials = vec![0.0; partial_len];
-    task(0..m, &mut partials);
-    partials
+    sum
 }
 
 /// An output buffer that tasks fill in disjoint ranges, without zeroing it
@@ -166,7 +164,22 @@ pub(crate) mod test_values {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use super::test_values::ulp_error;
+    use super::test_values::{ulp_error, values};
+
+    /// Per-feature sums come out bit-identical however the pool ran the
+    /// tasks (here: many tasks, repeated).
+    #[test]
+    fn row_reductions_are_deterministic() {
+        let features = 64;
+        let (x, g) = (values(features * 20_000, 1, 3.0), values(features * 20_000, 2, 1.0));
+        let (bias, beta) = (values(features, 3, 1.0), values(features, 4, 2.0));
+        let first = swish_backward(&x, &bias, &beta, &g);
+        for _ in 0..5 {
+            let again = swish_backward(&x, &bias, &beta, &g);
+            assert_eq!(first.1, again.1);
+            assert_eq!(first.2, again.2);
+        }
+    }
 
     #[test]
     fn exp_is_within_two_ulp_over_the_clamped_range() {
