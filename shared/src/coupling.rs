@@ -121,7 +121,7 @@ impl CouplingStack {
         (s_weights, t_weights): &(Vec<Vec<Tensor<2>>>, Vec<Vec<Tensor<2>>>),
         conditioner: Tensor<2>,
     ) -> (Tensor<2>, Tensor<2>) {
-        (s_net.trunk_with_weights(conditioner.clone(), s_weights), t_net.trunk_with_weights(conditioner, t_weights))
+        (s_net.trunk(conditioner.clone(), s_weights), t_net.trunk(conditioner, t_weights))
     }
 
     fn params(s_net: &MlpResNet, t_net: &MlpResNet, inv_mask: &Tensor<2>) -> CouplingParams {

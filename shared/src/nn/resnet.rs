@@ -23,24 +23,19 @@ impl ResBlock {
         }
     }
 
-    /// `[M, D] -> [M, D]`: the block with its skip connection,
-    /// `(x + branch(x)) / √2`.
-    ///
-    /// Each linear layer's bias is folded into the fused op after it (the
-    /// next Swish, or the residual sum), which saves a pass over the
-    /// activations each way.
-    pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        self.forward_with_weights(x, &self.weights())
-    }
-
     /// The effective (weight-normalised) matrix of each linear layer.
     pub fn weights(&self) -> Vec<Tensor<2>> {
         self.linears.iter().map(WeightNormLinear::weight).collect()
     }
 
-    /// [`Self::forward`] with [`Self::weights`] computed by the caller, who
-    /// may reuse them across several inputs.
-    pub fn forward_with_weights(&self, x: Tensor<2>, weights: &[Tensor<2>]) -> Tensor<2> {
+    /// `[M, D] -> [M, D]`: the block with its skip connection,
+    /// `(x + branch(x)) / √2`, given its [`Self::weights`] (the caller may
+    /// reuse them across several inputs).
+    ///
+    /// Each linear layer's bias is folded into the fused op after it (the
+    /// next Swish, or the residual sum), which saves a pass over the
+    /// activations each way.
+    pub fn forward(&self, x: Tensor<2>, weights: &[Tensor<2>]) -> Tensor<2> {
         let mut h = x.clone();
         let mut bias: Option<Tensor<1>> = None;
         for ((act, linear), weight) in self.activations.iter().zip(&self.linears).zip(weights) {
@@ -89,36 +84,21 @@ impl MlpResNet {
         }
     }
 
-    /// `[M, D] -> [M, D]`.
-    pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        let x = self.scale.forward(self.trunk(x));
-        if self.final_tanh { tanh_via_exp(x) } else { x }
-    }
-
-    /// The residual blocks alone, before the final scale (and `tanh`), which
-    /// the couplings fuse into their update: `[M, D] -> [M, D]`.
-    pub fn trunk(&self, x: Tensor<2>) -> Tensor<2> {
-        self.trunk_with_weights(x, &self.weights())
-    }
-
     /// The effective matrices of every block's linear layers.
     pub fn weights(&self) -> Vec<Vec<Tensor<2>>> {
         self.res_blocks.iter().map(ResBlock::weights).collect()
     }
 
-    /// [`Self::trunk`] with [`Self::weights`] computed by the caller: a
-    /// coupling applies each network to both halves of its blocks, and the
-    /// weights need computing (and differentiating) only once.
-    pub fn trunk_with_weights(&self, mut x: Tensor<2>, weights: &[Vec<Tensor<2>>]) -> Tensor<2> {
+    /// The residual blocks, given [`Self::weights`]: `[M, D] -> [M, D]`.
+    ///
+    /// This stops before the final scale (and `tanh`), which the couplings
+    /// fuse into their update ([`crate::kernels::coupling_update`]). A
+    /// coupling applies each network to both halves of its blocks, so it
+    /// computes (and differentiates) the weights once for both.
+    pub fn trunk(&self, mut x: Tensor<2>, weights: &[Vec<Tensor<2>>]) -> Tensor<2> {
         for (block, weights) in self.res_blocks.iter().zip(weights) {
-            x = block.forward_with_weights(x, weights);
+            x = block.forward(x, weights);
         }
         x
     }
-}
-
-/// `tanh(x) = 1 - 2 / (1 + e^{2x})`, exact in the limits (no NaN for large
-/// |x|) and ~6× faster than the CPU backends' `tanh`.
-fn tanh_via_exp(x: Tensor<2>) -> Tensor<2> {
-    x.mul_scalar(2.0).exp().add_scalar(1.0).recip().mul_scalar(-2.0).add_scalar(1.0)
 }

@@ -2,7 +2,9 @@ use burn::module::{Module, Param};
 use burn::prelude::*;
 
 /// Multiplies every feature by a learned factor, initialised to **zero** so
-/// that every coupling starts as the identity (the authors' `Scale`).
+/// that every coupling starts as the identity (the authors' `Scale`). The
+/// coupling update applies it, fused with `tanh` and `exp`
+/// ([`crate::kernels::coupling_update`]).
 #[derive(Module, Debug)]
 pub struct Scale {
     /// Factor per feature, shape `[features]`.
@@ -13,10 +15,5 @@ impl Scale {
     /// A zero-initialised scale over `features` features.
     pub fn new(features: usize, device: &Device) -> Self {
         Self { scale: Param::from_tensor(Tensor::zeros([features], device)) }
-    }
-
-    /// `[M, F] -> [M, F]`.
-    pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        x * self.scale.val().unsqueeze::<2>()
     }
 }

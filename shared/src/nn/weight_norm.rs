@@ -31,16 +31,10 @@ impl WeightNormLinear {
         }
     }
 
-    /// The effective weight `W = g · v / ‖v‖`, shape `[in, out]`.
+    /// The effective weight `W = g · v / ‖v‖`, shape `[in, out]`. The s/t
+    /// networks multiply by it and fold the bias into the fused op that
+    /// follows (see [`super::ResBlock::forward`]).
     pub fn weight(&self) -> Tensor<2> {
         crate::kernels::weight_norm(self.weight_v.val(), self.weight_g.val())
-    }
-
-    /// `[M, in] -> [M, out]`.
-    ///
-    /// The s/t networks do not call this: they fold the bias into the fused
-    /// op that follows (see [`super::ResBlock::forward`]).
-    pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        crate::kernels::matmul(x, self.weight()) + self.bias.val().unsqueeze::<2>()
     }
 }
