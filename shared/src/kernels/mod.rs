@@ -14,8 +14,10 @@
 // extension macro names it in code it generates outside the trait.
 #![allow(deprecated)]
 
+#[cfg(feature = "autodiff")]
 mod autodiff;
 pub mod cpu;
+#[cfg(feature = "flex")]
 mod flex;
 mod reference;
 
