@@ -18,6 +18,32 @@ fn register<B: FusedKernels>(grads: &mut Gradients, parent: Option<NodeId>, grad
     }
 }
 
+/// Records one fused op on the autodiff graph: runs `forward` on the inner
+/// backend's primitives and, when any input is tracked, keeps
+/// `state(inputs)` for the op's `backward` step.
+fn record<B, C, BO, const N: usize>(
+    backward: BO,
+    inputs: [FloatTensor<Autodiff<B, C>>; N],
+    state: impl FnOnce([FloatTensor<B>; N]) -> BO::State,
+    forward: impl Fn([FloatTensor<B>; N]) -> FloatTensor<B>,
+) -> FloatTensor<Autodiff<B, C>>
+where
+    B: FusedKernels,
+    C: CheckpointStrategy,
+    BO: Backward<B, N>,
+{
+    let (primitives, nodes): (Vec<_>, Vec<_>) = inputs.into_iter().map(|t| t.into_parts()).unzip();
+    let primitives: [FloatTensor<B>; N] = primitives.try_into().expect("one primitive per input");
+    let nodes = nodes.try_into().expect("one node per input");
+    match backward.prepare::<C>(nodes).compute_bound().stateful() {
+        OpsKind::Tracked(prep) => {
+            let output = forward(primitives.clone());
+            prep.finish(state(primitives), output)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(forward(primitives)),
+    }
+}
+
 impl<B: FusedKernels, C: CheckpointStrategy> FusedKernels for Autodiff<B, C> {
     fn swish(x: FloatTensor<Self>, bias: FloatTensor<Self>, beta: FloatTensor<Self>) -> FloatTensor<Self> {
         #[derive(Debug)]
@@ -38,16 +64,7 @@ impl<B: FusedKernels, C: CheckpointStrategy> FusedKernels for Autodiff<B, C> {
             }
         }
 
-        let (x, n_x) = x.into_parts();
-        let (bias, n_bias) = bias.into_parts();
-        let (beta, n_beta) = beta.into_parts();
-        match SwishBackward.prepare::<C>([n_x, n_bias, n_beta]).compute_bound().stateful() {
-            OpsKind::Tracked(prep) => {
-                let output = B::swish(x.clone(), bias.clone(), beta.clone());
-                prep.finish([x, bias, beta], output)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(B::swish(x, bias, beta)),
-        }
+        record::<B, C, _, 3>(SwishBackward, [x, bias, beta], |inputs| inputs, |[x, bias, beta]| B::swish(x, bias, beta))
     }
 
     fn matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -56,12 +73,12 @@ impl<B: FusedKernels, C: CheckpointStrategy> FusedKernels for Autodiff<B, C> {
 
         impl<B: FusedKernels> Backward<B, 2> for MatmulBackward {
             /// The forward operands.
-            type State = (FloatTensor<B>, FloatTensor<B>);
+            type State = [FloatTensor<B>; 2];
 
             fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
                 let [node_lhs, node_rhs] = ops.parents;
                 let grad = grads.consume::<B>(&ops.node);
-                let (lhs, rhs) = ops.state;
+                let [lhs, rhs] = ops.state;
                 // Transposes are strided views; the products read them in place.
                 if let Some(node) = node_lhs {
                     grads.register::<B>(node.id, B::matmul(grad.clone(), B::float_transpose(rhs)));
@@ -72,15 +89,7 @@ impl<B: FusedKernels, C: CheckpointStrategy> FusedKernels for Autodiff<B, C> {
             }
         }
 
-        let (lhs, n_lhs) = lhs.into_parts();
-        let (rhs, n_rhs) = rhs.into_parts();
-        match MatmulBackward.prepare::<C>([n_lhs, n_rhs]).compute_bound().stateful() {
-            OpsKind::Tracked(prep) => {
-                let output = B::matmul(lhs.clone(), rhs.clone());
-                prep.finish((lhs, rhs), output)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(B::matmul(lhs, rhs)),
-        }
+        record::<B, C, _, 2>(MatmulBackward, [lhs, rhs], |inputs| inputs, |[lhs, rhs]| B::matmul(lhs, rhs))
     }
 
     fn weight_norm(v: FloatTensor<Self>, g: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -89,27 +98,19 @@ impl<B: FusedKernels, C: CheckpointStrategy> FusedKernels for Autodiff<B, C> {
 
         impl<B: FusedKernels> Backward<B, 2> for WeightNormBackward {
             /// The forward inputs `v` and `g`.
-            type State = (FloatTensor<B>, FloatTensor<B>);
+            type State = [FloatTensor<B>; 2];
 
             fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
                 let [node_v, node_g] = ops.parents;
                 let grad = grads.consume::<B>(&ops.node);
-                let (v, g) = ops.state;
+                let [v, g] = ops.state;
                 let (grad_v, grad_g) = B::weight_norm_backward(v, g, grad);
                 register::<B>(grads, node_v.map(|n| n.id), grad_v);
                 register::<B>(grads, node_g.map(|n| n.id), grad_g);
             }
         }
 
-        let (v, n_v) = v.into_parts();
-        let (g, n_g) = g.into_parts();
-        match WeightNormBackward.prepare::<C>([n_v, n_g]).compute_bound().stateful() {
-            OpsKind::Tracked(prep) => {
-                let output = B::weight_norm(v.clone(), g.clone());
-                prep.finish((v, g), output)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(B::weight_norm(v, g)),
-        }
+        record::<B, C, _, 2>(WeightNormBackward, [v, g], |inputs| inputs, |[v, g]| B::weight_norm(v, g))
     }
 
     fn residual(x: FloatTensor<Self>, h: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -130,13 +131,7 @@ impl<B: FusedKernels, C: CheckpointStrategy> FusedKernels for Autodiff<B, C> {
             }
         }
 
-        let (x, n_x) = x.into_parts();
-        let (h, n_h) = h.into_parts();
-        let (bias, n_bias) = bias.into_parts();
-        match ResidualBackward.prepare::<C>([n_x, n_h, n_bias]).compute_bound().stateful() {
-            OpsKind::Tracked(prep) => prep.finish((), B::residual(x, h, bias)),
-            OpsKind::UnTracked(prep) => prep.finish(B::residual(x, h, bias)),
-        }
+        record::<B, C, _, 3>(ResidualBackward, [x, h, bias], |_| (), |[x, h, bias]| B::residual(x, h, bias))
     }
 
     fn coupling_update(
@@ -170,20 +165,12 @@ impl<B: FusedKernels, C: CheckpointStrategy> FusedKernels for Autodiff<B, C> {
             }
         }
 
-        let (inputs, nodes): (Vec<_>, Vec<_>) =
-            [x, s_raw, t_raw, s_scale, t_scale, mask].into_iter().map(|t| t.into_parts()).unzip();
-        let inputs: [FloatTensor<B>; 6] = inputs.try_into().expect("six inputs");
-        let nodes = nodes.try_into().expect("six inputs");
-        let run = |[x, s_raw, t_raw, s_scale, t_scale, mask]: [FloatTensor<B>; 6]| {
-            B::coupling_update(x, s_raw, t_raw, s_scale, t_scale, mask, inverse)
-        };
-        match CouplingBackward.prepare::<C>(nodes).compute_bound().stateful() {
-            OpsKind::Tracked(prep) => {
-                let output = run(inputs.clone());
-                prep.finish((inputs, inverse), output)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(run(inputs)),
-        }
+        record::<B, C, _, 6>(
+            CouplingBackward,
+            [x, s_raw, t_raw, s_scale, t_scale, mask],
+            |inputs| (inputs, inverse),
+            |[x, s_raw, t_raw, s_scale, t_scale, mask]| B::coupling_update(x, s_raw, t_raw, s_scale, t_scale, mask, inverse),
+        )
     }
 
     fn coupling_log_scale(s_raw: FloatTensor<Self>, s_scale: FloatTensor<Self>, mask: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -204,15 +191,8 @@ impl<B: FusedKernels, C: CheckpointStrategy> FusedKernels for Autodiff<B, C> {
             }
         }
 
-        let (s_raw, n_raw) = s_raw.into_parts();
-        let (s_scale, n_scale) = s_scale.into_parts();
-        let (mask, n_mask) = mask.into_parts();
-        match LogScaleBackward.prepare::<C>([n_raw, n_scale, n_mask]).compute_bound().stateful() {
-            OpsKind::Tracked(prep) => {
-                let output = B::coupling_log_scale(s_raw.clone(), s_scale.clone(), mask.clone());
-                prep.finish([s_raw, s_scale, mask], output)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(B::coupling_log_scale(s_raw, s_scale, mask)),
-        }
+        record::<B, C, _, 3>(LogScaleBackward, [s_raw, s_scale, mask], |inputs| inputs, |[s_raw, s_scale, mask]| {
+            B::coupling_log_scale(s_raw, s_scale, mask)
+        })
     }
 }
