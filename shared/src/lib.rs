@@ -28,6 +28,7 @@
 
 pub mod config;
 pub mod coupling;
+pub mod decoder;
 pub mod error;
 pub mod flow;
 mod gather;
@@ -45,6 +46,7 @@ pub mod store;
 pub mod testing;
 
 pub use config::{PriorKind, RgFlowConfig};
+pub use decoder::CpuDecoder;
 pub use error::{Error, Result};
 pub use flow::RgFlow;
 pub use lattice::{MeraLattice, SubLayerKind};

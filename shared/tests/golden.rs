@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
 use burn::tensor::TensorData;
+use rgflow::decoder::{self, CpuDecoder};
 use rgflow::import::{ReferenceConfig, StateDict, load_reference};
 
 const TOLERANCE: f64 = 1e-4;
@@ -91,6 +92,11 @@ fn run_golden(device: &Device) {
         let (x, inv_ldj) = flow.inverse(tensor4(&state, "test.inverse_z", device));
         check(&case, "inverse_x", &values(x), &state, "test.inverse_x");
         check(&case, "inverse_ldj", &values(inv_ldj), &state, "test.inverse_ldj");
+
+        // The packed CPU decoder's inverse, in f32.
+        let decoder = CpuDecoder::new(&flow, decoder::Precision::F32);
+        let x = decoder.inverse(&values(tensor4(&state, "test.inverse_z", device)));
+        check(&case, "decoder x", &x, &state, "test.inverse_x");
     }
 }
 

@@ -8,7 +8,8 @@ use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::Distribution;
 use clap::Args;
-use rgflow::{LevelTemperatures, preprocess};
+use rgflow::decoder::Precision;
+use rgflow::{CpuDecoder, LevelTemperatures, preprocess};
 
 use crate::backend::{BackendChoice, select};
 use crate::model_args::ModelArgs;
@@ -30,6 +31,9 @@ pub struct BenchArgs {
     pub sample_batches: usize,
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
     pub backend: BackendChoice,
+    /// Time sampling only (no training steps, no log-likelihood).
+    #[arg(long)]
+    pub sample_only: bool,
 }
 
 fn sync(device: &Device) {
@@ -61,7 +65,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     );
 
     let (mut t_fwd, mut t_bwd, mut t_opt) = (0.0, 0.0, 0.0);
-    for step in 0..args.steps + 2 {
+    let train_steps = if args.sample_only { 0 } else { args.steps + 2 };
+    for step in 0..train_steps {
         let x01 = Tensor::<4>::random(dims, Distribution::Uniform(0.0, 1.0), &train_device);
         sync(&train_device);
         let t0 = Instant::now();
@@ -83,6 +88,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
     }
     let per_step = (t_fwd + t_bwd + t_opt) / args.steps as f64;
+    if !args.sample_only {
     println!(
         "train:  {:.1} images/s  ({:.0} ms/step: forward {:.0}, backward+clip {:.0}, AdamW {:.0})",
         args.batch as f64 / per_step,
@@ -91,6 +97,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         t_bwd / args.steps as f64 * 1e3,
         t_opt / args.steps as f64 * 1e3
     );
+    }
 
     let valid = model.valid();
     let temps = LevelTemperatures::uniform(config.levels(), 1.0);
@@ -106,8 +113,35 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
     }
     let per_batch = t_sample / args.sample_batches as f64;
-    println!("sample: {:.1} images/s  ({:.0} ms per batch of {})", args.batch as f64 / per_batch, per_batch * 1e3, args.batch);
+    println!("sample: {:.1} images/s  ({:.0} ms per batch of {}; burn ops on {backend_name})", args.batch as f64 / per_batch, per_batch * 1e3, args.batch);
 
+    for precision in [Precision::F32, Precision::Bf16] {
+        let t0 = Instant::now();
+        let decoder = CpuDecoder::new(&valid, precision);
+        let t_pack = t0.elapsed().as_secs_f64();
+        let mut t_sample = 0.0;
+        for i in 0..args.sample_batches + 1 {
+            let z = valid.sample_latents(args.batch, &temps, i as u64, &device)?;
+            sync(&device);
+            let t0 = Instant::now();
+            let _ = decoder.decode(z).into_data();
+            if i >= 1 {
+                t_sample += t0.elapsed().as_secs_f64();
+            }
+        }
+        let per_batch = t_sample / args.sample_batches as f64;
+        let native = if precision == Precision::F32 || CpuDecoder::native_bf16() { "" } else { ", widened: this CPU has no AVX512-BF16" };
+        println!(
+            "sample: {:.1} images/s  ({:.0} ms per batch; CPU decoder, {precision} products{native}; packed in {:.0} ms)",
+            args.batch as f64 / per_batch,
+            per_batch * 1e3,
+            t_pack * 1e3
+        );
+    }
+
+    if args.sample_only {
+        return Ok(());
+    }
     let mut t_eval = 0.0;
     for i in 0..args.sample_batches + 1 {
         let x01 = Tensor::<4>::random(dims, Distribution::Uniform(0.0, 1.0), &device);

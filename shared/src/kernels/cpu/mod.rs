@@ -30,7 +30,7 @@ pub use weight_norm::{weight_norm, weight_norm_backward};
 /// feeds it bounded values or uses it inside `1 / (1 + e^x)`, where that is
 /// exact to f32 precision.
 #[inline(always)]
-fn exp<const FMA: bool>(x: f32) -> f32 {
+pub(crate) fn exp<const FMA: bool>(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     // ln 2 split so that `n · LN2_HI` is exact.
     const LN2_HI: f32 = 0.693_359_4;
@@ -65,13 +65,13 @@ fn mul_add<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
 
 /// `σ(v) = 1 / (1 + e^{-v})`.
 #[inline(always)]
-fn sigmoid<const FMA: bool>(v: f32) -> f32 {
+pub(crate) fn sigmoid<const FMA: bool>(v: f32) -> f32 {
     1.0 / (1.0 + exp::<FMA>(-v))
 }
 
 /// `tanh(u) = 1 − 2 / (1 + e^{2u})`, exact in the limits.
 #[inline(always)]
-fn tanh<const FMA: bool>(u: f32) -> f32 {
+pub(crate) fn tanh<const FMA: bool>(u: f32) -> f32 {
     1.0 - 2.0 / (1.0 + exp::<FMA>(2.0 * u))
 }
 

@@ -1,0 +1,472 @@
+//! Tile matrix products for the decoder: `out = a · w + bias` for a tile of
+//! rows that stays in cache, with the weights packed once per model.
+//!
+//! Two operand precisions: f32, and bf16 (f32 with its mantissa cut to 8
+//! bits) multiplied pairwise and accumulated in f32 — the AVX512-BF16
+//! instruction `vdpbf16ps` does 32 such products per instruction, twice the
+//! f32 FMA rate. Each has an AVX-512 micro-kernel (8 rows × 32 columns of
+//! accumulators in registers) and a portable one for every other CPU.
+
+/// An element of the left operand and of the packed weights.
+pub trait Operand: Copy + Default + Send + Sync + 'static {
+    /// Values of the inner dimension a micro-kernel step consumes: the packed
+    /// layout interleaves this many rows of `w` (2 for bf16 pairs).
+    const K_STEP: usize;
+    /// The nearest representable value.
+    fn from_f32(x: f32) -> Self;
+    /// The value as f32 (exact).
+    fn to_f32(self) -> f32;
+}
+
+impl Operand for f32 {
+    const K_STEP: usize = 1;
+    #[inline(always)]
+    fn from_f32(x: f32) -> Self {
+        x
+    }
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self
+    }
+}
+
+/// bfloat16: the top 16 bits of an f32.
+#[derive(Clone, Copy, Default, Debug, PartialEq)]
+#[repr(transparent)]
+pub struct Bf16(pub u16);
+
+impl Operand for Bf16 {
+    const K_STEP: usize = 2;
+    /// Round to nearest, ties to even (NaN stays NaN: its top mantissa bits
+    /// are kept, and the quiet bit is forced on).
+    #[inline(always)]
+    fn from_f32(x: f32) -> Self {
+        let bits = x.to_bits();
+        let rounded = (bits.wrapping_add(0x7FFF + ((bits >> 16) & 1))) >> 16;
+        // Both computed, then selected: a branch would stop vectorisation.
+        let nan = (bits >> 16) | 0x40;
+        Bf16(if (bits & 0x7FFF_FFFF) > 0x7F80_0000 { nan } else { rounded } as u16)
+    }
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        f32::from_bits(u32::from(self.0) << 16)
+    }
+}
+
+/// Output columns per packed panel (two AVX-512 registers).
+pub const PANEL: usize = 32;
+/// Rows per micro-kernel call; tiles are a multiple of it.
+pub const MR: usize = 8;
+
+/// A weight matrix `[K, N]` and its bias `[N]`, packed for the micro-kernels:
+/// panels of [`PANEL`] columns (the last zero-padded), each holding rows of
+/// `w` in groups of `E::K_STEP` interleaved per column, so one vector load
+/// gives a panel row (or row pair).
+#[derive(Debug, Clone)]
+pub struct PackedMatrix<E: Operand> {
+    /// Logical inner size.
+    pub k: usize,
+    /// Inner size rounded up to `E::K_STEP`: the row stride of the left operand.
+    pub k_stride: usize,
+    /// Logical output columns.
+    pub n: usize,
+    /// Output columns rounded up to [`PANEL`]: the row stride of the output.
+    pub n_stride: usize,
+    data: Vec<E>,
+    bias: Vec<f32>,
+}
+
+impl<E: Operand> PackedMatrix<E> {
+    /// Packs `w: [K, N]` (row-major) and `bias: [N]`.
+    pub fn new(w: &[f32], bias: &[f32], k: usize, n: usize) -> Self {
+        assert_eq!(w.len(), k * n, "weight matrix is not [{k}, {n}]");
+        assert_eq!(bias.len(), n, "bias is not [{n}]");
+        let k_stride = k.div_ceil(E::K_STEP) * E::K_STEP;
+        let n_stride = n.div_ceil(PANEL) * PANEL;
+        let mut data = vec![E::default(); k_stride * n_stride];
+        for panel in 0..n_stride / PANEL {
+            for row in 0..k {
+                let (group, lane) = (row / E::K_STEP, row % E::K_STEP);
+                for c in 0..PANEL {
+                    let col = panel * PANEL + c;
+                    if col < n {
+                        let at = ((panel * (k_stride / E::K_STEP) + group) * PANEL + c) * E::K_STEP + lane;
+                        data[at] = E::from_f32(w[row * n + col]);
+                    }
+                }
+            }
+        }
+        let mut padded_bias = bias.to_vec();
+        padded_bias.resize(n_stride, 0.0);
+        Self {
+            k,
+            k_stride,
+            n,
+            n_stride,
+            data,
+            bias: padded_bias,
+        }
+    }
+
+    /// The packed values of panel `p`: `k_stride · PANEL` of them.
+    fn panel(&self, p: usize) -> &[E] {
+        let len = self.k_stride * PANEL;
+        &self.data[p * len..(p + 1) * len]
+    }
+}
+
+/// The micro-kernel family a CPU runs, chosen once at run time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isa {
+    /// Plain Rust loops (any CPU, wasm included).
+    Portable,
+    /// AVX-512 FMA for f32; bf16 is widened to f32 (no `vdpbf16ps`).
+    Avx512,
+    /// AVX-512 with AVX512-BF16 (`vdpbf16ps`).
+    Avx512Bf16,
+}
+
+impl Isa {
+    /// The best this CPU supports.
+    pub fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                if std::arch::is_x86_feature_detected!("avx512bf16") {
+                    return Isa::Avx512Bf16;
+                }
+                return Isa::Avx512;
+            }
+        }
+        Isa::Portable
+    }
+
+    /// Whether the CPU multiplies bf16 at twice the f32 rate.
+    pub fn native_bf16(self) -> bool {
+        self == Isa::Avx512Bf16
+    }
+}
+
+/// Operand types with a matrix product (and the Swish that makes its
+/// operand, [`super::swish`]) per [`Isa`].
+pub trait TileKernels: Operand {
+    /// `out[i, j] = bias[j] + Σ_k a[i, k] · w[k, j]` for `i < rows`, every
+    /// `j < w.n_stride`: `a` is `[rows, w.k_stride]` (padding columns zero),
+    /// `out` is `[rows, w.n_stride]`; `rows` is a multiple of [`MR`].
+    fn matmul(isa: Isa, a: &[Self], w: &PackedMatrix<Self>, rows: usize, out: &mut [f32]);
+
+    /// `operand[r, j] = swish(h[r, j])` for the `β.len()` columns, padding
+    /// columns zero: `h: [R, h_stride]`, `operand: [R, k_stride]`.
+    fn swish(isa: Isa, h: &[f32], h_stride: usize, beta: &[f32], operand: &mut [Self], k_stride: usize) {
+        let _ = isa;
+        super::swish::swish_rows(h, h_stride, beta, operand, k_stride);
+    }
+}
+
+impl TileKernels for f32 {
+    fn matmul(isa: Isa, a: &[f32], w: &PackedMatrix<f32>, rows: usize, out: &mut [f32]) {
+        check(a, w, rows, out);
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `Isa::detect` found AVX-512F; the slices were checked above.
+            Isa::Avx512 | Isa::Avx512Bf16 => unsafe { avx512::matmul_f32(a, w, rows, out) },
+            _ => portable_matmul(a, w, rows, out),
+        }
+    }
+}
+
+impl TileKernels for Bf16 {
+    fn matmul(isa: Isa, a: &[Bf16], w: &PackedMatrix<Bf16>, rows: usize, out: &mut [f32]) {
+        check(a, w, rows, out);
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `Isa::detect` found AVX512-BF16; the slices were checked above.
+            Isa::Avx512Bf16 => unsafe { avx512::matmul_bf16(a, w, rows, out) },
+            _ => portable_matmul(a, w, rows, out),
+        }
+    }
+
+    fn swish(isa: Isa, h: &[f32], h_stride: usize, beta: &[f32], operand: &mut [Bf16], k_stride: usize) {
+        let k = beta.len();
+        assert!(
+            h_stride >= k && k_stride >= k && h.len() / h_stride == operand.len() / k_stride,
+            "swish: mismatched shapes"
+        );
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `Isa::detect` found AVX512-BF16 (with F and BW); shapes checked above.
+            Isa::Avx512Bf16 => unsafe { super::swish::avx512::swish_rows_bf16(h, h_stride, beta, operand, k_stride) },
+            _ => super::swish::swish_rows(h, h_stride, beta, operand, k_stride),
+        }
+    }
+}
+
+fn check<E: Operand>(a: &[E], w: &PackedMatrix<E>, rows: usize, out: &mut [f32]) {
+    assert_eq!(rows % MR, 0, "tile rows must be a multiple of {MR}");
+    assert!(a.len() >= rows * w.k_stride, "left operand shorter than [{rows}, {}]", w.k_stride);
+    assert!(out.len() >= rows * w.n_stride, "output shorter than [{rows}, {}]", w.n_stride);
+}
+
+/// Any CPU: one panel row of accumulators per output row, which the
+/// compiler keeps in vector registers.
+fn portable_matmul<E: Operand>(a: &[E], w: &PackedMatrix<E>, rows: usize, out: &mut [f32]) {
+    let (ks, groups) = (w.k_stride, w.k_stride / E::K_STEP);
+    for p in 0..w.n_stride / PANEL {
+        let panel = w.panel(p);
+        let bias = &w.bias[p * PANEL..(p + 1) * PANEL];
+        for i in 0..rows {
+            let mut acc = [0.0f32; PANEL];
+            acc.copy_from_slice(bias);
+            let a_row = &a[i * ks..(i + 1) * ks];
+            for g in 0..groups {
+                let w_group = &panel[g * PANEL * E::K_STEP..(g + 1) * PANEL * E::K_STEP];
+                for lane in 0..E::K_STEP {
+                    let x = a_row[g * E::K_STEP + lane].to_f32();
+                    for c in 0..PANEL {
+                        acc[c] += x * w_group[c * E::K_STEP + lane].to_f32();
+                    }
+                }
+            }
+            out[i * w.n_stride + p * PANEL..][..PANEL].copy_from_slice(&acc);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::{Bf16, MR, PANEL, PackedMatrix};
+
+    /// Runs `$body` once per row of a micro-tile with `$i` a constant
+    /// (`0..MR`), so the accumulator arrays become registers whatever the
+    /// optimisation level.
+    macro_rules! each_row {
+        ($i:ident => $body:block) => {{
+            const _: () = assert!(MR == 8);
+            {
+                const $i: usize = 0;
+                $body
+            }
+            {
+                const $i: usize = 1;
+                $body
+            }
+            {
+                const $i: usize = 2;
+                $body
+            }
+            {
+                const $i: usize = 3;
+                $body
+            }
+            {
+                const $i: usize = 4;
+                $body
+            }
+            {
+                const $i: usize = 5;
+                $body
+            }
+            {
+                const $i: usize = 6;
+                $body
+            }
+            {
+                const $i: usize = 7;
+                $body
+            }
+        }};
+    }
+
+    // The loops below step raw pointers with `wrapping_add` and load through
+    // intrinsics only: our dev profile keeps debug assertions, whose checks
+    // in `ptr::add` / `read_unaligned` would otherwise sit in the hot loop.
+
+    /// f32: per step, two weight vectors and one broadcast per row.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn matmul_f32(a: &[f32], w: &PackedMatrix<f32>, rows: usize, out: &mut [f32]) {
+        let (k, n_stride) = (w.k_stride, w.n_stride);
+        for p in 0..n_stride / PANEL {
+            let panel = w.panel(p).as_ptr();
+            let bias = &w.bias[p * PANEL..(p + 1) * PANEL];
+            for i0 in (0..rows).step_by(MR) {
+                // SAFETY (whole block): `matmul` checked that `a` holds
+                // `rows · k` values and `out` `rows · n_stride`; a panel holds
+                // `k · PANEL`.
+                unsafe {
+                    let b0 = _mm512_loadu_ps(bias.as_ptr());
+                    let b1 = _mm512_loadu_ps(bias.as_ptr().wrapping_add(16));
+                    let (mut acc0, mut acc1) = ([b0; MR], [b1; MR]);
+                    let (mut a_col, mut w_row) = (a.as_ptr().wrapping_add(i0 * k), panel);
+                    for _ in 0..k {
+                        let w0 = _mm512_loadu_ps(w_row);
+                        let w1 = _mm512_loadu_ps(w_row.wrapping_add(16));
+                        each_row!(I => {
+                            let x = _mm512_set1_ps(_mm_cvtss_f32(_mm_load_ss(a_col.wrapping_add(I * k))));
+                            acc0[I] = _mm512_fmadd_ps(x, w0, acc0[I]);
+                            acc1[I] = _mm512_fmadd_ps(x, w1, acc1[I]);
+                        });
+                        a_col = a_col.wrapping_add(1);
+                        w_row = w_row.wrapping_add(PANEL);
+                    }
+                    let out_tile = out.as_mut_ptr().wrapping_add(i0 * n_stride + p * PANEL);
+                    each_row!(I => {
+                        _mm512_storeu_ps(out_tile.wrapping_add(I * n_stride), acc0[I]);
+                        _mm512_storeu_ps(out_tile.wrapping_add(I * n_stride + 16), acc1[I]);
+                    });
+                }
+            }
+        }
+    }
+
+    /// bf16: per step, two vectors of 16 column pairs and one broadcast row
+    /// pair per row; `vdpbf16ps` adds both products of a pair to each f32
+    /// accumulator.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub(super) unsafe fn matmul_bf16(a: &[Bf16], w: &PackedMatrix<Bf16>, rows: usize, out: &mut [f32]) {
+        let (k, n_stride) = (w.k_stride, w.n_stride);
+        for p in 0..n_stride / PANEL {
+            let panel = w.panel(p).as_ptr();
+            let bias = &w.bias[p * PANEL..(p + 1) * PANEL];
+            for i0 in (0..rows).step_by(MR) {
+                // SAFETY (whole block): as in `matmul_f32`, in pairs of bf16.
+                unsafe {
+                    let b0 = _mm512_loadu_ps(bias.as_ptr());
+                    let b1 = _mm512_loadu_ps(bias.as_ptr().wrapping_add(16));
+                    let (mut acc0, mut acc1) = ([b0; MR], [b1; MR]);
+                    // Pair g of a panel is 2 rows × 32 columns, interleaved.
+                    let (mut a_col, mut w_pair) = (a.as_ptr().wrapping_add(i0 * k), panel);
+                    for _ in 0..k / 2 {
+                        let w0 = _mm512_castsi512_bh(_mm512_loadu_si512(w_pair.cast()));
+                        let w1 = _mm512_castsi512_bh(_mm512_loadu_si512(w_pair.wrapping_add(32).cast()));
+                        each_row!(I => {
+                            // Inputs 2g and 2g + 1 of row I, broadcast as one 32-bit lane.
+                            let pair = _mm_loadu_si32(a_col.wrapping_add(I * k).cast());
+                            let x = _mm512_castsi512_bh(_mm512_broadcastd_epi32(pair));
+                            acc0[I] = _mm512_dpbf16_ps(acc0[I], x, w0);
+                            acc1[I] = _mm512_dpbf16_ps(acc1[I], x, w1);
+                        });
+                        a_col = a_col.wrapping_add(2);
+                        w_pair = w_pair.wrapping_add(2 * PANEL);
+                    }
+                    let out_tile = out.as_mut_ptr().wrapping_add(i0 * n_stride + p * PANEL);
+                    each_row!(I => {
+                        _mm512_storeu_ps(out_tile.wrapping_add(I * n_stride), acc0[I]);
+                        _mm512_storeu_ps(out_tile.wrapping_add(I * n_stride + 16), acc1[I]);
+                    });
+                }
+            }
+        }
+    }
+
+    /// Reinterprets 32 bf16 values (no conversion).
+    #[inline(always)]
+    fn _mm512_castsi512_bh(v: __m512i) -> __m512bh {
+        // SAFETY: both are 64-byte plain vectors.
+        unsafe { std::mem::transmute(v) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(n: usize, seed: usize) -> Vec<f32> {
+        (0..n)
+            .map(|i| (((i * 7919 + seed * 104_729) % 2001) as f32 / 1000.0 - 1.0) * 1.7)
+            .collect()
+    }
+
+    /// Every kernel this CPU runs against an f64 product of the same
+    /// (rounded) operands, for shapes with padded rows and columns.
+    fn check_kernels<E: TileKernels>(tol: f64) {
+        let isas: Vec<Isa> = [Isa::Portable, Isa::Avx512, Isa::Avx512Bf16]
+            .into_iter()
+            .filter(|&i| i == Isa::Portable || i == Isa::Avx512 && Isa::detect() != Isa::Portable || i == Isa::detect())
+            .collect();
+        for (k, n) in [(24, 128), (128, 48), (7, 24), (128, 128), (1, 33)] {
+            let rows = 2 * MR;
+            let (w, bias) = (values(k * n, 1), values(n, 2));
+            let packed = PackedMatrix::<E>::new(&w, &bias, k, n);
+            let mut a = vec![E::default(); rows * packed.k_stride];
+            let a_values = values(rows * k, 3);
+            for i in 0..rows {
+                for j in 0..k {
+                    a[i * packed.k_stride + j] = E::from_f32(a_values[i * k + j]);
+                }
+            }
+            for &isa in &isas {
+                let mut out = vec![f32::NAN; rows * packed.n_stride];
+                E::matmul(isa, &a, &packed, rows, &mut out);
+                for i in 0..rows {
+                    for j in 0..packed.n_stride {
+                        let want: f64 = if j < n {
+                            f64::from(bias[j])
+                                + (0..k)
+                                    .map(|l| f64::from(a[i * packed.k_stride + l].to_f32()) * f64::from(E::from_f32(w[l * n + j]).to_f32()))
+                                    .sum::<f64>()
+                        } else {
+                            0.0
+                        };
+                        let got = f64::from(out[i * packed.n_stride + j]);
+                        assert!(
+                            (got - want).abs() <= tol * (1.0 + want.abs()),
+                            "{isa:?} [{k}, {n}] ({i}, {j}): {got} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn f32_tiles_match_f64_products() {
+        check_kernels::<f32>(1e-5);
+    }
+
+    #[test]
+    fn bf16_tiles_match_f64_products_of_the_rounded_operands() {
+        check_kernels::<Bf16>(1e-5);
+    }
+
+    #[test]
+    fn bf16_rounds_to_nearest_even() {
+        assert_eq!(Bf16::from_f32(1.0).to_f32(), 1.0);
+        // 1 + 2^-8 is halfway between 1 and 1 + 2^-7: ties to even (1).
+        assert_eq!(Bf16::from_f32(1.0 + 1.0 / 256.0).to_f32(), 1.0);
+        assert_eq!(Bf16::from_f32(1.0 + 3.0 / 256.0).to_f32(), 1.0 + 4.0 / 256.0);
+        assert!((Bf16::from_f32(std::f32::consts::PI).to_f32() - std::f32::consts::PI).abs() < 0.01);
+        assert!(Bf16::from_f32(f32::NAN).to_f32().is_nan());
+        assert_eq!(Bf16::from_f32(f32::INFINITY).to_f32(), f32::INFINITY);
+    }
+}
+
+/// A benchmark, not a test: one core's rate on the tile shapes of the paper's
+/// networks. `cargo test -p rgflow --lib tile_rate -- --ignored --nocapture`
+#[cfg(test)]
+mod rate {
+    use super::*;
+
+    fn gflops<E: TileKernels>(k: usize, n: usize, rows: usize) -> f64 {
+        let w: Vec<f32> = (0..k * n).map(|i| (i % 7) as f32 * 0.1).collect();
+        let packed = PackedMatrix::<E>::new(&w, &vec![0.5; n], k, n);
+        let a = vec![E::from_f32(0.3); rows * packed.k_stride];
+        let mut out = vec![0.0; rows * packed.n_stride];
+        let iterations = 20_000;
+        let start = std::time::Instant::now();
+        for _ in 0..iterations {
+            E::matmul(Isa::detect(), &a, &packed, rows, &mut out);
+        }
+        2.0 * (rows * k * packed.n_stride * iterations) as f64 / start.elapsed().as_secs_f64() / 1e9
+    }
+
+    #[test]
+    #[ignore = "benchmark: prints GFLOP/s"]
+    fn tile_rate() {
+        println!("{:?}, tiles of 64 rows, one core", Isa::detect());
+        for (k, n) in [(128, 128), (24, 128), (128, 48), (48, 128), (128, 24)] {
+            println!("[{k:>3}, {n:>3}]: f32 {:>4.0} GFLOP/s, bf16 {:>4.0} GFLOP/s", gflops::<f32>(k, n, 64), gflops::<Bf16>(k, n, 64));
+        }
+    }
+}
