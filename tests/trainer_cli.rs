@@ -152,3 +152,23 @@ fn bad_inputs_give_clear_errors() {
     assert!(fails(&["train", "--data", "msds1", "--out", run.to_str().unwrap(), "--steps", "1"]).contains("--resume"));
     assert!(fails(&["eval", "--model", ckpt.to_str().unwrap(), "--data", "folder:/nonexistent", "--backend", "flex"]).contains("does not exist"));
 }
+
+/// `sample` on the CPU decodes through the packed decoder; `--precision bf16`
+/// gives nearly the same picture, and is refused where it does not apply.
+#[test]
+fn sample_precisions_agree() {
+    let dir = tempfile::tempdir().unwrap();
+    let png = |name: &str, precision: &str| {
+        let path = dir.path().join(name);
+        let args = ["sample", "--out", path.to_str().unwrap(), "--count", "4", "--temperature", "0.5;0.9", "--backend", "flex"];
+        ok(&[&args[..], &["--precision", precision]].concat());
+        image::open(&path).unwrap().to_rgb8()
+    };
+    let (full, bf16) = (png("f32.png", "f32"), png("bf16.png", "bf16"));
+    assert_eq!(full.dimensions(), bf16.dimensions());
+    let diffs: Vec<u8> = full.as_raw().iter().zip(bf16.as_raw()).map(|(a, b)| a.abs_diff(*b)).collect();
+    let mean = diffs.iter().map(|&d| f64::from(d)).sum::<f64>() / diffs.len() as f64;
+    assert!(mean > 0.0 && mean < 1.5, "mean difference {mean} levels");
+    let err = fails(&["sample", "--out", "x.png", "--precision", "bf16", "--backend", "wgpu"]);
+    assert!(err.contains("--precision bf16 is a CPU decoder option"), "{err}");
+}

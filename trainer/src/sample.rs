@@ -4,7 +4,8 @@ use std::path::PathBuf;
 
 use burn::prelude::*;
 use clap::Args;
-use rgflow::LevelTemperatures;
+use rgflow::decoder::Precision;
+use rgflow::{CpuDecoder, LevelTemperatures};
 
 use crate::backend::{BackendChoice, select};
 use crate::model_io::{load_model, resolve_model_path, save_grid};
@@ -33,16 +34,44 @@ pub struct SampleArgs {
     pub zoom: u32,
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
     pub backend: BackendChoice,
+    /// Number type of the networks' matrix products when decoding on the
+    /// CPU: `bf16` is ~1.6× faster on CPUs with AVX512-BF16 and moves pixels
+    /// by about half a level of 255 on average.
+    #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
+    pub precision: PrecisionArg,
+}
+
+/// `--precision` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PrecisionArg {
+    F32,
+    Bf16,
 }
 
 pub fn run(args: SampleArgs) -> anyhow::Result<()> {
-    let (device, _) = select(args.backend)?;
+    let (device, backend_name) = select(args.backend)?;
     let model = load_model(&resolve_model_path(args.model)?, &device)?;
+    let precision = match args.precision {
+        PrecisionArg::F32 => Precision::F32,
+        PrecisionArg::Bf16 => Precision::Bf16,
+    };
+    // On the CPU the packed decoder gives the same images (f32) faster.
+    let decoder = if CpuDecoder::suits(&device) {
+        Some(CpuDecoder::new(&model, precision))
+    } else if precision == Precision::Bf16 {
+        anyhow::bail!("--precision bf16 is a CPU decoder option; {backend_name} decodes in f32 (drop --precision or use --backend cpu)");
+    } else {
+        None
+    };
     let levels = model.lattice().levels();
     let mut rows = Vec::new();
     for row in args.temperature.split(';') {
         let temps = LevelTemperatures::parse(row, levels)?;
-        rows.push(model.sample(args.count, &temps, args.seed, &device)?);
+        let z = model.sample_latents(args.count, &temps, args.seed, &device)?;
+        rows.push(match &decoder {
+            Some(decoder) => decoder.decode(z),
+            None => model.decode(z),
+        });
     }
     save_grid(Tensor::cat(rows, 0), args.count, args.zoom, &args.out)?;
     println!("wrote {}", args.out.display());

@@ -100,6 +100,19 @@ impl CpuDecoder {
         }
     }
 
+    /// Whether `device` keeps tensors in host memory (the CPU backends), so
+    /// that decoding through a [`CpuDecoder`] costs no transfers.
+    pub fn suits(device: &Device) -> bool {
+        use burn::backend::DispatchDevice;
+        match device.as_dispatch() {
+            #[cfg(feature = "flex")]
+            DispatchDevice::Flex(_) => true,
+            #[cfg(feature = "ndarray")]
+            DispatchDevice::NdArray(_) => true,
+            _ => false,
+        }
+    }
+
     /// The precision of the networks' products.
     pub fn precision(&self) -> Precision {
         self.precision
