@@ -172,3 +172,27 @@ fn sample_precisions_agree() {
     let err = fails(&["sample", "--out", "x.png", "--precision", "bf16", "--backend", "wgpu"]);
     assert!(err.contains("--precision bf16 is a CPU decoder option"), "{err}");
 }
+
+/// `--devices 2` splits each batch across two devices (here two shares on
+/// the CPU) and takes the same steps as one device, up to rounding.
+#[test]
+fn data_parallel_training_takes_the_same_steps() {
+    let dir = tempfile::tempdir().unwrap();
+    let steps = |devices: &str| {
+        let run = dir.path().join(format!("run{devices}"));
+        train(&run, "msds1,train=64,test=8", &["--steps", "3", "--devices", devices]);
+        let log = std::fs::read_to_string(run.join("log.jsonl")).unwrap();
+        log.lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|v| v["event"] == "step")
+            .map(|v| (v["bpd"].as_f64().unwrap(), v["grad_norm"].as_f64().unwrap()))
+            .collect::<Vec<_>>()
+    };
+    let (one, two) = (steps("1"), steps("2"));
+    assert_eq!(one.len(), 3);
+    for ((bpd1, norm1), (bpd2, norm2)) in one.iter().zip(&two) {
+        assert!((bpd1 - bpd2).abs() < 1e-4 * bpd1, "bpd {bpd1} vs {bpd2}");
+        assert!((norm1 - norm2).abs() < 1e-3 * norm1, "gradient norm {norm1} vs {norm2}");
+    }
+    assert!(fails(&["train", "--data", "msds1", "--out", "z", "--steps", "1", "--devices", "0"]).contains("--devices"));
+}

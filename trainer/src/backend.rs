@@ -79,3 +79,32 @@ pub fn gpu_adapter() -> Option<String> {
 fn any_adapter() -> Option<String> {
     adapters().into_iter().next().map(|a| format!("{} ({:?})", a.name, a.device_type))
 }
+
+/// `n` devices for data-parallel training (see `crate::parallel`) and a
+/// description: the first `n` wgpu devices when the choice resolves to wgpu,
+/// else `n` replicas on the one CPU device.
+pub fn select_devices(choice: BackendChoice, n: usize) -> anyhow::Result<(Vec<Device>, String)> {
+    let (device, name) = select(choice)?;
+    if n <= 1 {
+        return Ok((vec![device], name));
+    }
+    if name.starts_with("wgpu") {
+        return wgpu_devices(n);
+    }
+    Ok((vec![device; n], format!("{name}, {n} shares of each batch on threads of the one CPU")))
+}
+
+#[cfg(feature = "wgpu")]
+fn wgpu_devices(n: usize) -> anyhow::Result<(Vec<Device>, String)> {
+    let all = Device::enumerate(burn::tensor::DeviceType::Wgpu).into_vec();
+    if all.len() < n {
+        anyhow::bail!("--devices {n}: wgpu finds {} device(s) on this machine", all.len());
+    }
+    let names: Vec<String> = adapters().into_iter().take(n).map(|a| a.name).collect();
+    Ok((all.into_iter().take(n).collect(), format!("wgpu on {n} devices ({})", names.join(", "))))
+}
+
+#[cfg(not(feature = "wgpu"))]
+fn wgpu_devices(_: usize) -> anyhow::Result<(Vec<Device>, String)> {
+    anyhow::bail!("this trainer was built without the `wgpu` feature")
+}

@@ -10,6 +10,7 @@ mod export;
 mod model_args;
 mod model_io;
 mod optim;
+mod parallel;
 mod sample;
 mod train;
 

@@ -9,19 +9,21 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use burn::module::Module;
-use burn::optim::{GradientsParams, ModuleOptimizer};
+use burn::optim::ModuleOptimizer;
+use burn::prelude::Device;
 use burn::store::burn_pack::Bytes;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use rgflow::{LevelTemperatures, RgFlow, RgFlowConfig, preprocess};
+use rgflow::{LevelTemperatures, RgFlow, RgFlowConfig};
 use serde::{Deserialize, Serialize};
 
-use crate::backend::{BackendChoice, select};
+use crate::backend::{BackendChoice, select_devices};
 use crate::checkpoint::{Checkpoint, TrainState};
 use crate::data::{self, EpochOptions, Loader, SourceSpec, Split, images_tensor};
 use crate::model_args::ModelArgs;
 use crate::model_io::save_grid;
 use crate::optim::{adamw, clip_global_norm};
+use crate::parallel::{self, StepGradients};
 
 /// Arguments of `trainer train`.
 #[derive(Debug, Args)]
@@ -72,6 +74,12 @@ pub struct TrainArgs {
     /// Compute backend.
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
     pub backend: BackendChoice,
+    /// Split every batch across this many devices (data parallel; model and
+    /// optimiser on the first): the first N GPUs with `--backend wgpu`. On a
+    /// CPU backend the shares run as threads on the one CPU, which checks
+    /// the path but gains nothing.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    pub devices: u16,
     /// Image decoding threads.
     #[arg(long, default_value_t = 1)]
     pub workers: usize,
@@ -110,8 +118,9 @@ struct LogLine<'a> {
 
 /// Runs `trainer train`.
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
-    let (device, backend_name) = select(args.backend)?;
-    let device = device.autodiff();
+    let (devices, backend_name) = select_devices(args.backend, usize::from(args.devices))?;
+    let devices: Vec<Device> = devices.into_iter().map(Device::autodiff).collect();
+    let device = devices[0].clone();
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating run folder {}", args.out.display()))?;
     let checkpoint_path = args.out.join(CHECKPOINT);
 
@@ -130,7 +139,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             .context("checkpoint settings are not from this trainer")?;
         if settings != fresh {
             bail!(
-                "--resume: the arguments differ from the run's own settings.\n  run:   {}\n  given: {}\nPass the same model, data and optimiser flags (only --epochs/--steps/--backend/--workers may change).",
+                "--resume: the arguments differ from the run's own settings.\n  run:   {}\n  given: {}\nPass the same model, data and optimiser flags (only --epochs/--steps/--backend/--devices/--workers may change).",
                 serde_json::to_string(&settings)?,
                 serde_json::to_string(&fresh)?
             );
@@ -223,7 +232,6 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         ckpt.save(&checkpoint_path)
     };
 
-    let num_dims = config.num_dims();
     let mut session_images = 0u64;
     let session_start = Instant::now();
     let mut stopped = false;
@@ -231,12 +239,8 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         let options = EpochOptions { shuffle: true, flip: true, dequantize: true, batch_size: settings.batch };
         for batch in loader.epoch(state.epoch, state.cursor, options).iter() {
             let t0 = Instant::now();
-            let x01 = images_tensor(batch.x01, batch.len, &config, &device);
-            let (x, ldj_logit) = preprocess::logit_transform(x01, config.logit_constraint);
             // The authors minimise nats per dimension; bits are for display.
-            let nats = (model.log_prob(x) + ldj_logit).div_scalar(-(num_dims as f64));
-            let loss = nats.clone().mean();
-            let mut grads = GradientsParams::from_grads(loss.backward(), &model);
+            let StepGradients { mut grads, nats } = parallel::gradients(&model, batch.x01, batch.len, &devices);
             let grad_norm = if settings.clip_grad > 0.0 {
                 clip_global_norm(&model, &mut grads, settings.clip_grad)
             } else {
@@ -244,7 +248,6 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             };
             model = optim.step(settings.lr, model, grads);
 
-            let nats: Vec<f32> = nats.inner().into_data().try_to_vec().expect("f32 loss");
             let bpd: Vec<f64> = nats.iter().map(|&n| (n as f64 + 256f64.ln()) / std::f64::consts::LN_2).collect();
             let mean = bpd.iter().sum::<f64>() / bpd.len() as f64;
             if !mean.is_finite() {
