@@ -10,7 +10,8 @@ use rgflow::ops::factors::{LatentSite, random_walk};
 use rgflow::ops::inpaint::Inpainter;
 use rgflow::ops::levels::{level_values, mix_levels, with_level_values};
 use rgflow::ops::receptive::receptive_field_tensor;
-use rgflow::{LevelTemperatures, RgFlow, RgFlowConfig};
+use rgflow::decoder::Precision;
+use rgflow::{CpuDecoder, LevelTemperatures, RgFlow, RgFlowConfig};
 
 use crate::error::{Result, WebError};
 
@@ -44,6 +45,9 @@ pub struct Face {
 /// A loaded model on a device.
 pub struct Engine {
     flow: RgFlow,
+    /// On the CPU backend, the flow's inverse packed for fast decoding (the
+    /// same images in f32).
+    decoder: Option<CpuDecoder>,
     device: Device,
     backend: BackendKind,
 }
@@ -58,7 +62,16 @@ impl Engine {
     /// Validates and loads a weight file (as written by `trainer export`).
     pub fn load(bytes: Vec<u8>, source: &str, device: Device, backend: BackendKind) -> Result<Self> {
         let flow = rgflow::store::from_bytes(bytes, source, &device)?;
-        Ok(Self { flow, device, backend })
+        let decoder = CpuDecoder::suits(&device).then(|| CpuDecoder::new(&flow, Precision::F32));
+        Ok(Self { flow, decoder, device, backend })
+    }
+
+    /// Latents to `[0, 1]` images: `[B, C, L, L] -> [B, C, L, L]`.
+    fn decode_tensor(&self, z: Tensor<4>) -> Tensor<4> {
+        match &self.decoder {
+            Some(decoder) => decoder.decode(z),
+            None => self.flow.decode(z),
+        }
     }
 
     pub fn flow(&self) -> &RgFlow {
@@ -101,14 +114,14 @@ impl Engine {
     pub async fn sample(&self, n: usize, temperatures: &[f64], seed: u64) -> Result<Vec<Face>> {
         let temps = LevelTemperatures::new(temperatures.to_vec(), self.levels())?;
         let z = self.flow.sample_latents(n, &temps, seed, &self.device)?;
-        let x = self.flow.decode(z.clone());
+        let x = self.decode_tensor(z.clone());
         let (x, z) = (read(x).await?, read(z).await?);
         Ok(self.split(x).into_iter().zip(self.split(z)).map(|(x01, z)| Face { x01, z }).collect())
     }
 
     /// Images of latents, `n·C·L·L` values in, as many out.
     pub async fn decode(&self, z: Vec<f32>, n: usize) -> Result<Vec<f32>> {
-        read(self.flow.decode(self.tensor(z, n)?)).await
+        read(self.decode_tensor(self.tensor(z, n)?)).await
     }
 
     /// Encodes an image (`[0, 1]` values) and scores it: the face and its
@@ -131,7 +144,7 @@ impl Engine {
         let za = self.tensor(a.z.clone(), 1)?;
         let zb = self.tensor(b.z.clone(), 1)?;
         let mixed: Vec<Tensor<4>> = (0..k).map(|lambda| mix_levels(&self.flow, za.clone(), zb.clone(), lambda)).collect();
-        let x = read(self.flow.decode(Tensor::cat(mixed, 0))).await?;
+        let x = read(self.decode_tensor(Tensor::cat(mixed, 0))).await?;
         Ok(self.split(x))
     }
 
@@ -150,7 +163,7 @@ impl Engine {
         }
         let values = Tensor::<2>::from_data(TensorData::new(values, [1, count]), &self.device);
         let z = with_level_values(&self.flow, self.tensor(face.z.clone(), 1)?, level, values);
-        let x = self.flow.decode(z.clone());
+        let x = self.decode_tensor(z.clone());
         Ok(Face { x01: read(x).await?, z: read(z).await? })
     }
 
@@ -159,7 +172,7 @@ impl Engine {
         self.check_level(level)?;
         let angle = std::f64::consts::TAU / frames as f64;
         let z = random_walk(&self.flow, self.tensor(face.z.clone(), 1)?, level, frames, angle, seed)?;
-        Ok(self.split(read(self.flow.decode(z)).await?))
+        Ok(self.split(read(self.decode_tensor(z)).await?))
     }
 
     /// `∂x/∂z` of the latent at `site` (row-major index) and `channel`: `[C, L, L]`.
