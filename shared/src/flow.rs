@@ -68,22 +68,9 @@ impl RgFlow {
     /// Assembles a flow from already built coupling stacks (used by importers).
     pub(crate) fn from_layers(config: &RgFlowConfig, layers: Vec<CouplingStack>, device: &Device) -> Self {
         let lattice = MeraLattice::new(config.image_size, config.kernel_size);
-        let depth = config.depth();
-        let c = config.channels;
-        let forward_gathers = (0..=depth)
-            .map(|k| {
-                let from = k.checked_sub(1);
-                let to = (k < depth).then_some(k);
-                index_tensor(lattice.transition(from, to, c), device)
-            })
-            .collect();
-        let inverse_gathers = (0..=depth)
-            .map(|j| {
-                let from = (j > 0).then(|| depth - j);
-                let to = (j < depth).then(|| depth - 1 - j);
-                index_tensor(lattice.transition(from, to, c), device)
-            })
-            .collect();
+        let index = |indices: Vec<Vec<usize>>| indices.into_iter().map(|i| index_tensor(i, device)).collect();
+        let forward_gathers = index(lattice.forward_transitions(config.channels));
+        let inverse_gathers = index(lattice.inverse_transitions(config.channels));
         Self {
             layers,
             forward_gathers,

@@ -189,6 +189,25 @@ impl MeraLattice {
 }
 
 impl MeraLattice {
+    /// The gathers of a forward pass: entry `k` moves the state into the
+    /// layout of sub-layer `k` (from the previous one's, or canonical order
+    /// for `k = 0`), the last entry back to canonical order.
+    pub fn forward_transitions(&self, channels: usize) -> Vec<Vec<usize>> {
+        let depth = self.sublayers.len();
+        (0..=depth).map(|k| self.transition(k.checked_sub(1), (k < depth).then_some(k), channels)).collect()
+    }
+
+    /// The gathers of an inverse pass: entry `j` moves the state into the
+    /// layout of sub-layer `depth - 1 - j`, the last entry back to canonical order.
+    pub fn inverse_transitions(&self, channels: usize) -> Vec<Vec<usize>> {
+        let depth = self.sublayers.len();
+        (0..=depth)
+            .map(|j| self.transition((j > 0).then(|| depth - j), (j < depth).then(|| depth - 1 - j), channels))
+            .collect()
+    }
+}
+
+impl MeraLattice {
     /// Follows a change through the sub-layers: `changed` marks the sites
     /// that differ at the input; returns, for every sub-layer in the order
     /// they run (forward: 0, 1, …; inverse: last, …, 0), the blocks that must

@@ -26,6 +26,7 @@ use burn::tensor::TensorData;
 
 use crate::config::RgFlowConfig;
 use crate::flow::RgFlow;
+use crate::preprocess;
 use matmul::{Bf16, Isa, MR, TileKernels};
 use pack::PackedStack;
 use tile::Workspace;
@@ -68,8 +69,7 @@ pub struct CpuDecoder {
     stacks: Stacks,
     /// Blocks of each sub-layer (forward order).
     blocks: Vec<usize>,
-    /// As [`RgFlow`]'s inverse gathers: entry `j` moves the state into the
-    /// layout of sub-layer `depth - 1 - j`, the last back to canonical order.
+    /// The lattice's inverse transitions (as [`RgFlow`]'s inverse gathers).
     gathers: Vec<Vec<usize>>,
 }
 
@@ -81,15 +81,7 @@ impl CpuDecoder {
             Precision::Bf16 => Stacks::Bf16(flow.layers.iter().map(PackedStack::new).collect()),
         };
         let lattice = flow.lattice();
-        let depth = flow.layers.len();
-        let channels = flow.config().channels;
-        let gathers = (0..=depth)
-            .map(|j| {
-                let from = (j > 0).then(|| depth - j);
-                let to = (j < depth).then(|| depth - 1 - j);
-                lattice.transition(from, to, channels)
-            })
-            .collect();
+        let gathers = lattice.inverse_transitions(flow.config().channels);
         Self {
             config: flow.config().clone(),
             precision,
@@ -138,14 +130,8 @@ impl CpuDecoder {
     pub fn decode(&self, z: Tensor<4>) -> Tensor<4> {
         let (dims, device) = (z.dims(), z.device());
         let x = self.inverse(&pack::host(z));
-        let c = self.config.logit_constraint as f32;
-        // `logit_to_pixels`: sigmoid, then undo the squeeze into [(1-c)/2, (1+c)/2].
-        let pixels: Vec<f32> = x
-            .iter()
-            .map(|&l| ((2.0 / (1.0 + (-l).exp()) - 1.0) / c + 1.0) * 0.5)
-            .map(|p| p.clamp(0.0, 1.0))
-            .collect();
-        Tensor::from_data(TensorData::new(pixels, dims), &device)
+        let x = Tensor::from_data(TensorData::new(x, dims), &device);
+        preprocess::logit_to_pixels(x, self.config.logit_constraint).clamp(0.0, 1.0)
     }
 
     fn inverse_with<E: TileKernels>(&self, stacks: &[PackedStack<E>], z: &[f32]) -> Vec<f32> {

@@ -37,7 +37,7 @@ impl<E: Operand> Workspace<E> {
 /// of the micro-kernel's rows).
 pub(super) fn invert_tile<E: TileKernels>(isa: Isa, stack: &PackedStack<E>, z: &mut [f32], rows: usize, ws: &mut Workspace<E>) {
     let d = stack.dim;
-    debug_assert_eq!(z.len(), rows * d);
+    assert_eq!(z.len(), rows * d, "tile is not [{rows}, {d}]");
     for half in &stack.halves {
         let u = half.updated.len();
         let [mut s, mut t] = [std::mem::take(&mut ws.s), std::mem::take(&mut ws.t)];
