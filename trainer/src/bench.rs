@@ -101,58 +101,58 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
 
     let valid = model.valid();
     let temps = LevelTemperatures::uniform(config.levels(), 1.0);
-    let mut t_sample = 0.0;
-    for i in 0..args.sample_batches + 1 {
-        let z = valid.sample_latents(args.batch, &temps, i as u64, &device)?;
-        sync(&device);
-        let t0 = Instant::now();
-        let x = valid.decode(z);
-        let _ = x.into_data();
-        if i >= 1 {
-            t_sample += t0.elapsed().as_secs_f64();
-        }
-    }
-    let per_batch = t_sample / args.sample_batches as f64;
+    let latents = |i: u64| valid.sample_latents(args.batch, &temps, i, &device);
+    let per_batch = seconds_per_batch(args.sample_batches, &device, latents, |z| {
+        let _ = valid.decode(z).into_data();
+    })?;
     println!("sample: {:.1} images/s  ({:.0} ms per batch of {}; burn ops on {backend_name})", args.batch as f64 / per_batch, per_batch * 1e3, args.batch);
 
-    for precision in [Precision::F32, Precision::Bf16] {
-        let t0 = Instant::now();
-        let decoder = CpuDecoder::new(&valid, precision);
-        let t_pack = t0.elapsed().as_secs_f64();
-        let mut t_sample = 0.0;
-        for i in 0..args.sample_batches + 1 {
-            let z = valid.sample_latents(args.batch, &temps, i as u64, &device)?;
-            sync(&device);
+    if CpuDecoder::suits(&device) {
+        for precision in [Precision::F32, Precision::Bf16] {
             let t0 = Instant::now();
-            let _ = decoder.decode(z).into_data();
-            if i >= 1 {
-                t_sample += t0.elapsed().as_secs_f64();
-            }
+            let decoder = CpuDecoder::new(&valid, precision);
+            let t_pack = t0.elapsed().as_secs_f64();
+            let per_batch = seconds_per_batch(args.sample_batches, &device, latents, |z| {
+                let _ = decoder.decode(z).into_data();
+            })?;
+            let native = if precision == Precision::F32 || CpuDecoder::native_bf16() { "" } else { ", widened: this CPU has no AVX512-BF16" };
+            println!(
+                "sample: {:.1} images/s  ({:.0} ms per batch; CPU decoder, {precision} products{native}; packed in {:.0} ms)",
+                args.batch as f64 / per_batch,
+                per_batch * 1e3,
+                t_pack * 1e3
+            );
         }
-        let per_batch = t_sample / args.sample_batches as f64;
-        let native = if precision == Precision::F32 || CpuDecoder::native_bf16() { "" } else { ", widened: this CPU has no AVX512-BF16" };
-        println!(
-            "sample: {:.1} images/s  ({:.0} ms per batch; CPU decoder, {precision} products{native}; packed in {:.0} ms)",
-            args.batch as f64 / per_batch,
-            per_batch * 1e3,
-            t_pack * 1e3
-        );
     }
 
     if args.sample_only {
         return Ok(());
     }
-    let mut t_eval = 0.0;
-    for i in 0..args.sample_batches + 1 {
-        let x01 = Tensor::<4>::random(dims, Distribution::Uniform(0.0, 1.0), &device);
-        sync(&device);
-        let t0 = Instant::now();
+    let images = |_| Ok(Tensor::<4>::random(dims, Distribution::Uniform(0.0, 1.0), &device));
+    let per_batch = seconds_per_batch(args.sample_batches, &device, images, |x01| {
         let _ = valid.bits_per_dim(x01).into_data();
-        if i >= 1 {
-            t_eval += t0.elapsed().as_secs_f64();
-        }
-    }
-    let per_batch = t_eval / args.sample_batches as f64;
+    })?;
     println!("eval:   {:.1} images/s  (log-likelihood, {:.0} ms per batch)", args.batch as f64 / per_batch, per_batch * 1e3);
     Ok(())
+}
+
+/// Mean seconds of `run` over `batches` inputs made by `input(i)` (made
+/// outside the timing), after one warm-up batch.
+fn seconds_per_batch(
+    batches: usize,
+    device: &Device,
+    mut input: impl FnMut(u64) -> rgflow::Result<Tensor<4>>,
+    mut run: impl FnMut(Tensor<4>),
+) -> anyhow::Result<f64> {
+    let mut total = 0.0;
+    for i in 0..=batches {
+        let x = input(i as u64)?;
+        sync(device);
+        let t0 = Instant::now();
+        run(x);
+        if i >= 1 {
+            total += t0.elapsed().as_secs_f64();
+        }
+    }
+    Ok(total / batches.max(1) as f64)
 }
