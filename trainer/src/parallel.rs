@@ -102,16 +102,24 @@ mod tests {
         }
     }
 
-    /// Two devices (here two replicas on the CPU) give the single-device
-    /// step's gradient and losses.
+    /// Two devices give the single-device step's gradient and losses: two
+    /// replicas on the CPU here; with `ndarray` also a genuinely second
+    /// device (another backend), so gradients really move between devices.
     #[test]
     fn split_batches_give_the_whole_batch_gradient() {
         let device = Device::flex().autodiff();
+        check_split(&device, &device);
+        #[cfg(feature = "ndarray")]
+        #[allow(deprecated)]
+        check_split(&device, &Device::ndarray().autodiff());
+    }
+
+    fn check_split(device: &Device, second: &Device) {
         let config = RgFlowConfig::from_level_specs(8, 3, "1", "1", "1", "8").unwrap();
-        let model = rgflow::testing::jitter_parameters(config.init(&device), 0.1, 3);
+        let model = rgflow::testing::jitter_parameters(config.init(device), 0.1, 3);
         let x01: Vec<f32> = (0..5 * config.num_dims()).map(|i| ((i * 37 % 251) as f32 + 0.5) / 256.0).collect();
-        let one = gradients(&model, x01.clone(), 5, std::slice::from_ref(&device));
-        let two = gradients(&model, x01, 5, &[device.clone(), device]);
+        let one = gradients(&model, x01.clone(), 5, std::slice::from_ref(device));
+        let two = gradients(&model, x01, 5, &[device.clone(), second.clone()]);
         for (a, b) in one.nats.iter().zip(&two.nats) {
             assert!((a - b).abs() < 1e-5, "losses {a} vs {b}");
         }
