@@ -24,7 +24,13 @@ fn bf16_decoding_of_the_shipped_model_is_within_a_level_or_so() {
     let worst = f32_pixels.iter().zip(&reference).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
     assert!(worst < 1e-2, "f32 decoder differs by {worst} levels");
 
-    let bf16_pixels = pixel_levels(CpuDecoder::new(&flow, Precision::Bf16).decode(z));
+    let bf16 = CpuDecoder::new(&flow, Precision::Bf16);
+    if bf16.precision() != Precision::Bf16 {
+        assert!(!CpuDecoder::native_bf16());
+        eprintln!("no AVX512-BF16 on this CPU: bf16 decoding runs in f32, nothing more to check");
+        return;
+    }
+    let bf16_pixels = pixel_levels(bf16.decode(z));
     let mut diffs: Vec<f32> = bf16_pixels.iter().zip(&reference).map(|(a, b)| (a - b).abs()).collect();
     diffs.sort_by(f32::total_cmp);
     let mean = diffs.iter().sum::<f32>() / diffs.len() as f32;

@@ -115,9 +115,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             let per_batch = seconds_per_batch(args.sample_batches, &device, latents, |z| {
                 let _ = decoder.decode(z).into_data();
             })?;
-            let native = if precision == Precision::F32 || CpuDecoder::native_bf16() { "" } else { ", widened: this CPU has no AVX512-BF16" };
+            let ran = decoder.precision();
+            let note = if ran == precision { String::new() } else { format!(" ({precision} asked: this CPU has no AVX512-BF16)") };
             println!(
-                "sample: {:.1} images/s  ({:.0} ms per batch; CPU decoder, {precision} products{native}; packed in {:.0} ms)",
+                "sample: {:.1} images/s  ({:.0} ms per batch; CPU decoder, {ran} products{note}; packed in {:.0} ms)",
                 args.batch as f64 / per_batch,
                 per_batch * 1e3,
                 t_pack * 1e3

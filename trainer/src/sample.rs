@@ -57,7 +57,11 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
     };
     // On the CPU the packed decoder gives the same images (f32) faster.
     let decoder = if CpuDecoder::suits(&device) {
-        Some(CpuDecoder::new(&model, precision))
+        let decoder = CpuDecoder::new(&model, precision);
+        if decoder.precision() != precision {
+            eprintln!("note: this CPU has no AVX512-BF16, so --precision bf16 would only be slower; decoding in f32");
+        }
+        Some(decoder)
     } else if precision == Precision::Bf16 {
         anyhow::bail!("--precision bf16 is a CPU decoder option; {backend_name} decodes in f32 (drop --precision or use --backend cpu)");
     } else {

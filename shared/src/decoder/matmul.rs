@@ -208,7 +208,9 @@ fn check<E: Operand>(a: &[E], w: &PackedMatrix<E>, rows: usize, out: &mut [f32])
 }
 
 /// Any CPU: one panel row of accumulators per output row, which the
-/// compiler keeps in vector registers.
+/// compiler keeps in vector registers (compiled for AVX2 + FMA too, for x86
+/// CPUs without AVX-512).
+#[multiversion::multiversion(targets("x86_64+avx2+fma"))]
 fn portable_matmul<E: Operand>(a: &[E], w: &PackedMatrix<E>, rows: usize, out: &mut [f32]) {
     let (ks, groups) = (w.k_stride, w.k_stride / E::K_STEP);
     for p in 0..w.n_stride / PANEL {
@@ -448,7 +450,7 @@ mod tests {
 mod rate {
     use super::*;
 
-    fn gflops<E: TileKernels>(k: usize, n: usize, rows: usize) -> f64 {
+    fn gflops<E: TileKernels>(isa: Isa, k: usize, n: usize, rows: usize) -> f64 {
         let w: Vec<f32> = (0..k * n).map(|i| (i % 7) as f32 * 0.1).collect();
         let packed = PackedMatrix::<E>::new(&w, &vec![0.5; n], k, n);
         let a = vec![E::from_f32(0.3); rows * packed.k_stride];
@@ -456,7 +458,7 @@ mod rate {
         let iterations = 20_000;
         let start = std::time::Instant::now();
         for _ in 0..iterations {
-            E::matmul(Isa::detect(), &a, &packed, rows, &mut out);
+            E::matmul(isa, &a, &packed, rows, &mut out);
         }
         2.0 * (rows * k * packed.n_stride * iterations) as f64 / start.elapsed().as_secs_f64() / 1e9
     }
@@ -464,9 +466,12 @@ mod rate {
     #[test]
     #[ignore = "benchmark: prints GFLOP/s"]
     fn tile_rate() {
-        println!("{:?}, tiles of 64 rows, one core", Isa::detect());
-        for (k, n) in [(128, 128), (24, 128), (128, 48), (48, 128), (128, 24)] {
-            println!("[{k:>3}, {n:>3}]: f32 {:>4.0} GFLOP/s, bf16 {:>4.0} GFLOP/s", gflops::<f32>(k, n, 64), gflops::<Bf16>(k, n, 64));
+        for isa in [Isa::detect(), Isa::Portable] {
+            println!("{isa:?}, tiles of 64 rows, one core");
+            for (k, n) in [(128, 128), (24, 128), (128, 48), (48, 128), (128, 24)] {
+                let (f, b) = (gflops::<f32>(isa, k, n, 64), gflops::<Bf16>(isa, k, n, 64));
+                println!("[{k:>3}, {n:>3}]: f32 {f:>4.0} GFLOP/s, bf16 {b:>4.0} GFLOP/s");
+            }
         }
     }
 }
