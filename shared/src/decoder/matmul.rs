@@ -148,7 +148,7 @@ impl Isa {
 }
 
 /// Operand types with a matrix product (and the Swish that makes its
-/// operand, [`super::swish`]) per [`Isa`].
+/// operand, `swish.rs`) per [`Isa`].
 pub trait TileKernels: Operand {
     /// `out[i, j] = bias[j] + Σ_k a[i, k] · w[k, j]` for `i < rows`, every
     /// `j < w.n_stride`: `a` is `[rows, w.k_stride]` (padding columns zero),

@@ -7,14 +7,14 @@
 //! sub-layer, though, so [`CpuDecoder`] hands each thread a tile of block
 //! rows and runs the sub-layer's entire coupling stack on it, with the
 //! weights normalised and packed beforehand (see [`matmul`] for the kernels
-//! and [`pack`] for the checkerboard's skipped zeros): one fork-join per
+//! and `pack.rs` for the checkerboard's skipped zeros): one fork-join per
 //! sub-layer, and activations that never leave the cache.
 //!
 //! [`Precision::Bf16`] rounds the weights and the networks' activations to
 //! bfloat16 for the matrix products (accumulating in f32); on CPUs with
 //! AVX512-BF16 that doubles their rate (other CPUs decode in f32). The affine
-//! updates, residual sums and the state itself stay f32. Pixels differ from f32 decoding by about one
-//! level of 255 on average (measured by the tests on the shipped face model).
+//! updates, residual sums and the state itself stay f32. Pixels move by about
+//! half a level of 255 on average (`tests/decoder.rs`, on the shipped model).
 
 pub mod matmul;
 mod pack;
@@ -52,7 +52,7 @@ impl std::fmt::Display for Precision {
 /// Block rows per tile: enough rows to amortise reading a layer's weights,
 /// few enough that a tile's activations stay in the core's L2.
 const TILE_ROWS: usize = 64;
-const _: () = assert!(TILE_ROWS % MR == 0);
+const _: () = assert!(TILE_ROWS.is_multiple_of(MR));
 
 /// The packed coupling stacks, in the precision chosen.
 enum Stacks {
