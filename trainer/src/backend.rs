@@ -94,14 +94,20 @@ pub fn select_devices(choice: BackendChoice, n: usize) -> anyhow::Result<(Vec<De
     Ok((vec![device; n], format!("{name}, {n} shares of each batch on threads of the one CPU")))
 }
 
+/// The first `n` GPU cards, one device each: `Device::enumerate_physical`
+/// lists a card once even when several APIs reach it, and leaves out
+/// software adapters (lavapipe), which would only slow a share down.
 #[cfg(feature = "wgpu")]
 fn wgpu_devices(n: usize) -> anyhow::Result<(Vec<Device>, String)> {
-    let all = Device::enumerate(burn::tensor::DeviceType::Wgpu).into_vec();
-    if all.len() < n {
-        anyhow::bail!("--devices {n}: wgpu finds {} device(s) on this machine", all.len());
+    let cards = Device::enumerate_physical();
+    if cards.len() < n {
+        let names: Vec<&str> = cards.iter().map(|c| c.name.as_str()).collect();
+        anyhow::bail!("--devices {n}: this machine has {} GPU card(s) that wgpu reaches{}", cards.len(), if names.is_empty() { String::new() } else { format!(": {}", names.join(", ")) });
     }
-    let names: Vec<String> = adapters().into_iter().take(n).map(|a| a.name).collect();
-    Ok((all.into_iter().take(n).collect(), format!("wgpu on {n} devices ({})", names.join(", "))))
+    let cards = &cards[..n];
+    let names: Vec<&str> = cards.iter().map(|c| c.name.as_str()).collect();
+    let devices = cards.iter().map(|c| c.devices[0].clone()).collect();
+    Ok((devices, format!("wgpu on {n} GPUs ({})", names.join(", "))))
 }
 
 #[cfg(not(feature = "wgpu"))]
