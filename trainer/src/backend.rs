@@ -88,7 +88,8 @@ pub fn select_devices(choice: BackendChoice, n: usize) -> anyhow::Result<(Vec<De
     if n <= 1 {
         return Ok((vec![device], name));
     }
-    if name.starts_with("wgpu") {
+    if !rgflow::CpuDecoder::suits(&device) {
+        // Not a host-memory (CPU) backend: wgpu.
         return wgpu_devices(n);
     }
     Ok((vec![device; n], format!("{name}, {n} shares of each batch on threads of the one CPU")))
