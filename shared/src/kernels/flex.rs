@@ -7,12 +7,18 @@ use burn::tensor::{DType, Shape, TensorData};
 
 use super::{FusedKernels, cpu, reference};
 
-/// The inputs as contiguous f32 tensors, or `None` when one is of another
-/// dtype (those take the reference path).
-fn f32_inputs<const N: usize>(inputs: &[FlexTensor; N]) -> Option<[FlexTensor; N]> {
-    inputs.iter().all(|t| t.dtype() == DType::F32).then(|| {
-        inputs.clone().map(|t| if t.is_contiguous() { t } else { t.to_contiguous() })
-    })
+/// Runs `kernel` on the inputs as contiguous f32 tensors, or `reference` on
+/// them as they are when one is of another dtype.
+fn f32_or_reference<const N: usize, R>(
+    inputs: [FlexTensor; N],
+    kernel: impl FnOnce([FlexTensor; N]) -> R,
+    reference: impl FnOnce([FlexTensor; N]) -> R,
+) -> R {
+    if inputs.iter().all(|t| t.dtype() == DType::F32) {
+        kernel(inputs.map(|t| if t.is_contiguous() { t } else { t.to_contiguous() }))
+    } else {
+        reference(inputs)
+    }
 }
 
 fn f32s(t: &FlexTensor) -> &[f32] {
@@ -25,22 +31,22 @@ fn tensor(values: Vec<f32>, shape: Shape) -> FlexTensor {
 
 impl FusedKernels for Flex {
     fn swish(x: FlexTensor, bias: FlexTensor, beta: FlexTensor) -> FlexTensor {
-        let inputs = [x, bias, beta];
-        let Some([x, bias, beta]) = f32_inputs(&inputs) else {
-            let [x, bias, beta] = inputs;
-            return reference::swish::<Self>(x, bias, beta);
-        };
-        tensor(cpu::swish(f32s(&x), f32s(&bias), f32s(&beta)), x.shape())
+        f32_or_reference(
+            [x, bias, beta],
+            |[x, bias, beta]| tensor(cpu::swish(f32s(&x), f32s(&bias), f32s(&beta)), x.shape()),
+            |[x, bias, beta]| reference::swish::<Self>(x, bias, beta),
+        )
     }
 
     fn swish_backward(x: FlexTensor, bias: FlexTensor, beta: FlexTensor, grad: FlexTensor) -> (FlexTensor, FlexTensor, FlexTensor) {
-        let inputs = [x, bias, beta, grad];
-        let Some([x, bias, beta, grad]) = f32_inputs(&inputs) else {
-            let [x, bias, beta, grad] = inputs;
-            return reference::swish_backward::<Self>(x, bias, beta, grad);
-        };
-        let (grad_x, grad_bias, grad_beta) = cpu::swish_backward(f32s(&x), f32s(&bias), f32s(&beta), f32s(&grad));
-        (tensor(grad_x, x.shape()), tensor(grad_bias, bias.shape()), tensor(grad_beta, beta.shape()))
+        f32_or_reference(
+            [x, bias, beta, grad],
+            |[x, bias, beta, grad]| {
+                let (grad_x, grad_bias, grad_beta) = cpu::swish_backward(f32s(&x), f32s(&bias), f32s(&beta), f32s(&grad));
+                (tensor(grad_x, x.shape()), tensor(grad_bias, bias.shape()), tensor(grad_beta, beta.shape()))
+            },
+            |[x, bias, beta, grad]| reference::swish_backward::<Self>(x, bias, beta, grad),
+        )
     }
 
     fn matmul(lhs: FlexTensor, rhs: FlexTensor) -> FlexTensor {
@@ -76,42 +82,42 @@ impl FusedKernels for Flex {
     }
 
     fn weight_norm(v: FlexTensor, g: FlexTensor) -> FlexTensor {
-        let inputs = [v, g];
-        let Some([v, g]) = f32_inputs(&inputs) else {
-            let [v, g] = inputs;
-            return reference::weight_norm::<Self>(v, g);
-        };
-        tensor(cpu::weight_norm(f32s(&v), f32s(&g)), v.shape())
+        f32_or_reference(
+            [v, g],
+            |[v, g]| tensor(cpu::weight_norm(f32s(&v), f32s(&g)), v.shape()),
+            |[v, g]| reference::weight_norm::<Self>(v, g),
+        )
     }
 
     fn weight_norm_backward(v: FlexTensor, g: FlexTensor, grad: FlexTensor) -> (FlexTensor, FlexTensor) {
-        let inputs = [v, g, grad];
-        let Some([v, g, grad]) = f32_inputs(&inputs) else {
-            let [v, g, grad] = inputs;
-            return reference::weight_norm_backward::<Self>(v, g, grad);
-        };
-        let (grad_v, grad_g) = cpu::weight_norm_backward(f32s(&v), f32s(&g), f32s(&grad));
-        (tensor(grad_v, v.shape()), tensor(grad_g, g.shape()))
+        f32_or_reference(
+            [v, g, grad],
+            |[v, g, grad]| {
+                let (grad_v, grad_g) = cpu::weight_norm_backward(f32s(&v), f32s(&g), f32s(&grad));
+                (tensor(grad_v, v.shape()), tensor(grad_g, g.shape()))
+            },
+            |[v, g, grad]| reference::weight_norm_backward::<Self>(v, g, grad),
+        )
     }
 
     fn residual(x: FlexTensor, h: FlexTensor, bias: FlexTensor) -> FlexTensor {
-        let inputs = [x, h, bias];
-        let Some([x, h, bias]) = f32_inputs(&inputs) else {
-            let [x, h, bias] = inputs;
-            return reference::residual::<Self>(x, h, bias);
-        };
-        tensor(cpu::residual(f32s(&x), f32s(&h), f32s(&bias)), x.shape())
+        f32_or_reference(
+            [x, h, bias],
+            |[x, h, bias]| tensor(cpu::residual(f32s(&x), f32s(&h), f32s(&bias)), x.shape()),
+            |[x, h, bias]| reference::residual::<Self>(x, h, bias),
+        )
     }
 
     fn residual_backward(grad: FlexTensor) -> (FlexTensor, FlexTensor) {
-        let inputs = [grad];
-        let Some([grad]) = f32_inputs(&inputs) else {
-            let [grad] = inputs;
-            return reference::residual_backward::<Self>(grad);
-        };
-        let features = grad.shape()[1];
-        let (scaled, grad_bias) = cpu::residual_backward(f32s(&grad), features);
-        (tensor(scaled, grad.shape()), tensor(grad_bias, Shape::new([features])))
+        f32_or_reference(
+            [grad],
+            |[grad]| {
+                let features = grad.shape()[1];
+                let (scaled, grad_bias) = cpu::residual_backward(f32s(&grad), features);
+                (tensor(scaled, grad.shape()), tensor(grad_bias, Shape::new([features])))
+            },
+            |[grad]| reference::residual_backward::<Self>(grad),
+        )
     }
 
     fn coupling_update(
@@ -123,12 +129,13 @@ impl FusedKernels for Flex {
         mask: FlexTensor,
         inverse: bool,
     ) -> FlexTensor {
-        let inputs = [x, s_raw, t_raw, s_scale, t_scale, mask];
-        let Some(t) = f32_inputs(&inputs) else {
-            let [x, s_raw, t_raw, s_scale, t_scale, mask] = inputs;
-            return reference::coupling_update::<Self>(x, s_raw, t_raw, s_scale, t_scale, mask, inverse);
-        };
-        tensor(cpu::coupling_update(coupling(&t, inverse)), t[0].shape())
+        f32_or_reference(
+            [x, s_raw, t_raw, s_scale, t_scale, mask],
+            |t| tensor(cpu::coupling_update(coupling(&t, inverse)), t[0].shape()),
+            |[x, s_raw, t_raw, s_scale, t_scale, mask]| {
+                reference::coupling_update::<Self>(x, s_raw, t_raw, s_scale, t_scale, mask, inverse)
+            },
+        )
     }
 
     fn coupling_update_backward(
@@ -141,30 +148,36 @@ impl FusedKernels for Flex {
         inverse: bool,
         grad: FlexTensor,
     ) -> (FlexTensor, FlexTensor, FlexTensor, FlexTensor, FlexTensor) {
-        let inputs = [x, s_raw, t_raw, s_scale, t_scale, mask, grad];
-        let Some(t) = f32_inputs(&inputs) else {
-            let [x, s_raw, t_raw, s_scale, t_scale, mask, grad] = inputs;
-            let [x, s_raw, t_raw, s_scale, t_scale] =
-                reference::coupling_update_backward::<Self>(x, s_raw, t_raw, s_scale, t_scale, mask, inverse, grad);
-            return (x, s_raw, t_raw, s_scale, t_scale);
-        };
-        let g = cpu::coupling_update_backward(coupling(&t, inverse), f32s(&t[6]));
-        let (rows, features) = (t[0].shape(), t[3].shape());
-        (
-            tensor(g.x, rows.clone()),
-            tensor(g.s_raw, rows.clone()),
-            tensor(g.t_raw, rows),
-            tensor(g.s_scale, features.clone()),
-            tensor(g.t_scale, features),
+        f32_or_reference(
+            [x, s_raw, t_raw, s_scale, t_scale, mask, grad],
+            |t| {
+                let g = cpu::coupling_update_backward(coupling(&t, inverse), f32s(&t[6]));
+                let (rows, features) = (t[0].shape(), t[3].shape());
+                (
+                    tensor(g.x, rows.clone()),
+                    tensor(g.s_raw, rows.clone()),
+                    tensor(g.t_raw, rows),
+                    tensor(g.s_scale, features.clone()),
+                    tensor(g.t_scale, features),
+                )
+            },
+            |[x, s_raw, t_raw, s_scale, t_scale, mask, grad]| {
+                let [x, s_raw, t_raw, s_scale, t_scale] =
+                    reference::coupling_update_backward::<Self>(x, s_raw, t_raw, s_scale, t_scale, mask, inverse, grad);
+                (x, s_raw, t_raw, s_scale, t_scale)
+            },
         )
     }
 
     fn coupling_log_scale(s_raw: FlexTensor, s_scale: FlexTensor, mask: FlexTensor) -> FlexTensor {
-        let Some([s_raw, s_scale, mask]) = f32_inputs(&[s_raw.clone(), s_scale.clone(), mask.clone()]) else {
-            return reference::coupling_log_scale::<Self>(s_raw, s_scale, mask);
-        };
-        let rows = s_raw.shape()[0];
-        tensor(cpu::coupling_log_scale(f32s(&s_raw), f32s(&s_scale), f32s(&mask)), Shape::new([rows]))
+        f32_or_reference(
+            [s_raw, s_scale, mask],
+            |[s_raw, s_scale, mask]| {
+                let rows = s_raw.shape()[0];
+                tensor(cpu::coupling_log_scale(f32s(&s_raw), f32s(&s_scale), f32s(&mask)), Shape::new([rows]))
+            },
+            |[s_raw, s_scale, mask]| reference::coupling_log_scale::<Self>(s_raw, s_scale, mask),
+        )
     }
 
     fn coupling_log_scale_backward(
@@ -173,13 +186,14 @@ impl FusedKernels for Flex {
         mask: FlexTensor,
         grad: FlexTensor,
     ) -> (FlexTensor, FlexTensor) {
-        let inputs = [s_raw, s_scale, mask, grad];
-        let Some([s_raw, s_scale, mask, grad]) = f32_inputs(&inputs) else {
-            let [s_raw, s_scale, mask, grad] = inputs;
-            return reference::coupling_log_scale_backward::<Self>(s_raw, s_scale, mask, grad);
-        };
-        let (g_raw, g_scale) = cpu::coupling_log_scale_backward(f32s(&s_raw), f32s(&s_scale), f32s(&mask), f32s(&grad));
-        (tensor(g_raw, s_raw.shape()), tensor(g_scale, s_scale.shape()))
+        f32_or_reference(
+            [s_raw, s_scale, mask, grad],
+            |[s_raw, s_scale, mask, grad]| {
+                let (g_raw, g_scale) = cpu::coupling_log_scale_backward(f32s(&s_raw), f32s(&s_scale), f32s(&mask), f32s(&grad));
+                (tensor(g_raw, s_raw.shape()), tensor(g_scale, s_scale.shape()))
+            },
+            |[s_raw, s_scale, mask, grad]| reference::coupling_log_scale_backward::<Self>(s_raw, s_scale, mask, grad),
+        )
     }
 }
 
