@@ -146,9 +146,9 @@ impl CpuDecoder {
         assert_eq!(z.len() % n, 0, "latents are not [B, {n}]");
         let batch = z.len() / n;
         let depth = stacks.len();
-        let mut state = z.to_vec();
+        let mut state = Vec::new();
         for j in 0..depth {
-            state = gather(&state, n, &self.gathers[j]);
+            state = gather(if j == 0 { z } else { &state }, n, &self.gathers[j]);
             let k = depth - 1 - j;
             self.invert_sublayer(&stacks[k], self.blocks[k], &mut state, batch);
         }
