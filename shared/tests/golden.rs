@@ -1,6 +1,7 @@
 //! The model reproduces the authors' PyTorch code: every `NAME.safetensors` +
-//! `NAME.json` pair in `$RGFLOW_GOLDEN_DIR` (default `../shared/golden` from
-//! the workspace root) is loaded and checked in f32, on every enabled backend.
+//! `NAME.json` pair in `tests/golden/` (the vectors shipped with the crate)
+//! and in `$RGFLOW_GOLDEN_DIR` when it is set (others you made with their
+//! code) is loaded and checked in f32, on every enabled backend.
 
 use std::path::{Path, PathBuf};
 
@@ -11,11 +12,11 @@ use rgflow::import::{ReferenceConfig, StateDict, load_reference};
 
 const TOLERANCE: f64 = 1e-4;
 
-fn golden_dir() -> PathBuf {
-    match std::env::var_os("RGFLOW_GOLDEN_DIR") {
-        Some(dir) => PathBuf::from(dir),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/golden"),
-    }
+/// The golden folders: the crate's own, then `$RGFLOW_GOLDEN_DIR`'s.
+fn golden_dirs() -> Vec<PathBuf> {
+    let mut dirs = vec![Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden")];
+    dirs.extend(std::env::var_os("RGFLOW_GOLDEN_DIR").map(PathBuf::from));
+    dirs
 }
 
 /// `(json, safetensors)` pairs in the golden folder; panics if there are none.
@@ -60,7 +61,7 @@ fn check(case: &str, what: &str, ours: &[f32], state: &StateDict, name: &str) {
 }
 
 fn run_golden(device: &Device) {
-    for (json, st) in golden_cases_in(&golden_dir()) {
+    for (json, st) in golden_dirs().iter().flat_map(|d| golden_cases_in(d)) {
         let case = json.file_stem().unwrap().to_string_lossy().to_string();
         let reference = ReferenceConfig::from_json(&std::fs::read_to_string(&json).unwrap()).unwrap();
         let config = reference.to_config().unwrap();
