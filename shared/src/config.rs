@@ -131,15 +131,37 @@ impl RgFlowConfig {
         self.channels * self.image_size * self.image_size
     }
 
+    /// Parameters of the model this config builds (weight-normalised linear
+    /// layers count direction, gain and bias; each Swish its β; each network
+    /// its final scale), computed without building it.
+    pub fn num_parameters(&self) -> u64 {
+        let d = self.block_dim() as u64;
+        (0..self.depth())
+            .map(|k| {
+                let (h, nmlp, nres) = (self.nhidden[k] as u64, self.nmlp[k] as u64, self.nresblocks[k] as u64);
+                // Widths D → H (× nmlp) → D: a linear layer is in·out + 2·out,
+                // a Swish before each has `in` values of β.
+                let linears = d * h + 2 * h + (nmlp - 1) * (h * h + 2 * h) + h * d + 2 * d;
+                let swishes = d + (nmlp - 1) * h + h;
+                2 * self.nlayers[k] as u64 * (nres * (linears + swishes) + d)
+            })
+            .sum()
+    }
+
     /// Checks every value; the model is only built from a valid config.
+    ///
+    /// Beyond the model's own rules, sizes are capped so that an untrusted
+    /// weight file cannot make a reader allocate without bound before a
+    /// single tensor is checked: L ≤ 1024, K ≤ 16, widths ≤ 4096, layer and
+    /// block counts ≤ 64, and at most 100 M parameters in all.
     pub fn validate(&self) -> ConfigResult<()> {
         check_geometry(self.image_size, self.channels, self.kernel_size)?;
         let depth = self.depth();
-        for (name, list, min) in [
-            ("nlayers", &self.nlayers, 1),
-            ("nresblocks", &self.nresblocks, 0),
-            ("nmlp", &self.nmlp, 1),
-            ("nhidden", &self.nhidden, 1),
+        for (name, list, min, max) in [
+            ("nlayers", &self.nlayers, 1, MAX_COUNT),
+            ("nresblocks", &self.nresblocks, 0, MAX_COUNT),
+            ("nmlp", &self.nmlp, 1, MAX_COUNT),
+            ("nhidden", &self.nhidden, 1, MAX_WIDTH),
         ] {
             if list.len() != depth {
                 return Err(Error::Config(format!(
@@ -149,9 +171,15 @@ impl RgFlowConfig {
                     self.kernel_size
                 )));
             }
-            if let Some(v) = list.iter().find(|&&v| v < min) {
-                return Err(Error::Config(format!("{name} entries must be at least {min}, got {v}")));
+            if let Some(v) = list.iter().find(|&&v| v < min || v > max) {
+                return Err(Error::Config(format!("{name} entries must lie in {min}..={max}, got {v}")));
             }
+        }
+        if self.num_parameters() > MAX_PARAMETERS {
+            return Err(Error::Config(format!(
+                "the config describes {} parameters; at most {MAX_PARAMETERS} are accepted",
+                self.num_parameters()
+            )));
         }
         if !(self.logit_constraint > 0.0 && self.logit_constraint < 1.0) {
             return Err(Error::Config(format!(
@@ -174,12 +202,23 @@ impl RgFlowConfig {
     }
 }
 
+/// The largest image edge, kernel, width and layer count a config may have.
+const MAX_IMAGE_SIZE: usize = 1024;
+const MAX_KERNEL_SIZE: usize = 16;
+const MAX_WIDTH: usize = 4096;
+const MAX_COUNT: usize = 64;
+const MAX_PARAMETERS: u64 = 100_000_000;
+
 fn check_geometry(image_size: usize, channels: usize, kernel_size: usize) -> ConfigResult<()> {
-    if channels == 0 {
-        return Err(Error::Config("channels must be at least 1".into()));
+    // Images are gray or RGB everywhere pixels enter or leave the model.
+    if channels != 1 && channels != 3 {
+        return Err(Error::Config(format!("channels must be 1 (gray) or 3 (RGB), got {channels}")));
     }
-    if kernel_size < 2 || !kernel_size.is_multiple_of(2) {
-        return Err(Error::Config(format!("kernel_size must be even and at least 2, got {kernel_size}")));
+    if !(2..=MAX_KERNEL_SIZE).contains(&kernel_size) || !kernel_size.is_multiple_of(2) {
+        return Err(Error::Config(format!("kernel_size must be even and in 2..={MAX_KERNEL_SIZE}, got {kernel_size}")));
+    }
+    if image_size > MAX_IMAGE_SIZE {
+        return Err(Error::Config(format!("image size L must be at most {MAX_IMAGE_SIZE}, got {image_size}")));
     }
     if !image_size.is_power_of_two() || image_size < kernel_size || !image_size.is_multiple_of(kernel_size) {
         return Err(Error::Config(format!(
@@ -216,5 +255,23 @@ mod tests {
         assert_eq!((c.levels(), c.depth(), c.block_dim()), (4, 8, 48));
         let bad = c.clone().with_logit_constraint(1.0);
         assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn sizes_an_untrusted_file_could_claim_are_refused() {
+        let c = RgFlowConfig::from_level_specs(32, 3, "4,3,2,1", "2", "2", "128").unwrap();
+        let device = Device::flex();
+        assert_eq!(c.num_parameters(), c.init(&device).num_parameters() as u64);
+        let small = RgFlowConfig::from_level_specs(8, 1, "2", "1", "3", "7").unwrap();
+        assert_eq!(small.num_parameters(), small.init(&device).num_parameters() as u64);
+        for (what, bad) in [
+            ("channels", RgFlowConfig { channels: 2, ..c.clone() }),
+            ("L", RgFlowConfig { image_size: 1 << 40, ..c.clone() }),
+            ("nhidden", RgFlowConfig { nhidden: vec![1 << 20; 8], ..c.clone() }),
+            ("nlayers", RgFlowConfig { nlayers: vec![1000; 8], ..c.clone() }),
+            ("parameters", RgFlowConfig { nhidden: vec![4096; 8], nlayers: vec![64; 8], ..c.clone() }),
+        ] {
+            assert!(bad.validate().is_err(), "{what}");
+        }
     }
 }

@@ -17,19 +17,47 @@ pub enum Crop {
     CenterFractionOfWidth(f64),
     /// The whole image, squashed to a square if it is not one.
     None,
+    /// A square of side `side` (a fraction of the width; above 1 it is larger
+    /// than the image) centred `(dx, dy)` widths right of and below the
+    /// image's centre. Parts outside the image repeat its edge pixels. It
+    /// re-frames crops tighter than CelebA's (UTKFace) to CelebA's framing.
+    Window { side: f64, dx: f64, dy: f64 },
 }
 
 impl Crop {
-    /// The crop box `(x, y, w, h)` in an image of `width×height`. Offsets are
-    /// rounded down (the half-size CelebA copy has offsets 7.5 and 17.5).
-    pub fn rect(&self, width: u32, height: u32) -> (u32, u32, u32, u32) {
+    /// The crop box `(x, y, w, h)` in an image of `width×height`; it may
+    /// reach outside the image only for [`Crop::Window`]. Offsets are rounded
+    /// down (the half-size CelebA copy has offsets 7.5 and 17.5).
+    pub fn rect(&self, width: u32, height: u32) -> (i64, i64, u32, u32) {
         let side = match *self {
             Crop::None => return (0, 0, width, height),
             Crop::CenterSquare => width.min(height),
             Crop::CenterFractionOfWidth(f) => ((width as f64 * f).round() as u32).clamp(1, width.min(height)),
+            Crop::Window { side, dx, dy } => {
+                let w = width as f64;
+                let s = (w * side).round().max(1.0);
+                let x = (w / 2.0 + dx * w - s / 2.0).floor() as i64;
+                let y = (height as f64 / 2.0 + dy * w - s / 2.0).floor() as i64;
+                return (x, y, s as u32, s as u32);
+            }
         };
-        ((width - side) / 2, (height - side) / 2, side, side)
+        (((width - side) / 2) as i64, ((height - side) / 2) as i64, side, side)
     }
+}
+
+/// The `w×h` part of `img` at `(x, y)`, where parts outside the image repeat
+/// its nearest edge pixel.
+fn crop_clamped(img: &DynamicImage, x: i64, y: i64, w: u32, h: u32) -> DynamicImage {
+    let inside = x >= 0 && y >= 0 && x + w as i64 <= img.width() as i64 && y + h as i64 <= img.height() as i64;
+    if inside {
+        return img.crop_imm(x as u32, y as u32, w, h);
+    }
+    let rgba = img.to_rgba8();
+    let clamp = |v: i64, n: u32| v.clamp(0, n as i64 - 1) as u32;
+    let out = image::RgbaImage::from_fn(w, h, |i, j| {
+        *rgba.get_pixel(clamp(x + i as i64, img.width()), clamp(y + j as i64, img.height()))
+    });
+    DynamicImage::ImageRgba8(out)
 }
 
 /// Crops, resizes (area-averaging triangle filter, like PIL's antialiased
@@ -41,7 +69,7 @@ pub fn prepare(img: &DynamicImage, crop: Crop, size: usize, channels: usize) -> 
         return Err(Error::Shape("empty image".into()));
     }
     let (x, y, w, h) = crop.rect(img.width(), img.height());
-    let cropped = img.crop_imm(x, y, w, h);
+    let cropped = crop_clamped(img, x, y, w, h);
     let resized = cropped.resize_exact(size as u32, size as u32, FilterType::Triangle);
     let plane = size * size;
     match channels {
@@ -60,9 +88,23 @@ pub fn prepare(img: &DynamicImage, crop: Crop, size: usize, channels: usize) -> 
     }
 }
 
+/// The largest image [`decode_and_prepare`] decodes: 8192 pixels on a side
+/// and 256 MiB of decoded pixels, so a crafted header cannot make it allocate
+/// without bound.
+pub const MAX_IMAGE_SIDE: u32 = 8192;
+const MAX_DECODED_BYTES: u64 = 256 << 20;
+
 /// Decodes an encoded image (PNG or JPEG) and [`prepare`]s it.
 pub fn decode_and_prepare(bytes: &[u8], crop: Crop, size: usize, channels: usize) -> Result<Vec<u8>> {
-    let img = image::load_from_memory(bytes).map_err(|e| Error::Image(e.to_string()))?;
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_IMAGE_SIDE);
+    limits.max_image_height = Some(MAX_IMAGE_SIDE);
+    limits.max_alloc = Some(MAX_DECODED_BYTES);
+    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| Error::Image(e.to_string()))?;
+    reader.limits(limits);
+    let img = reader.decode().map_err(|e| Error::Image(e.to_string()))?;
     prepare(&img, crop, size, channels)
 }
 
@@ -120,6 +162,21 @@ mod tests {
     }
 
     #[test]
+    fn windows_past_the_edge_repeat_edge_pixels() {
+        let crop = Crop::Window { side: 1.5, dx: 0.0, dy: -0.25 };
+        assert_eq!(crop.rect(200, 200), (-50, -100, 300, 300));
+        // Left half black, right half white; a window twice as wide keeps the
+        // halves and fills the outside with their edge colours.
+        let img = DynamicImage::ImageRgb8(RgbImage::from_fn(4, 4, |x, _| image::Rgb([if x < 2 { 0 } else { 255 }; 3])));
+        let wide = prepare(&img, Crop::Window { side: 2.0, dx: 0.0, dy: 0.0 }, 8, 1).unwrap();
+        for row in wide.chunks(8) {
+            assert_eq!(row, &[0, 0, 0, 0, 255, 255, 255, 255]);
+        }
+        let inside = prepare(&img, Crop::Window { side: 0.5, dx: 0.25, dy: 0.0 }, 2, 1).unwrap();
+        assert_eq!(inside, vec![255; 4]);
+    }
+
+    #[test]
     fn prepare_gives_planar_channels() {
         let img = DynamicImage::ImageRgb8(RgbImage::from_pixel(10, 20, image::Rgb([10, 20, 30])));
         let chw = prepare(&img, Crop::CenterSquare, 4, 3).unwrap();
@@ -128,6 +185,26 @@ mod tests {
         let mut flipped = (0u8..16).collect::<Vec<_>>();
         flip_horizontal(&mut flipped, 4);
         assert_eq!(&flipped[..4], &[3, 2, 1, 0]);
+    }
+
+    #[test]
+    fn images_larger_than_the_limits_are_refused_before_decoding() {
+        // A PNG header claiming 100000 × 100000 pixels (its data never follows).
+        let mut png = Vec::new();
+        RgbImage::new(1, 1).write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).unwrap();
+        png[16..20].copy_from_slice(&100_000u32.to_be_bytes());
+        png[20..24].copy_from_slice(&100_000u32.to_be_bytes());
+        // The IHDR chunk's CRC-32 (over its type and data), so only the size is wrong.
+        let crc = !png[12..29].iter().fold(!0u32, |mut c, &b| {
+            c ^= b as u32;
+            for _ in 0..8 {
+                c = if c & 1 == 1 { (c >> 1) ^ 0xEDB8_8320 } else { c >> 1 };
+            }
+            c
+        });
+        png[29..33].copy_from_slice(&crc.to_be_bytes());
+        let err = decode_and_prepare(&png, Crop::None, 8, 3).unwrap_err().to_string();
+        assert!(err.to_lowercase().contains("limit") || err.contains("too large"), "{err}");
     }
 
     #[test]

@@ -67,3 +67,10 @@ pub fn bits_per_dim(log_prob: Tensor<1>, ldj_logit: Tensor<1>, num_dims: usize) 
         .add_scalar(256f64.ln())
         .div_scalar(std::f64::consts::LN_2)
 }
+
+/// The training loss, `-(log p + ldj)/D` nats per dimension of the data in
+/// `[0, 1]`, as bits per dimension of the 8-bit data: `(nats + ln 256) / ln 2`
+/// (the same number [`bits_per_dim`] computes from its parts).
+pub fn nats_to_bits_per_dim(nats: f64) -> f64 {
+    (nats + 256f64.ln()) / std::f64::consts::LN_2
+}

@@ -71,10 +71,20 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = path.file_name().ok_or_else(|| io(std::io::Error::other("no file name")))?;
     let tmp = dir.join(format!(".{}.tmp{}", name.to_string_lossy(), std::process::id()));
-    let mut file = std::fs::File::create(&tmp).map_err(io)?;
-    file.write_all(bytes).and_then(|_| file.sync_all()).map_err(io)?;
-    drop(file);
-    std::fs::rename(&tmp, path).map_err(io)
+    let written = std::fs::File::create(&tmp).and_then(|mut file| {
+        file.write_all(bytes)?;
+        file.sync_all()
+    });
+    // A failed write (a full disk) leaves the previous file as it was and no
+    // temporary file behind.
+    if let Err(e) = written.and_then(|()| std::fs::rename(&tmp, path)) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io(e));
+    }
+    // The rename is durable only once the folder's entry is on disk too.
+    #[cfg(unix)]
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+    Ok(())
 }
 
 /// Saves the flow (f32) atomically.
@@ -177,6 +187,25 @@ mod tests {
 
     fn config(nhidden: &str) -> RgFlowConfig {
         RgFlowConfig::from_level_specs(8, 3, "1", "1", "1", nhidden).unwrap()
+    }
+
+    #[test]
+    fn a_failed_write_keeps_the_old_file_and_leaves_no_temporary() {
+        let dir = std::env::temp_dir().join(format!("rgflow-write-atomic-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = dir.join("model.rgflow");
+        write_atomic(&good, b"first").unwrap();
+        write_atomic(&good, b"second").unwrap();
+        assert_eq!(std::fs::read(&good).unwrap(), b"second");
+        // The rename cannot replace a non-empty folder: the write fails
+        // after the temporary file was written, which must not stay behind.
+        let blocked = dir.join("blocked");
+        std::fs::create_dir_all(blocked.join("inside")).unwrap();
+        assert!(write_atomic(&blocked, b"never").is_err());
+        let names: Vec<String> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        assert!(names.iter().all(|n| !n.contains(".tmp")), "temporary files left: {names:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -21,10 +21,10 @@ pub struct BenchArgs {
     #[command(flatten)]
     pub model: ModelArgs,
     /// Images per step.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = crate::at_least_one::<usize>())]
     pub batch: usize,
     /// Timed training steps (after 2 warm-up steps).
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = crate::at_least_one::<usize>())]
     pub steps: usize,
     /// Timed sampling batches (after 1 warm-up batch).
     #[arg(long, default_value_t = 5)]

@@ -9,7 +9,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::backend::{BackendChoice, select};
 use crate::data::{self, EpochOptions, Loader, SourceSpec, Split, images_tensor};
-use crate::model_io::{load_model, resolve_model_path};
+use crate::model_io::{WeightsChoice, load_model_with, resolve_model_path};
 
 /// Arguments of `trainer eval`.
 #[derive(Debug, Args)]
@@ -17,6 +17,10 @@ pub struct EvalArgs {
     /// Weights (`export` output) or a training checkpoint; default: the shipped model.
     #[arg(long)]
     pub model: Option<PathBuf>,
+    /// Which weights of a training checkpoint: their moving average (when
+    /// the run keeps one) or the raw weights.
+    #[arg(long, value_enum, default_value_t = WeightsChoice::Average)]
+    pub weights: WeightsChoice,
     /// Data source(s), as for `train`.
     #[arg(long = "data", required = true)]
     pub data: Vec<SourceSpec>,
@@ -24,13 +28,13 @@ pub struct EvalArgs {
     #[arg(long, value_enum, default_value_t = Split::Test)]
     pub split: Split,
     /// Dequantisation draws averaged per image.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = crate::at_least_one::<usize>())]
     pub draws: usize,
     /// Evaluate at most this many images.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::at_least_one::<usize>())]
     pub limit: Option<usize>,
     /// Images per batch.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = crate::at_least_one::<usize>())]
     pub batch: usize,
     /// Seed of the dequantisation noise.
     #[arg(long, default_value_t = 0)]
@@ -53,7 +57,7 @@ pub fn mean_std(values: &[f64]) -> (f64, f64) {
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     let (device, backend_name) = select(args.backend)?;
     let path = resolve_model_path(args.model)?;
-    let model = load_model(&path, &device)?;
+    let model = load_model_with(&path, &device, args.weights)?;
     let c = model.config().clone();
     let dataset = data::open(&args.data)?;
     let mut items = dataset.split(args.split)?.to_vec();
@@ -67,7 +71,8 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     let options = EpochOptions { shuffle: false, flip: false, dequantize: false, batch_size: args.batch };
     let mut per_image = Vec::new();
     let start = std::time::Instant::now();
-    for (b, batch) in loader.epoch(0, 0, options).iter().enumerate() {
+    for (b, batch) in loader.epoch(0, 0, options).enumerate() {
+        let batch = batch?;
         let mut sums = vec![0f64; batch.len];
         for draw in 0..args.draws {
             // x01 = k/255 here; dequantise as (k + u)/256 with seeded noise.

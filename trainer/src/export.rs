@@ -7,7 +7,7 @@ use burn::prelude::*;
 use clap::Args;
 use rgflow::store::Precision;
 
-use crate::model_io::load_model;
+use crate::model_io::{WeightsChoice, load_model_with};
 
 /// Arguments of `trainer export`.
 #[derive(Debug, Args)]
@@ -15,6 +15,10 @@ pub struct ExportArgs {
     /// A training checkpoint (or weight file) to export.
     #[arg(long)]
     pub checkpoint: PathBuf,
+    /// Which weights of a training checkpoint: their moving average (when
+    /// the run keeps one) or the raw weights.
+    #[arg(long, value_enum, default_value_t = WeightsChoice::Average)]
+    pub weights: WeightsChoice,
     /// Output weight file (e.g. `models/celeba32.rgflow`).
     #[arg(long, short)]
     pub out: PathBuf,
@@ -25,12 +29,12 @@ pub struct ExportArgs {
 
 pub fn run(args: ExportArgs) -> anyhow::Result<()> {
     let device = Device::flex();
-    let model = load_model(&args.checkpoint, &device)?;
+    let model = load_model_with(&args.checkpoint, &device, args.weights)?;
     let precision = if args.f16 { Precision::F16 } else { Precision::F32 };
     let bytes = rgflow::store::to_bytes(&model, precision)?;
-    rgflow::store::write_atomic(&args.out, &bytes)?;
-    // Validate: the written file loads and gives the same model up to rounding.
-    let back = rgflow::store::load(&args.out, &device)?;
+    // Validate before anything is written, so a bad export never replaces a
+    // good file: the bytes load back and give the same model up to rounding.
+    let back = rgflow::store::from_bytes(bytes.clone(), &args.out.display().to_string(), &device)?;
     let probe = Tensor::<4>::random(
         [2, model.config().channels, model.config().image_size, model.config().image_size],
         burn::tensor::Distribution::Normal(0.0, 1.0),
@@ -38,11 +42,18 @@ pub fn run(args: ExportArgs) -> anyhow::Result<()> {
     );
     let a = model.log_prob(probe.clone()).into_data().try_to_vec::<f32>().expect("f32");
     let b = back.log_prob(probe).into_data().try_to_vec::<f32>().expect("f32");
+    if let Some(bad) = a.iter().chain(&b).find(|v| !v.is_finite()) {
+        anyhow::bail!(
+            "{} holds weights that give a log-probability of {bad}: not exported (a diverged run? try an earlier checkpoint)",
+            args.checkpoint.display()
+        );
+    }
     let worst = a.iter().zip(&b).map(|(x, y)| ((x - y) / x.abs().max(1.0)).abs()).fold(0f32, f32::max);
     let tolerance = if args.f16 { 1e-2 } else { 1e-6 };
-    if worst > tolerance {
-        anyhow::bail!("exported weights do not reproduce the model (relative log-prob error {worst})");
+    if !(worst <= tolerance) {
+        anyhow::bail!("exported weights do not reproduce the model (relative log-prob error {worst}); nothing written");
     }
+    rgflow::store::write_atomic(&args.out, &bytes)?;
     println!(
         "wrote {} ({:.2} MB, {:?}, {} parameters; log-prob check rel. err {worst:.1e})",
         args.out.display(),

@@ -4,6 +4,7 @@ mod backend;
 mod bench;
 mod checkpoint;
 mod data;
+mod ema;
 mod eval;
 mod explore;
 mod export;
@@ -11,6 +12,7 @@ mod model_args;
 mod model_io;
 mod optim;
 mod parallel;
+mod plot;
 mod sample;
 mod train;
 
@@ -34,6 +36,8 @@ enum Command {
     Sample(sample::SampleArgs),
     /// Export weights for the web demo and the CLI.
     Export(export::ExportArgs),
+    /// Learning curves of one or more runs (`log.jsonl`) as a PNG.
+    Plot(plot::PlotArgs),
     /// Training and sampling throughput for a config.
     Bench(bench::BenchArgs),
     /// Mixing across scales: A's coarse latents with B's fine ones, for every cut-off λ.
@@ -48,6 +52,16 @@ enum Command {
     Inpaint(explore::inpaint::InpaintArgs),
     /// Cost of a local edit against a full pass, for several L.
     BenchLocal(explore::bench_local::BenchLocalArgs),
+}
+
+/// A flag's value parser for counts that must be at least 1 (images, rows,
+/// steps, draws, zoom): 0 is refused with a message naming the flag.
+pub fn at_least_one<T>() -> clap::builder::RangedU64ValueParser<T>
+where
+    T: TryFrom<u64> + Clone + Send + Sync + 'static,
+    <T as TryFrom<u64>>::Error: std::fmt::Display + Send + Sync + 'static,
+{
+    clap::builder::RangedU64ValueParser::<T>::new().range(1..)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -67,6 +81,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Eval(a) => eval::run(a),
         Command::Sample(a) => sample::run(a),
         Command::Export(a) => export::run(a),
+        Command::Plot(a) => plot::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Mix(a) => explore::mix::run(a),
         Command::Factor(a) => explore::factor::run(a),

@@ -25,10 +25,36 @@ pub fn resolve_model_path(path: Option<PathBuf>) -> anyhow::Result<PathBuf> {
         .with_context(|| format!("no --model given and the default model {DEFAULT_MODEL} is not there"))
 }
 
-/// Loads weights from an rgflow weight file or a training checkpoint.
+/// Which of a checkpoint's weights to load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum WeightsChoice {
+    /// The exponential moving average when the checkpoint keeps one (it
+    /// scores better and samples cleaner), else the raw weights.
+    #[default]
+    Average,
+    /// The weights the optimiser updates.
+    Raw,
+}
+
+/// Loads weights from an rgflow weight file or a training checkpoint (its
+/// weight average, when it keeps one).
 pub fn load_model(path: &Path, device: &Device) -> anyhow::Result<RgFlow> {
+    load_model_with(path, device, WeightsChoice::Average)
+}
+
+/// Loads weights from an rgflow weight file or a training checkpoint; `choice`
+/// picks a checkpoint's raw weights or their average (a weight file holds one set).
+pub fn load_model_with(path: &Path, device: &Device, choice: WeightsChoice) -> anyhow::Result<RgFlow> {
     let bytes = std::fs::read(path).with_context(|| format!("reading model {}", path.display()))?;
-    let weights = if bytes.starts_with(b"RGFLOWCK") { Checkpoint::from_bytes(&bytes, path)?.model } else { bytes };
+    let weights = if bytes.starts_with(b"RGFLOWCK") {
+        let ckpt = Checkpoint::from_bytes(&bytes, path)?;
+        match (choice, ckpt.ema) {
+            (WeightsChoice::Average, Some(ema)) => ema,
+            _ => ckpt.model,
+        }
+    } else {
+        bytes
+    };
     Ok(rgflow::store::from_bytes(weights, &path.display().to_string(), device)?)
 }
 

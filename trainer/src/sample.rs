@@ -8,7 +8,7 @@ use rgflow::decoder::Precision;
 use rgflow::{CpuDecoder, LevelTemperatures};
 
 use crate::backend::{BackendChoice, select};
-use crate::model_io::{load_model, resolve_model_path, save_grid};
+use crate::model_io::{WeightsChoice, load_model_with, resolve_model_path, save_grid};
 
 /// Arguments of `trainer sample`.
 #[derive(Debug, Args)]
@@ -16,11 +16,15 @@ pub struct SampleArgs {
     /// Weights or checkpoint; default: the shipped model.
     #[arg(long)]
     pub model: Option<PathBuf>,
+    /// Which weights of a training checkpoint: their moving average (when
+    /// the run keeps one) or the raw weights.
+    #[arg(long, value_enum, default_value_t = WeightsChoice::Average)]
+    pub weights: WeightsChoice,
     /// Output PNG.
     #[arg(long, short)]
     pub out: PathBuf,
     /// Samples per row.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = crate::at_least_one::<usize>())]
     pub count: usize,
     /// Temperature rows: each `T` or `T0,T1,..` (one per level, finest first);
     /// separate rows with `;`, e.g. `0.5;0.8;1.0` or `0.2,0.2,0.8,0.8`.
@@ -30,7 +34,7 @@ pub struct SampleArgs {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Pixel zoom of the PNG.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_parser = crate::at_least_one::<u32>())]
     pub zoom: u32,
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
     pub backend: BackendChoice,
@@ -50,7 +54,7 @@ pub enum PrecisionArg {
 
 pub fn run(args: SampleArgs) -> anyhow::Result<()> {
     let (device, backend_name) = select(args.backend)?;
-    let model = load_model(&resolve_model_path(args.model)?, &device)?;
+    let model = load_model_with(&resolve_model_path(args.model)?, &device, args.weights)?;
     let precision = match args.precision {
         PrecisionArg::F32 => Precision::F32,
         PrecisionArg::Bf16 => Precision::Bf16,

@@ -10,7 +10,7 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use burn::module::Module;
 use burn::optim::ModuleOptimizer;
-use burn::prelude::Device;
+use burn::prelude::{Device, Tensor};
 use burn::store::burn_pack::Bytes;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -19,10 +19,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::backend::{BackendChoice, select_devices};
 use crate::checkpoint::{Checkpoint, TrainState};
+use crate::ema::WeightAverage;
 use crate::data::{self, EpochOptions, Loader, SourceSpec, Split, images_tensor};
 use crate::model_args::ModelArgs;
 use crate::model_io::save_grid;
-use crate::optim::{adamw, clip_global_norm};
+use crate::optim::{Decay, LrSchedule, adamw, clip_global_norm};
 use crate::parallel::{self, StepGradients};
 
 /// Arguments of `trainer train`.
@@ -40,9 +41,25 @@ pub struct TrainArgs {
     /// Images per step.
     #[arg(long, default_value_t = 64)]
     pub batch: usize,
-    /// AdamW learning rate.
+    /// AdamW learning rate (the peak, after warm-up).
     #[arg(long, default_value_t = 1e-3)]
     pub lr: f64,
+    /// Steps of linear learning-rate warm-up from zero.
+    #[arg(long, default_value_t = 200)]
+    pub warmup_steps: u64,
+    /// After warm-up: `constant`, or `cosine` decay to `--lr-floor` at step `--decay-until`.
+    #[arg(long, value_enum, default_value_t = DecayArg::Constant)]
+    pub lr_decay: DecayArg,
+    /// Step at which the cosine decay reaches its floor.
+    #[arg(long, required_if_eq("lr_decay", "cosine"))]
+    pub decay_until: Option<u64>,
+    /// The learning rate the cosine decay ends at.
+    #[arg(long, default_value_t = 1e-5)]
+    pub lr_floor: f64,
+    /// Decay of the weights' exponential moving average (Polyak averaging;
+    /// `eval`, `sample` and `export` use the average by default). 0 = none.
+    #[arg(long, default_value_t = 0.999)]
+    pub ema_decay: f64,
     /// AdamW weight decay.
     #[arg(long, default_value_t = 5e-2)]
     pub weight_decay: f64,
@@ -55,9 +72,17 @@ pub struct TrainArgs {
     /// Stop after this many optimiser steps in total.
     #[arg(long)]
     pub steps: Option<u64>,
+    /// Stop after this many minutes of training in total, over all sessions
+    /// (evaluation and checkpoints not counted): for equal-time comparisons.
+    #[arg(long)]
+    pub minutes: Option<f64>,
     /// Write a checkpoint every N steps (also at every epoch end and on Ctrl-C).
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..))]
     pub checkpoint_every: u64,
+    /// Stop (without saving the bad state) after this many consecutive steps
+    /// whose loss or gradient is not finite; single ones are skipped.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_bad_steps: u64,
     /// Test images evaluated at each epoch end (0 = none).
     #[arg(long, default_value_t = 500)]
     pub eval_images: usize,
@@ -88,6 +113,13 @@ pub struct TrainArgs {
     pub quiet: bool,
 }
 
+/// `--lr-decay` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DecayArg {
+    Constant,
+    Cosine,
+}
+
 /// What defines a run; stored in every checkpoint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Settings {
@@ -95,25 +127,91 @@ pub struct Settings {
     pub data: Vec<String>,
     pub batch: usize,
     pub lr: f64,
+    /// Runs from before schedules had a constant rate.
+    #[serde(default = "constant_schedule")]
+    pub schedule: LrSchedule,
+    /// Runs from before averaging kept none (0).
+    #[serde(default)]
+    pub ema_decay: f64,
     pub weight_decay: f64,
     pub clip_grad: f64,
     pub seed: u64,
+}
+
+fn constant_schedule() -> LrSchedule {
+    LrSchedule { peak: 1e-3, warmup_steps: 0, decay: Decay::Constant }
+}
+
+impl TrainArgs {
+    /// The run's settings from the flags, checked.
+    fn settings(&self) -> anyhow::Result<Settings> {
+        let positive = |name: &str, v: f64| {
+            if v.is_finite() && v > 0.0 { Ok(()) } else { Err(anyhow::anyhow!("{name} must be a positive number, got {v}")) }
+        };
+        let non_negative = |name: &str, v: f64| {
+            if v.is_finite() && v >= 0.0 { Ok(()) } else { Err(anyhow::anyhow!("{name} must be a number ≥ 0, got {v}")) }
+        };
+        positive("--lr", self.lr)?;
+        non_negative("--weight-decay", self.weight_decay)?;
+        non_negative("--clip-grad", self.clip_grad)?;
+        non_negative("--lr-floor", self.lr_floor)?;
+        if !(0.0..1.0).contains(&self.ema_decay) {
+            bail!("--ema-decay must lie in [0, 1), got {}", self.ema_decay);
+        }
+        if self.batch == 0 {
+            bail!("--batch must be at least 1");
+        }
+        if let Some(m) = self.minutes {
+            positive("--minutes", m)?;
+        }
+        let decay = match (self.lr_decay, self.decay_until) {
+            (DecayArg::Constant, None) => Decay::Constant,
+            (DecayArg::Constant, Some(_)) => bail!("--decay-until needs --lr-decay cosine"),
+            (DecayArg::Cosine, Some(until)) if until > self.warmup_steps => Decay::Cosine { until, floor: self.lr_floor },
+            (DecayArg::Cosine, until) => {
+                bail!("--lr-decay cosine needs --decay-until after the warm-up's {} steps, got {until:?}", self.warmup_steps)
+            }
+        };
+        Ok(Settings {
+            config: self.model.to_config()?,
+            data: self.data.iter().map(|d| format!("{d:?}")).collect(),
+            batch: self.batch,
+            lr: self.lr,
+            schedule: LrSchedule { peak: self.lr, warmup_steps: self.warmup_steps, decay },
+            ema_decay: self.ema_decay,
+            weight_decay: self.weight_decay,
+            clip_grad: self.clip_grad,
+            seed: self.seed,
+        })
+    }
 }
 
 /// File names inside a run folder.
 pub const CHECKPOINT: &str = "checkpoint.rgck";
 const LOG: &str = "log.jsonl";
 
-#[derive(Serialize)]
-struct LogLine<'a> {
-    event: &'a str,
-    step: u64,
-    epoch: u64,
-    bpd: Option<f64>,
-    bpd_std: Option<f64>,
-    grad_norm: Option<f64>,
-    images_per_sec: Option<f64>,
-    seconds: f64,
+/// One line of `log.jsonl`: a `step`, a `skip` (a non-finite step not
+/// applied), or a held-out evaluation at an `epoch` end or at the end of the
+/// run (`eval`): `bpd` of the raw weights, `bpd_ema` of their average.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct LogLine {
+    pub event: String,
+    pub step: u64,
+    pub epoch: u64,
+    #[serde(default)]
+    pub images_seen: u64,
+    pub bpd: Option<f64>,
+    pub bpd_std: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bpd_ema: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bpd_ema_std: Option<f64>,
+    pub grad_norm: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lr: Option<f64>,
+    pub images_per_sec: Option<f64>,
+    /// Training seconds so far (all sessions; evaluation not counted).
+    pub seconds: f64,
 }
 
 /// Runs `trainer train`.
@@ -121,35 +219,51 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let (devices, backend_name) = select_devices(args.backend, usize::from(args.devices))?;
     let devices: Vec<Device> = devices.into_iter().map(Device::autodiff).collect();
     let device = devices[0].clone();
+    let fresh = args.settings()?;
+    if args.epochs.is_none() && args.steps.is_none() && args.minutes.is_none() {
+        bail!("give --epochs, --steps or --minutes");
+    }
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating run folder {}", args.out.display()))?;
     let checkpoint_path = args.out.join(CHECKPOINT);
+    // Two trainers writing one run folder would interleave checkpoints and
+    // logs. The OS drops the lock when the process ends, even on kill -9.
+    let lock_path = args.out.join(".lock");
+    let lock = std::fs::File::create(&lock_path).with_context(|| format!("creating {}", lock_path.display()))?;
+    if let Err(e) = lock.try_lock() {
+        match e {
+            std::fs::TryLockError::WouldBlock => {
+                bail!("another trainer is already writing to {}; wait for it or choose another --out", args.out.display())
+            }
+            std::fs::TryLockError::Error(e) => return Err(e).with_context(|| format!("locking {}", lock_path.display())),
+        }
+    }
 
-    let fresh = Settings {
-        config: args.model.to_config()?,
-        data: args.data.iter().map(|d| format!("{d:?}")).collect(),
-        batch: args.batch,
-        lr: args.lr,
-        weight_decay: args.weight_decay,
-        clip_grad: args.clip_grad,
-        seed: args.seed,
-    };
-    let (settings, mut model, mut optim, mut state) = if args.resume {
+    let (settings, mut model, mut optim, mut state, ema) = if args.resume {
         let ckpt = Checkpoint::load(&checkpoint_path)?;
         let settings: Settings = serde_json::from_value(ckpt.state.settings.clone())
             .context("checkpoint settings are not from this trainer")?;
         if settings != fresh {
             bail!(
-                "--resume: the arguments differ from the run's own settings.\n  run:   {}\n  given: {}\nPass the same model, data and optimiser flags (only --epochs/--steps/--backend/--devices/--workers may change).",
+                "--resume: the arguments differ from the run's own settings.\n  run:   {}\n  given: {}\nPass the same model, data, optimiser and schedule flags (only --epochs/--steps/--minutes/--backend/--devices/--workers may change).",
                 serde_json::to_string(&settings)?,
                 serde_json::to_string(&fresh)?
             );
         }
-        let model = rgflow::store::from_bytes(ckpt.model, &checkpoint_path.display().to_string(), &device)?;
+        let source = checkpoint_path.display().to_string();
+        let model = rgflow::store::from_bytes(ckpt.model, &source, &device)?;
+        if model.config() != &settings.config {
+            bail!("checkpoint {source} is inconsistent: its model is not the one its settings describe");
+        }
         let optim = adamw(settings.weight_decay)
             .from_bytes(Bytes::from_bytes_vec(ckpt.optimizer))
             .map_err(|e| anyhow::anyhow!("checkpoint optimiser state: {e:?}"))?;
+        // A checkpoint from before averaging starts its average here.
+        let ema = match ckpt.ema {
+            Some(bytes) => rgflow::store::from_bytes(bytes, &source, &device.inner())?,
+            None => model.valid(),
+        };
         eprintln!("resuming {} at step {} (epoch {})", args.out.display(), ckpt.state.step, ckpt.state.epoch);
-        (settings, model, optim, ckpt.state)
+        (settings, model, optim, ckpt.state, ema)
     } else {
         if checkpoint_path.exists() {
             bail!("{} already holds a run; pass --resume to continue it or choose another --out", args.out.display());
@@ -171,16 +285,14 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             cursor: 0,
             train_seconds: 0.0,
             images_seen: 0,
+            average_updates: 0,
+            data_fingerprint: None,
             settings: serde_json::to_value(&fresh)?,
         };
-        (fresh.clone(), model, adamw(fresh.weight_decay), state)
+        let ema = model.valid();
+        (fresh.clone(), model, adamw(fresh.weight_decay), state, ema)
     };
-    if args.epochs.is_none() && args.steps.is_none() {
-        bail!("give --epochs or --steps");
-    }
-    if settings.batch == 0 {
-        bail!("--batch must be at least 1");
-    }
+    let mut average = (settings.ema_decay > 0.0).then(|| WeightAverage::new(settings.ema_decay, ema, state.average_updates));
 
     let config = settings.config.clone();
     let dataset = data::open(&args.data)?;
@@ -188,22 +300,33 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         eprintln!("data: {d}");
     }
     let train_items = dataset.split(Split::Train)?.to_vec();
+    // Resuming on other images would not be the run it claims to continue.
+    let fingerprint = data::fingerprint(&train_items);
+    match &state.data_fingerprint {
+        Some(f) if *f != fingerprint => bail!(
+            "--resume: the training images differ from the run's ({} now; files added, removed or renamed since the run started). Restore them or start a new run (--init-from {} keeps the weights).",
+            train_items.len(),
+            checkpoint_path.display()
+        ),
+        _ => state.data_fingerprint = Some(fingerprint),
+    }
     let loader = Loader::new(train_items, config.image_size, config.channels, settings.seed, args.workers);
     let test_loader = (args.eval_images > 0 && !dataset.test.is_empty()).then(|| {
         let n = args.eval_images.min(dataset.test.len());
         Loader::new(dataset.test[..n].to_vec(), config.image_size, config.channels, settings.seed, args.workers)
     });
     let batches_per_epoch = loader.len().div_ceil(settings.batch) as u64;
-    let total_steps = match (args.steps, args.epochs) {
-        (Some(s), Some(e)) => s.min(e * batches_per_epoch),
-        (Some(s), None) => s,
-        (None, Some(e)) => e * batches_per_epoch,
-        (None, None) => unreachable!(),
-    };
+    let total_steps = [args.steps, args.epochs.map(|e| e * batches_per_epoch)].into_iter().flatten().min().unwrap_or(u64::MAX);
+    let time_limit = args.minutes.map(|m| m * 60.0).unwrap_or(f64::INFINITY);
     eprintln!(
-        "model: {} parameters; backend {backend_name}; {} train images, {batches_per_epoch} steps per epoch, to step {total_steps}",
+        "model: {} parameters; backend {backend_name}; {} train images, {batches_per_epoch} steps per epoch, to {}",
         model.num_parameters(),
-        loader.len()
+        loader.len(),
+        match (total_steps, args.minutes) {
+            (u64::MAX, Some(m)) => format!("{m} minutes of training"),
+            (s, Some(m)) => format!("step {s} or {m} minutes of training"),
+            (s, None) => format!("step {s}"),
+        }
     );
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -217,46 +340,89 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         });
     }
     let mut log = std::fs::OpenOptions::new().create(true).append(true).open(args.out.join(LOG))?;
-    let progress = if args.quiet { ProgressBar::hidden() } else { ProgressBar::new(total_steps) };
+    let mut write_log = |line: &LogLine| -> anyhow::Result<()> { Ok(writeln!(log, "{}", serde_json::to_string(line)?)?) };
+    let progress = if args.quiet || total_steps == u64::MAX { ProgressBar::hidden() } else { ProgressBar::new(total_steps) };
     progress.set_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  ETA {eta}").expect("valid template"),
     );
     progress.set_position(state.step);
 
-    let save = |model: &RgFlow, optim: &ModuleOptimizer, state: &TrainState| -> anyhow::Result<()> {
+    let save = |model: &RgFlow, optim: &ModuleOptimizer, average: &Option<WeightAverage>, state: &TrainState| -> anyhow::Result<()> {
+        let mut state = state.clone();
+        state.average_updates = average.as_ref().map_or(0, WeightAverage::updates);
         let ckpt = Checkpoint {
-            state: state.clone(),
+            state,
             model: rgflow::store::to_bytes(model, rgflow::store::Precision::F32)?,
             optimizer: optim.into_bytes().map_err(|e| anyhow::anyhow!("optimiser state: {e:?}"))?.to_vec(),
+            ema: average.as_ref().map(|a| rgflow::store::to_bytes(a.model(), rgflow::store::Precision::F32)).transpose()?,
         };
         ckpt.save(&checkpoint_path)
+    };
+    // Held-out bits/dim of the raw weights and of their average, logged.
+    // The log line of an epoch end or of the run's end, with the held-out
+    // bits/dim of the raw weights and of their average when there is a test split.
+    let evaluate_both = |event: &str, model: &RgFlow, average: &Option<WeightAverage>, state: &TrainState| -> anyhow::Result<LogLine> {
+        let mut line = LogLine {
+            event: event.into(),
+            step: state.step,
+            epoch: state.epoch,
+            images_seen: state.images_seen,
+            seconds: state.train_seconds,
+            ..LogLine::default()
+        };
+        let Some(loader) = &test_loader else { return Ok(line) };
+        let raw = evaluate(&model.valid(), loader, settings.batch)?;
+        let avg = average.as_ref().map(|a| evaluate(a.model(), loader, settings.batch)).transpose()?;
+        let mut message = format!("epoch {}, step {}: test bpd {:.4} ± {:.4}", state.epoch + 1, state.step, raw.0, raw.1);
+        if let Some((m, _)) = avg {
+            message += &format!(" (average of the weights: {m:.4})");
+        }
+        progress.println(message);
+        (line.bpd, line.bpd_std) = (Some(raw.0), Some(raw.1));
+        (line.bpd_ema, line.bpd_ema_std) = (avg.map(|a| a.0), avg.map(|a| a.1));
+        Ok(line)
     };
 
     let mut session_images = 0u64;
     let session_start = Instant::now();
+    let mut bad_in_a_row = 0u64;
     let mut stopped = false;
-    'epochs: while state.step < total_steps {
+    let mut evaluated_at = None;
+    let done = |state: &TrainState| state.step >= total_steps || state.train_seconds >= time_limit;
+    'epochs: while !done(&state) {
         let options = EpochOptions { shuffle: true, flip: true, dequantize: true, batch_size: settings.batch };
-        for batch in loader.epoch(state.epoch, state.cursor, options).iter() {
+        let mut batches_this_epoch = 0u64;
+        for batch in loader.epoch(state.epoch, state.cursor, options) {
+            let batch = batch?;
+            batches_this_epoch += 1;
             let t0 = Instant::now();
+            let lr = settings.schedule.at(state.step);
             // The authors minimise nats per dimension; bits are for display.
             let StepGradients { mut grads, nats } = parallel::gradients(&model, batch.x01, batch.len, &devices);
-            let grad_norm = if settings.clip_grad > 0.0 {
-                clip_global_norm(&model, &mut grads, settings.clip_grad)
-            } else {
-                None
-            };
-            model = optim.step(settings.lr, model, grads);
-
-            let bpd: Vec<f64> = nats.iter().map(|&n| (n as f64 + 256f64.ln()) / std::f64::consts::LN_2).collect();
+            let bpd: Vec<f64> = nats.iter().map(|&n| rgflow::preprocess::nats_to_bits_per_dim(n as f64)).collect();
             let mean = bpd.iter().sum::<f64>() / bpd.len() as f64;
-            if !mean.is_finite() {
-                bail!(
-                    "loss became {mean} at step {}; stopped without saving. The last good checkpoint ({}) is at or before step {}.",
-                    state.step + 1,
-                    checkpoint_path.display(),
-                    state.step
-                );
+            let grad_norm = global_norm(&model, &mut grads, settings.clip_grad).map(|g| g.inner().into_scalar::<f32>() as f64);
+            // A step whose loss or gradient is not finite would poison the
+            // weights (and every checkpoint after it): skip it, and stop
+            // if it keeps happening.
+            let finite = mean.is_finite() && grad_norm.is_none_or(f64::is_finite);
+            if finite {
+                model = optim.step(lr, model, grads);
+                if let Some(a) = &mut average {
+                    a.update(&model);
+                }
+                bad_in_a_row = 0;
+            } else {
+                bad_in_a_row += 1;
+                progress.println(format!("step {}: loss {mean}, gradient norm {grad_norm:?}: not finite, step skipped", state.step + 1));
+                if bad_in_a_row >= args.max_bad_steps {
+                    bail!(
+                        "{bad_in_a_row} steps in a row had a non-finite loss or gradient (last at step {}); stopped without saving. The last good checkpoint ({}) is at or before step {}. Try a lower --lr or a longer --warmup-steps.",
+                        state.step + 1,
+                        checkpoint_path.display(),
+                        state.step
+                    );
+                }
             }
             let std = (bpd.iter().map(|b| (b - mean).powi(2)).sum::<f64>() / (bpd.len().max(2) - 1) as f64).sqrt();
             state.step += 1;
@@ -267,78 +433,86 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             let rate = session_images as f64 / session_start.elapsed().as_secs_f64();
             progress.set_position(state.step);
             progress.set_message(format!("bpd {mean:.3}  {rate:.1} img/s"));
-            let grad_norm = grad_norm.map(|g| g.inner().into_scalar::<f32>() as f64);
-            let line = LogLine {
-                event: "step",
+            write_log(&LogLine {
+                event: if finite { "step" } else { "skip" }.into(),
                 step: state.step,
                 epoch: state.epoch,
-                bpd: Some(mean),
-                bpd_std: Some(std),
-                grad_norm,
+                images_seen: state.images_seen,
+                bpd: Some(mean).filter(|m| m.is_finite()),
+                bpd_std: Some(std).filter(|s| s.is_finite()),
+                grad_norm: grad_norm.filter(|g| g.is_finite()),
+                lr: Some(lr),
                 images_per_sec: Some(rate),
                 seconds: state.train_seconds,
-            };
-            writeln!(log, "{}", serde_json::to_string(&line)?)?;
+                ..LogLine::default()
+            })?;
 
-            if state.step % args.checkpoint_every == 0 {
-                save(&model, &optim, &state)?;
+            if state.step % args.checkpoint_every == 0 && bad_in_a_row == 0 {
+                save(&model, &optim, &average, &state)?;
             }
             if stop.load(Ordering::SeqCst) {
                 stopped = true;
                 break 'epochs;
             }
-            if state.step >= total_steps {
+            if done(&state) {
                 break 'epochs;
             }
         }
         // The epoch is complete.
-        let valid = model.valid();
-        let samples = valid.sample(64, &LevelTemperatures::uniform(config.levels(), 1.0), settings.seed ^ state.epoch, &valid.devices()[0])?;
-        save_grid(samples, 8, 2, &args.out.join("samples").join(format!("epoch-{:04}.png", state.epoch + 1)))?;
-        let test_bpd = match &test_loader {
-            Some(l) => Some(evaluate(&valid, l, settings.batch, state.epoch)?),
-            None => None,
-        };
-        if let Some((m, s)) = test_bpd {
-            progress.println(format!("epoch {} done: test bpd {m:.4} ± {s:.4}", state.epoch + 1));
+        if batches_this_epoch == 0 && state.cursor == 0 {
+            bail!(
+                "epoch {} of the training split gave no images: all {} are unreadable (e.g. {})",
+                state.epoch + 1,
+                loader.len(),
+                loader.stats().examples().join("; ")
+            );
         }
-        let line = LogLine {
-            event: "epoch",
-            step: state.step,
-            epoch: state.epoch,
-            bpd: test_bpd.map(|t| t.0),
-            bpd_std: test_bpd.map(|t| t.1),
-            grad_norm: None,
-            images_per_sec: None,
-            seconds: state.train_seconds,
-        };
-        writeln!(log, "{}", serde_json::to_string(&line)?)?;
+        let sampler = average.as_ref().map_or_else(|| model.valid(), |a| a.model().clone());
+        let samples = sampler.sample(64, &LevelTemperatures::uniform(config.levels(), 0.8), settings.seed ^ state.epoch, &sampler.devices()[0])?;
+        save_grid(samples, 8, 2, &args.out.join("samples").join(format!("epoch-{:04}.png", state.epoch + 1)))?;
+        write_log(&evaluate_both("epoch", &model, &average, &state)?)?;
+        evaluated_at = Some(state.step);
         state.epoch += 1;
         state.cursor = 0;
-        save(&model, &optim, &state)?;
+        save(&model, &optim, &average, &state)?;
     }
-    save(&model, &optim, &state)?;
+    save(&model, &optim, &average, &state)?;
+    // A run that ends inside an epoch is evaluated where it ends too, so
+    // every run's last point is on its learning curve.
+    if !stopped && evaluated_at != Some(state.step) && test_loader.is_some() {
+        write_log(&evaluate_both("eval", &model, &average, &state)?)?;
+    }
     progress.finish_and_clear();
     let skipped = loader.stats();
     if skipped.skipped() > 0 {
         eprintln!("skipped {} unreadable images, e.g. {}", skipped.skipped(), skipped.examples().join("; "));
     }
     eprintln!(
-        "{} at step {} (epoch {}); checkpoint {}",
+        "{} at step {} (epoch {}, {:.1} training minutes); checkpoint {}",
         if stopped { "interrupted, saved" } else { "done" },
         state.step,
         state.epoch,
+        state.train_seconds / 60.0,
         checkpoint_path.display()
     );
     Ok(())
 }
 
-/// Mean ± std over images of the test bpd with one dequantisation draw.
-fn evaluate(model: &RgFlow, loader: &Loader, batch: usize, epoch: u64) -> anyhow::Result<(f64, f64)> {
+/// The gradient's global norm (a device scalar), clipping it to `clip` when
+/// `clip > 0`. `None` only for a model without parameters.
+fn global_norm(model: &RgFlow, grads: &mut burn::optim::GradientsParams, clip: f64) -> Option<Tensor<1>> {
+    if clip > 0.0 { clip_global_norm(model, grads, clip) } else { crate::optim::global_norm(model, grads) }
+}
+
+/// Mean ± std over images of the test bpd with one dequantisation draw (the
+/// same draw at every evaluation, so a learning curve's points differ only
+/// by the weights).
+fn evaluate(model: &RgFlow, loader: &Loader, batch: usize) -> anyhow::Result<(f64, f64)> {
     let options = EpochOptions { shuffle: false, flip: false, dequantize: true, batch_size: batch };
     let mut all = Vec::new();
     let device = &model.devices()[0];
-    for b in loader.epoch(epoch, 0, options).iter() {
+    for b in loader.epoch(0, 0, options) {
+        let b = b?;
         let x01 = images_tensor(b.x01, b.len, model.config(), device);
         all.extend(model.bits_per_dim(x01).into_data().try_to_vec::<f32>().expect("f32").into_iter().map(f64::from));
     }

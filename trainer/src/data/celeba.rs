@@ -33,6 +33,11 @@ pub fn open(spec: &mut SourceSpec) -> anyhow::Result<Dataset> {
             .and_then(|(n, p)| Some((n, p.trim().parse::<u8>().ok()?)))
             .filter(|&(_, p)| p <= 2)
             .with_context(|| format!("{}:{}: expected `NAME.jpg 0|1|2`, got `{line}`", partition_file.display(), line_no + 1))?;
+        // A bare file name: `/abs`, `../x` or `a/b` would reach outside the image folder.
+        let mut parts = std::path::Path::new(name).components();
+        if !matches!((parts.next(), parts.next()), (Some(std::path::Component::Normal(_)), None)) {
+            anyhow::bail!("{}:{}: `{name}` is not a plain file name", partition_file.display(), line_no + 1);
+        }
         listed += 1;
         if images.join(name).is_file() {
             present.push((name.to_string(), part));

@@ -7,8 +7,10 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, sync_channel};
+use std::thread::JoinHandle;
 use std::sync::{Arc, Mutex, OnceLock};
 
+use anyhow::Context;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -123,11 +125,11 @@ impl Loader {
     }
 
     /// Streams the batches of `epoch` from position `cursor` of its order.
-    pub fn epoch(&self, epoch: u64, cursor: usize, options: EpochOptions) -> Receiver<Batch> {
+    pub fn epoch(&self, epoch: u64, cursor: usize, options: EpochOptions) -> Epoch {
         let (tx, rx) = sync_channel(3);
         let order = self.order(epoch, options.shuffle);
         let worker = self.worker.clone();
-        std::thread::spawn(move || {
+        let thread = std::thread::spawn(move || {
             let mut cursor = cursor;
             while cursor < order.len() {
                 let start = cursor;
@@ -148,9 +150,35 @@ impl Loader {
                 }
             }
         });
-        rx
+        Epoch { batches: rx, thread: Some(thread) }
     }
 
+}
+
+/// The batches of one epoch, assembled on a background thread. A thread that
+/// fails (a panicking decoder) ends the stream with an error rather than
+/// passing for the end of the epoch.
+pub struct Epoch {
+    batches: Receiver<Batch>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Iterator for Epoch {
+    type Item = anyhow::Result<Batch>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if let Ok(batch) = self.batches.recv() {
+            return Some(Ok(batch));
+        }
+        // The channel closed: the epoch ended, or the thread died.
+        let panic = self.thread.take()?.join().err()?;
+        let why = panic
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| panic.downcast_ref::<&str>().copied())
+            .unwrap_or("no message");
+        Some(Err(anyhow::anyhow!("the image loader failed mid-epoch ({why}); the rest of the epoch was not read")))
+    }
 }
 
 /// The loader's state, used by the background thread.
@@ -224,6 +252,12 @@ impl Worker {
 pub fn load_item(item: &Item, size: usize, channels: usize) -> anyhow::Result<Vec<u8>> {
     match item {
         Item::File { path, crop } => {
+            // Image files are small; a huge one is not an image to read whole.
+            const MAX_FILE_BYTES: u64 = 64 << 20;
+            let file_size = std::fs::metadata(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?.len();
+            if file_size > MAX_FILE_BYTES {
+                anyhow::bail!("{}: {file_size} bytes, more than the {MAX_FILE_BYTES} an image file may have", path.display());
+            }
             let bytes = std::fs::read(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
             pixels::decode_and_prepare(&bytes, *crop, size, channels)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
@@ -237,11 +271,13 @@ pub fn load_item(item: &Item, size: usize, channels: usize) -> anyhow::Result<Ve
 }
 
 fn from_raw(width: u32, height: u32, c: u8, data: Vec<u8>, size: usize, channels: usize) -> anyhow::Result<Vec<u8>> {
+    let len = data.len();
     let img = match c {
-        1 => image::DynamicImage::ImageLuma8(image::GrayImage::from_raw(width, height, data).expect("sized")),
-        3 => image::DynamicImage::ImageRgb8(image::RgbImage::from_raw(width, height, data).expect("sized")),
+        1 => image::GrayImage::from_raw(width, height, data).map(image::DynamicImage::ImageLuma8),
+        3 => image::RgbImage::from_raw(width, height, data).map(image::DynamicImage::ImageRgb8),
         n => anyhow::bail!("{n}-channel raw images are not supported"),
     };
+    let img = img.with_context(|| format!("a {width}×{height}×{c} raw image needs {} bytes, got {len}", width as usize * height as usize * c as usize))?;
     Ok(pixels::prepare(&img, Crop::None, size, channels)?)
 }
 
@@ -258,15 +294,32 @@ mod tests {
     #[test]
     fn batches_are_reproducible_and_resumable() {
         let loader = Loader::new(synthetic(10), 16, 3, 5, 2);
-        let full: Vec<Batch> = loader.epoch(3, 0, TRAIN).iter().collect();
+        let full: Vec<Batch> = loader.epoch(3, 0, TRAIN).collect::<anyhow::Result<_>>().unwrap();
         assert_eq!(full.iter().map(|b| b.len).collect::<Vec<_>>(), vec![4, 4, 2]);
-        let again: Vec<Batch> = Loader::new(synthetic(10), 16, 3, 5, 1).epoch(3, 0, TRAIN).iter().collect();
+        let again: Vec<Batch> = Loader::new(synthetic(10), 16, 3, 5, 1).epoch(3, 0, TRAIN).collect::<anyhow::Result<_>>().unwrap();
         assert_eq!(full[1].x01, again[1].x01);
-        let resumed: Vec<Batch> = loader.epoch(3, full[0].cursor, TRAIN).iter().collect();
+        let resumed: Vec<Batch> = loader.epoch(3, full[0].cursor, TRAIN).collect::<anyhow::Result<_>>().unwrap();
         assert_eq!(resumed[0].x01, full[1].x01);
-        let other_epoch: Vec<Batch> = loader.epoch(4, 0, TRAIN).iter().collect();
+        let other_epoch: Vec<Batch> = loader.epoch(4, 0, TRAIN).collect::<anyhow::Result<_>>().unwrap();
         assert_ne!(other_epoch[0].x01, full[0].x01);
         assert!(full[0].x01.iter().all(|&v| (0.0..1.0).contains(&v)));
+    }
+
+    #[test]
+    fn a_failing_loader_thread_is_an_error_not_the_end_of_an_epoch() {
+        let (tx, rx) = sync_channel(1);
+        let thread = std::thread::spawn(move || {
+            tx.send(Batch { x01: vec![0.5], len: 1, cursor: 1 }).unwrap();
+            panic!("decoder exploded");
+        });
+        let mut epoch = Epoch { batches: rx, thread: Some(thread) };
+        assert!(epoch.next().unwrap().is_ok());
+        let err = epoch.next().unwrap().unwrap_err().to_string();
+        assert!(err.contains("decoder exploded") && err.contains("mid-epoch"), "{err}");
+        assert!(epoch.next().is_none());
+        // Raw pixels of the wrong size are an error, not a panic.
+        let bad = Item::Pixels { width: 4, height: 4, channels: 3, data: Arc::from(vec![0u8; 5]) };
+        assert!(load_item(&bad, 4, 3).unwrap_err().to_string().contains("needs 48 bytes"));
     }
 
     #[test]
@@ -283,7 +336,7 @@ mod tests {
         ];
         let loader = Loader::new(items, 4, 3, 0, 2);
         let opts = EpochOptions { shuffle: false, flip: false, dequantize: false, batch_size: 2 };
-        let batches: Vec<Batch> = loader.epoch(0, 0, opts).iter().collect();
+        let batches: Vec<Batch> = loader.epoch(0, 0, opts).collect::<anyhow::Result<_>>().unwrap();
         assert_eq!(batches.len(), 1);
         assert_eq!(batches[0].len, 2);
         assert_eq!(loader.stats().skipped(), 1);

@@ -15,7 +15,9 @@ fn read_idx_images(path: &Path) -> anyhow::Result<(usize, usize, usize, Vec<u8>)
         anyhow::bail!("{} is not an IDX image file (bad magic number)", path.display());
     }
     let (n, rows, cols) = (be(4), be(8), be(12));
-    if bytes.len() != 16 + n * rows * cols {
+    // Checked: a lying header must not overflow into a plausible size.
+    let needed = n.checked_mul(rows).and_then(|v| v.checked_mul(cols)).and_then(|v| v.checked_add(16));
+    if rows == 0 || cols == 0 || needed != Some(bytes.len()) {
         anyhow::bail!("{}: header says {n}×{rows}×{cols} but the file has {} bytes", path.display(), bytes.len());
     }
     Ok((n, rows, cols, bytes[16..].to_vec()))
@@ -75,5 +77,10 @@ mod tests {
         assert_eq!(data[2 * 32 + 2], (784 % 251) as u8);
         std::fs::write(dir.path().join("t10k-images-idx3-ubyte"), &bytes[..100]).unwrap();
         assert!(open(&mut spec).is_err());
+        // Counts whose product overflows 64 bits are refused, not wrapped.
+        let mut lying = bytes.clone();
+        lying[4..16].copy_from_slice(&[0xFF; 12]);
+        std::fs::write(dir.path().join("t10k-images-idx3-ubyte"), &lying).unwrap();
+        assert!(open(&mut spec).unwrap_err().to_string().contains("header says"));
     }
 }

@@ -174,6 +174,38 @@ impl Holdout {
     }
 }
 
+/// A short fingerprint of a list of items (count and a hash of their file
+/// names, sizes of raw images and synthetic seeds), to notice that a resumed
+/// run would train on other images.
+pub fn fingerprint(items: &[Item]) -> String {
+    // FNV-1a: stable across Rust versions, unlike `DefaultHasher`.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for &b in bytes {
+            h = (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01B3);
+        }
+    };
+    for item in items {
+        match item {
+            Item::File { path, crop } => {
+                eat(path.as_os_str().as_encoded_bytes());
+                eat(format!("{crop:?}").as_bytes());
+            }
+            Item::Pixels { width, height, channels, data } => {
+                eat(&[width.to_le_bytes(), height.to_le_bytes()].concat());
+                eat(&[*channels]);
+                eat(&data[..data.len().min(64)]);
+            }
+            Item::Synthetic { variant, seed, split, index } => {
+                eat(format!("{variant:?}").as_bytes());
+                eat(&[seed.to_le_bytes(), split.to_le_bytes(), index.to_le_bytes()].concat());
+            }
+        }
+        eat(b"\n");
+    }
+    format!("{}:{h:016x}", items.len())
+}
+
 /// Opens every source and concatenates their splits.
 pub fn open(specs: &[SourceSpec]) -> anyhow::Result<Dataset> {
     if specs.is_empty() {

@@ -23,7 +23,7 @@ pub struct FactorArgs {
     #[arg(long, default_value_t = 3.0)]
     pub range: f32,
     /// Images per strip.
-    #[arg(long, default_value_t = 9)]
+    #[arg(long, default_value_t = 9, value_parser = crate::at_least_one::<usize>())]
     pub count: usize,
     #[arg(long, short)]
     pub out: PathBuf,

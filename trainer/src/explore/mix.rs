@@ -21,7 +21,7 @@ pub struct MixArgs {
     #[arg(long, default_value = "seed:2")]
     pub b: String,
     /// More rows: pairs of samples from these seeds (A = 2k+1, B = 2k+2).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = crate::at_least_one::<usize>())]
     pub rows: usize,
     /// Temperature of sampled inputs.
     #[arg(long, default_value = "0.8")]

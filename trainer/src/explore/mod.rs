@@ -29,7 +29,7 @@ pub struct ModelChoice {
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
     pub backend: BackendChoice,
     /// Pixel zoom of the PNG.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = crate::at_least_one::<u32>())]
     pub zoom: u32,
 }
 

@@ -19,7 +19,7 @@ pub struct WalkArgs {
     #[arg(long)]
     pub level: usize,
     /// Frames.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = crate::at_least_one::<usize>())]
     pub steps: usize,
     /// Step angle θ in `z ← cos θ z + sin θ ε`.
     #[arg(long, default_value_t = 0.3)]
