@@ -78,6 +78,11 @@ impl Checkpoint {
             bail!("checkpoint {name} is truncated ({} bytes)", bytes.len());
         }
         let (body, tail) = bytes.split_at(bytes.len() - 4);
+        // The checksum first: no length field of a damaged file is trusted.
+        let crc = u32::from_le_bytes(tail.try_into().unwrap());
+        if crc != crc32fast::hash(body) {
+            bail!("checkpoint {name} is corrupt or truncated (checksum mismatch)");
+        }
         let mut pos = 8;
         let version = u32::from_le_bytes(body[pos..pos + 4].try_into().unwrap());
         pos += 4;
@@ -104,10 +109,6 @@ impl Checkpoint {
         }
         if pos != body.len() {
             bail!("checkpoint {name} has {} unexpected trailing bytes", body.len() - pos);
-        }
-        let crc = u32::from_le_bytes(tail.try_into().unwrap());
-        if crc != crc32fast::hash(body) {
-            bail!("checkpoint {name} is corrupt (checksum mismatch)");
         }
         let ema = if version >= 2 { parts.pop().filter(|e| !e.is_empty()) } else { None };
         let optimizer = parts.pop().unwrap();

@@ -128,7 +128,14 @@ pub fn draw(runs: &[Curves], title: &str, size: (u32, u32), out: &Path) -> anyho
     {
         let root = BitMapBackend::with_buffer(&mut buffer, (w, h)).into_drawing_area();
         let root = root.titled(title, ("sans-serif", 22)).map_err(plot_error)?;
-        let (left, right) = root.split_horizontally(w / 2);
+        let (plots, footer) = root.split_vertically(root.dim_in_pixel().1.saturating_sub(26));
+        footer
+            .titled(
+                "thick: held-out bits/dim of the weights' moving average · dashed: of the raw weights · faint: training loss (moving average)",
+                ("sans-serif", 14),
+            )
+            .map_err(plot_error)?;
+        let (left, right) = plots.split_horizontally(w / 2);
         panel(&left, runs, "images seen", |p| p.0)?;
         panel(&right, runs, "training hours", |p| p.1)?;
         root.present().map_err(plot_error)?;
@@ -203,7 +210,7 @@ where
             chart.draw_series(LineSeries::new(clip(&run.train), color.mix(0.25).stroke_width(1))).map_err(plot_error)?;
         }
         let raw = chart
-            .draw_series(LineSeries::new(clip(&run.eval_raw), color.mix(0.6).stroke_width(1)))
+            .draw_series(DashedLineSeries::new(clip(&run.eval_raw), 6, 4, color.mix(0.8).stroke_width(1)))
             .map_err(plot_error)?;
         if run.eval_average.is_empty() {
             raw.label(run.label.clone())
@@ -212,7 +219,7 @@ where
             chart
                 .draw_series(LineSeries::new(clip(&run.eval_average), color.stroke_width(3)))
                 .map_err(plot_error)?
-                .label(format!("{} (average of weights; thin: raw)", run.label))
+                .label(run.label.clone())
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 22, y)], color.stroke_width(3)));
         }
     }

@@ -388,6 +388,11 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let mut bad_in_a_row = 0u64;
     let mut stopped = false;
     let mut evaluated_at = None;
+    // A fresh run's first point on its learning curve: where it starts from.
+    if !args.resume && test_loader.is_some() {
+        write_log(&evaluate_both("eval", &model, &average, &state)?)?;
+        evaluated_at = Some(state.step);
+    }
     let done = |state: &TrainState| state.step >= total_steps || state.train_seconds >= time_limit;
     'epochs: while !done(&state) {
         let options = EpochOptions { shuffle: true, flip: true, dequantize: true, batch_size: settings.batch };
