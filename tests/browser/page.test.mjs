@@ -2,7 +2,9 @@
 // site, checks the backend line, moves a temperature slider with the
 // keyboard, and checks that the face grid changed and is not blank. Saves a
 // screenshot per run. Also: a missing weight file gives a message on the
-// page. Usage: node page.test.mjs DIST_DIR OUT_DIR
+// page, a foreign `?model=` is refused, a poisoned cache entry is replaced,
+// an oversized upload is refused, and "Play walk" clicked twice stops.
+// Usage: node page.test.mjs DIST_DIR OUT_DIR
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -81,8 +83,16 @@ async function panels(browser, base) {
   console.log('  inpaint:', await settle('inpaint-status', /steps in/));
   await page.click('#tab-explore');
   console.log('  explore:', await settle('explore-status', /Decoded in/));
+  // Play, then Stop while the walk is still being computed: no animation may start.
+  await page.click('#walk-play');
   await page.click('#walk-play');
   console.log('  walk:', await settle('walk-status', /frames of level/));
+  const still = await page.$eval('#walk-canvas', (c) => c.toDataURL());
+  await new Promise((r) => setTimeout(r, 1000));
+  assert.equal(await page.$eval('#walk-canvas', (c) => c.toDataURL()), still, 'a stopped walk keeps still');
+  assert.equal(await page.$eval('#walk-play', (b) => b.getAttribute('aria-pressed')), 'false');
+  await page.click('#walk-play');
+  await settle('walk-status', /frames of level/);
   await page.click('#walk-play');
   await page.click('#tab-receptive');
   const first = await settle('rf-status', /pixels;/);
@@ -104,6 +114,13 @@ async function panels(browser, base) {
   await (await page.$('#photo-file')).uploadFile(junk);
   await page.waitForFunction(() => document.getElementById('photo-status').classList.contains('error'), { timeout: TIMEOUT });
   console.log('  non-image:', await page.$eval('#photo-status', (e) => e.textContent));
+  // An oversized upload is refused before it is read.
+  const huge = path.join(out, 'huge.png');
+  fs.writeFileSync(huge, Buffer.alloc(21e6));
+  await (await page.$('#photo-file')).uploadFile(huge);
+  await page.waitForFunction(() => /photos of up to/.test(document.getElementById('photo-status').textContent), { timeout: TIMEOUT });
+  console.log('  oversized:', await page.$eval('#photo-status', (e) => e.textContent));
+  fs.rmSync(huge);
   await page.screenshot({ path: path.join(out, 'page-panels.png'), fullPage: true });
   console.log('ok panels');
   await page.close();
@@ -119,6 +136,52 @@ async function missingWeights(browser, base) {
   await page.close();
 }
 
+// ?model= loads weight files from this site only.
+async function foreignWeights(browser, base) {
+  for (const model of ['https://example.com/evil.rgflow', 'data:application/octet-stream;base64,AAAA']) {
+    const page = await browser.newPage();
+    await page.goto(base + '?backend=cpu&model=' + encodeURIComponent(model));
+    await page.waitForSelector('#app[data-state="failed"]', { timeout: TIMEOUT });
+    const status = await page.$eval('#status', (e) => e.textContent);
+    assert.match(status, /only weight files on this site/, `message for ?model=${model}`);
+    console.log(`ok foreign weights refused: “${status}”`);
+    await page.close();
+  }
+}
+
+// A cached weight file that does not load (here: garbage with the server's
+// size and date, so it passes revalidation) is evicted and fetched again.
+async function poisonedCache(browser, base) {
+  const page = await browser.newPage();
+  await page.goto(base + '?backend=cpu');
+  await page.waitForSelector('#app[data-state="ready"]', { timeout: TIMEOUT });
+  const url = new URL('models/celeba32.rgflow', base).href;
+  const cachedLength = () => page.evaluate(async (u) => {
+    const hit = await (await caches.open('rgflow-weights')).match(u);
+    return hit ? (await hit.arrayBuffer()).byteLength : -1;
+  }, url);
+  const real = await cachedLength();
+  assert.ok(real > 1000, `the validated file is cached (${real} bytes)`);
+  await page.evaluate(async (u) => {
+    const head = await fetch(u, { method: 'HEAD' });
+    const headers = { 'content-length': head.headers.get('content-length'), 'last-modified': head.headers.get('last-modified') };
+    const garbage = new Uint8Array(Number(headers['content-length'])).fill(7);
+    await (await caches.open('rgflow-weights')).put(u, new Response(garbage, { headers }));
+  }, url);
+  assert.equal(await cachedLength(), real, 'the poisoned entry has the real size');
+  await page.reload();
+  await page.waitForSelector('#app[data-state="ready"], #app[data-state="failed"]', { timeout: TIMEOUT });
+  const status = await page.$eval('#status', (e) => e.textContent);
+  assert.equal(await page.$eval('#app', (e) => e.dataset.state), 'ready', `page after a poisoned cache: ${status}`);
+  const bytes = await page.evaluate(async (u) => {
+    const hit = await (await caches.open('rgflow-weights')).match(u);
+    return Array.from(new Uint8Array(await hit.arrayBuffer()).slice(0, 16));
+  }, url);
+  assert.ok(bytes.some((b) => b !== 7), 'the poisoned entry was replaced by the real file');
+  console.log('ok poisoned cache entry evicted and re-fetched');
+  await page.close();
+}
+
 const server = await serve(dist);
 try {
   const gpu = await puppeteer.launch({ executablePath: chromePath(), args: chromeArgs(true), protocolTimeout: TIMEOUT });
@@ -127,6 +190,8 @@ try {
     await run(gpu, server.url, 'cpu', '?backend=cpu', /CPU/);
     await panels(gpu, server.url);
     await missingWeights(gpu, server.url);
+    await foreignWeights(gpu, server.url);
+    await poisonedCache(gpu, server.url);
   } finally {
     await gpu.close();
   }

@@ -1,6 +1,10 @@
 //! Fetching the weight file: progress while it streams, the browser's Cache
 //! Storage for later visits (revalidated against the server's size and
 //! date when the server answers), and a clear error for a missing file.
+//!
+//! Only same-origin `http(s)` files are fetched, at most
+//! [`MAX_WEIGHTS_BYTES`] of them, and a file enters the cache only after the
+//! caller validated it ([`remember`]), so a bad file is never kept.
 
 use js_sys::{Reflect, Uint8Array};
 use wasm_bindgen::{JsCast, JsValue};
@@ -11,6 +15,27 @@ use crate::error::{Result, WebError};
 
 /// Name of the Cache Storage bucket.
 const CACHE_NAME: &str = "rgflow-weights";
+
+/// The largest weight file the page downloads (a 32 M-parameter f16 model;
+/// the shipped one is a few MB).
+pub const MAX_WEIGHTS_BYTES: u64 = 64 << 20;
+
+/// `raw` (a `?model=` value) resolved against the page, if it names an
+/// `http(s)` file on the page's own origin: other origins, `data:` and
+/// `blob:` URLs are refused with a message.
+pub fn same_origin_url(raw: &str) -> Result<String> {
+    let location = web_sys::window().ok_or_else(|| WebError::Page("no window".into()))?.location();
+    let page = location.href().map_err(WebError::from)?;
+    let refuse = |why: &str| WebError::Input(format!("?model={raw}: {why}; only weight files on this site ({}) are loaded", location.origin().unwrap_or_default()));
+    let url = web_sys::Url::new_with_base(raw, &page).map_err(|_| refuse("not a URL"))?;
+    if !matches!(url.protocol().as_str(), "http:" | "https:") {
+        return Err(refuse(&format!("a {} URL", url.protocol())));
+    }
+    if Some(url.origin()) != location.origin().ok() {
+        return Err(refuse(&format!("another origin ({})", url.origin())));
+    }
+    Ok(url.href())
+}
 
 fn fetch_error(url: &str, reason: impl Into<String>) -> WebError {
     WebError::Fetch { url: url.to_string(), reason: reason.into() }
@@ -71,20 +96,36 @@ pub enum Origin {
     Cache,
 }
 
-/// Downloads `url`, calling `progress(loaded, total)` as bytes arrive.
-pub async fn load(url: &str, progress: &dyn Fn(u64, Option<u64>)) -> Result<(Vec<u8>, Origin)> {
+/// A downloaded weight file.
+pub struct Download {
+    pub bytes: Vec<u8>,
+    pub origin: Origin,
+    /// The response to keep in Cache Storage once the bytes are validated.
+    pending: Option<Response>,
+}
+
+/// Downloads `url` (at most [`MAX_WEIGHTS_BYTES`]), calling
+/// `progress(loaded, total)` as bytes arrive. With `use_cache`, a cached copy
+/// of the server's current version is used instead.
+pub async fn load(url: &str, use_cache: bool, progress: &dyn Fn(u64, Option<u64>)) -> Result<Download> {
     let cache = open_cache().await;
-    if let Some(cache) = &cache
+    if use_cache
+        && let Some(cache) = &cache
         && let Some(bytes) = from_cache(cache, url).await
     {
         progress(bytes.len() as u64, Some(bytes.len() as u64));
-        return Ok((bytes, Origin::Cache));
+        return Ok(Download { bytes, origin: Origin::Cache, pending: None });
     }
     let response = fetch(url, "GET").await?;
     if !response.ok() {
         return Err(fetch_error(url, format!("the server answered {} {}", response.status(), response.status_text())));
     }
+    let too_big = |n: u64| fetch_error(url, format!("{n} bytes; weight files of up to {MAX_WEIGHTS_BYTES} bytes are loaded"));
+    // The announced length sizes the progress bar, never an allocation beyond the cap.
     let total = version_of(&response).0.and_then(|l| l.parse::<u64>().ok());
+    if let Some(n) = total.filter(|&n| n > MAX_WEIGHTS_BYTES) {
+        return Err(too_big(n));
+    }
     let for_cache = response.clone().ok();
     let body = response.body().ok_or_else(|| fetch_error(url, "empty response"))?;
     let reader: ReadableStreamDefaultReader = body.get_reader().unchecked_into();
@@ -95,11 +136,22 @@ pub async fn load(url: &str, progress: &dyn Fn(u64, Option<u64>)) -> Result<(Vec
             break;
         }
         let value: JsValue = Reflect::get(&chunk, &"value".into()).map_err(WebError::from)?;
-        bytes.extend(Uint8Array::new(&value).to_vec());
+        let chunk = Uint8Array::new(&value);
+        let len = bytes.len() as u64 + u64::from(chunk.length());
+        if len > MAX_WEIGHTS_BYTES {
+            let _ = JsFuture::from(reader.cancel()).await;
+            return Err(too_big(len));
+        }
+        bytes.extend(chunk.to_vec());
         progress(bytes.len() as u64, total);
     }
-    if let (Some(cache), Some(copy)) = (cache, for_cache) {
-        let _ = JsFuture::from(cache.put_with_str(url, &copy)).await;
+    Ok(Download { bytes, origin: Origin::Network, pending: for_cache })
+}
+
+/// Keeps a downloaded file in Cache Storage for later visits; call it only
+/// after the bytes were validated.
+pub async fn remember(url: &str, download: Download) {
+    if let (Some(cache), Some(response)) = (open_cache().await, download.pending) {
+        let _ = JsFuture::from(cache.put_with_str(url, &response)).await;
     }
-    Ok((bytes, Origin::Network))
 }

@@ -129,8 +129,13 @@ fn walk(app: &Rc<App>, levels: usize) -> Result<()> {
     let c = app.engine.config().clone();
     on(&button, "click", move |_: MouseEvent| {
         let window = web_sys::window().expect("window");
-        if let Some(id) = timer.take() {
-            window.clear_interval_with_handle(id);
+        // "Stop" stops both a running animation and a walk still being
+        // computed (which then never starts its timer): a second click can
+        // never leave an interval running.
+        if b.get_attribute("aria-pressed").as_deref() == Some("true") {
+            if let Some(id) = timer.take() {
+                window.clear_interval_with_handle(id);
+            }
             b.set_text_content(Some("Play walk"));
             let _ = b.set_attribute("aria-pressed", "false");
             return;
@@ -158,7 +163,7 @@ fn walk(app: &Rc<App>, levels: usize) -> Result<()> {
                 frame.set(frame.get() + 1);
             });
             let window = web_sys::window().expect("window");
-            if b.get_attribute("aria-pressed").as_deref() == Some("true") {
+            if b.get_attribute("aria-pressed").as_deref() == Some("true") && timer.get().is_none() {
                 let id = window
                     .set_interval_with_callback_and_timeout_and_arguments_0(tick.as_ref().unchecked_ref(), FRAME_MS)
                     .expect("interval");

@@ -152,25 +152,29 @@ async fn run(t0: f64) -> Result<()> {
     };
     dom::set_text("backend", &backend_text);
 
-    let url = query("model").unwrap_or_else(|| DEFAULT_MODEL_URL.to_string());
+    let url = weights::same_origin_url(&query("model").unwrap_or_else(|| DEFAULT_MODEL_URL.to_string()))?;
     status("status", &format!("Loading the model ({url})…"), false);
     let progress: HtmlProgressElement = dom::by_id("load-progress")?;
-    let (bytes, origin) = weights::load(&url, &|loaded, total| match total {
+    let show = |loaded: u64, total: Option<u64>| match total {
         Some(total) if total > 0 => {
             progress.set_max(total as f64);
             progress.set_value(loaded as f64);
         }
         _ => progress.remove_attribute("value").unwrap_or(()),
-    })
-    .await?;
-    let size = bytes.len();
-    let engine = match Engine::load(bytes, &url, chosen.device, chosen.kind) {
-        Ok(engine) => engine,
-        Err(e) => {
-            weights::evict(&url).await;
-            return Err(e);
-        }
     };
+    let mut download = weights::load(&url, true, &show).await?;
+    // A cached copy that fails validation is dropped and fetched again; a
+    // file enters the cache only once it loaded.
+    let engine = match Engine::load(download.bytes.clone(), &url, chosen.device.clone(), chosen.kind) {
+        Err(_) if download.origin == weights::Origin::Cache => {
+            weights::evict(&url).await;
+            download = weights::load(&url, false, &show).await?;
+            Engine::load(download.bytes.clone(), &url, chosen.device, chosen.kind)?
+        }
+        loaded => loaded?,
+    };
+    let (size, origin) = (download.bytes.len(), download.origin);
+    weights::remember(&url, download).await;
     let c = engine.config().clone();
     dom::set_text(
         "model",

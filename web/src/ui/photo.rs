@@ -39,8 +39,18 @@ pub fn init(app: &Rc<App>) -> Result<Rc<Live>> {
     Ok(Live::new())
 }
 
+/// The largest photo accepted: it is read whole into the page's memory.
+const MAX_PHOTO_BYTES: f64 = 20e6;
+
 async fn load(app: &App, file: &web_sys::File) -> Result<String> {
     let name = file.name();
+    if file.size() > MAX_PHOTO_BYTES {
+        return Err(WebError::Input(format!(
+            "{name}: {:.1} MB; photos of up to {:.0} MB are accepted",
+            file.size() / 1e6,
+            MAX_PHOTO_BYTES / 1e6
+        )));
+    }
     let buffer = JsFuture::from(file.array_buffer()).await.map_err(WebError::from)?;
     let bytes = js_sys::Uint8Array::new(&buffer).to_vec();
     let c = app.engine.config().clone();
