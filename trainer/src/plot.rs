@@ -201,8 +201,10 @@ where
         .light_line_style(RGBColor(235, 235, 235))
         .draw()
         .map_err(plot_error)?;
+    // Points above the range (a run's early training loss) are left out, not
+    // flattened onto the top edge.
     let clip = |points: &[(f64, f64, f64)]| -> Vec<(f64, f64)> {
-        points.iter().map(|p| (x_of(p), p.2.clamp(y_lo, y_hi))).collect()
+        points.iter().filter(|p| (y_lo..=y_hi).contains(&p.2)).map(|p| (x_of(p), p.2)).collect()
     };
     for (i, run) in runs.iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
