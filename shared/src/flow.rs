@@ -8,8 +8,8 @@ use burn::prelude::*;
 use burn::tensor::Int;
 
 use crate::config::RgFlowConfig;
-use crate::gather::index_tensor;
 use crate::coupling::CouplingStack;
+use crate::gather::index_tensor;
 use crate::lattice::MeraLattice;
 use crate::preprocess;
 use crate::prior::Prior;
@@ -46,7 +46,6 @@ pub struct RgFlow {
     lattice: Arc<MeraLattice>,
 }
 
-
 impl RgFlow {
     pub(crate) fn new(config: &RgFlowConfig, device: &Device) -> Self {
         let layers = (0..config.depth())
@@ -71,13 +70,7 @@ impl RgFlow {
         let index = |indices: Vec<Vec<usize>>| indices.into_iter().map(|i| index_tensor(i, device)).collect();
         let forward_gathers = index(lattice.forward_transitions(config.channels));
         let inverse_gathers = index(lattice.inverse_transitions(config.channels));
-        Self {
-            layers,
-            forward_gathers,
-            inverse_gathers,
-            config: config.clone(),
-            lattice: Arc::new(lattice),
-        }
+        Self { layers, forward_gathers, inverse_gathers, config: config.clone(), lattice: Arc::new(lattice) }
     }
 
     /// The config this flow was built from.
@@ -200,6 +193,17 @@ impl RgFlow {
         let log_prob = self.log_prob(x);
         preprocess::bits_per_dim(log_prob, ldj_logit, self.config.num_dims())
     }
+
+    /// The authors' training loss per image: `-(log p(logit x) + log|det
+    /// logit|) / D` nats per dimension of `[0, 1]` images (the trainer
+    /// minimises its mean; [`preprocess::nats_to_bits_per_dim`] turns it into
+    /// [`Self::bits_per_dim`]).
+    ///
+    /// `x01: [B, C, L, L] -> [B]`.
+    pub fn nats_per_dim(&self, x01: Tensor<4>) -> Tensor<1> {
+        let (x, ldj_logit) = preprocess::logit_transform(x01, self.config.logit_constraint);
+        (self.log_prob(x) + ldj_logit).div_scalar(-(self.config.num_dims() as f64))
+    }
 }
 
 #[cfg(test)]
@@ -276,16 +280,24 @@ mod tests {
             let (z, ldj) = flow.forward(x.clone());
             let selector = Tensor::<2>::eye(n, &device).reshape([n, channels, size, size]);
             let grads = (z * selector).sum().backward();
-            let jac: Vec<f64> = x.grad(&grads).unwrap().into_data().try_to_vec::<f32>().unwrap().into_iter().map(f64::from).collect();
+            let jac: Vec<f64> =
+                x.grad(&grads).unwrap().into_data().try_to_vec::<f32>().unwrap().into_iter().map(f64::from).collect();
             // Not a vacuous test: the map is far from the identity. (Its
             // log-det may still be small: the couplings' log-scales take both
             // signs, and the random init depends on what else drew from the
             // device's RNG.)
-            let off_identity = jac.iter().enumerate().map(|(i, &j)| (j - if i % (n + 1) == 0 { 1.0 } else { 0.0 }).abs()).fold(0.0, f64::max);
+            let off_identity = jac
+                .iter()
+                .enumerate()
+                .map(|(i, &j)| (j - if i % (n + 1) == 0 { 1.0 } else { 0.0 }).abs())
+                .fold(0.0, f64::max);
             assert!(off_identity > 0.1, "L={size} C={channels}: the flow is close to the identity ({off_identity})");
             let brute = log_abs_det(jac, n);
             let ours = ldj.narrow(0, 0, 1).into_scalar::<f32>() as f64;
-            assert!((brute - ours).abs() < 1e-3 * brute.abs().max(1.0), "L={size} C={channels}: {ours} vs brute force {brute}");
+            assert!(
+                (brute - ours).abs() < 1e-3 * brute.abs().max(1.0),
+                "L={size} C={channels}: {ours} vs brute force {brute}"
+            );
         }
     }
 }

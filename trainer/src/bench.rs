@@ -9,7 +9,7 @@ use burn::prelude::*;
 use burn::tensor::Distribution;
 use clap::Args;
 use rgflow::decoder::Precision;
-use rgflow::{CpuDecoder, LevelTemperatures, preprocess};
+use rgflow::{CpuDecoder, LevelTemperatures};
 
 use crate::backend::{BackendChoice, select};
 use crate::model_args::ModelArgs;
@@ -70,8 +70,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         let x01 = Tensor::<4>::random(dims, Distribution::Uniform(0.0, 1.0), &train_device);
         sync(&train_device);
         let t0 = Instant::now();
-        let (x, ldj_logit) = preprocess::logit_transform(x01, config.logit_constraint);
-        let loss = (model.log_prob(x) + ldj_logit).div_scalar(-(config.num_dims() as f64)).mean();
+        let loss = model.nats_per_dim(x01).mean();
         sync(&train_device);
         let t1 = Instant::now();
         let mut grads = GradientsParams::from_grads(loss.backward(), &model);
@@ -89,14 +88,14 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     let per_step = (t_fwd + t_bwd + t_opt) / args.steps as f64;
     if !args.sample_only {
-    println!(
-        "train:  {:.1} images/s  ({:.0} ms/step: forward {:.0}, backward+clip {:.0}, AdamW {:.0})",
-        args.batch as f64 / per_step,
-        per_step * 1e3,
-        t_fwd / args.steps as f64 * 1e3,
-        t_bwd / args.steps as f64 * 1e3,
-        t_opt / args.steps as f64 * 1e3
-    );
+        println!(
+            "train:  {:.1} images/s  ({:.0} ms/step: forward {:.0}, backward+clip {:.0}, AdamW {:.0})",
+            args.batch as f64 / per_step,
+            per_step * 1e3,
+            t_fwd / args.steps as f64 * 1e3,
+            t_bwd / args.steps as f64 * 1e3,
+            t_opt / args.steps as f64 * 1e3
+        );
     }
 
     let valid = model.valid();
@@ -105,7 +104,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let per_batch = seconds_per_batch(args.sample_batches, &device, latents, |z| {
         let _ = valid.decode(z).into_data();
     })?;
-    println!("sample: {:.1} images/s  ({:.0} ms per batch of {}; burn ops on {backend_name})", args.batch as f64 / per_batch, per_batch * 1e3, args.batch);
+    println!(
+        "sample: {:.1} images/s  ({:.0} ms per batch of {}; burn ops on {backend_name})",
+        args.batch as f64 / per_batch,
+        per_batch * 1e3,
+        args.batch
+    );
 
     if CpuDecoder::suits(&device) {
         for precision in [Precision::F32, Precision::Bf16] {
@@ -116,7 +120,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 let _ = decoder.decode(z).into_data();
             })?;
             let ran = decoder.precision();
-            let note = if ran == precision { String::new() } else { format!(" ({precision} asked: this CPU has no AVX512-BF16)") };
+            let note = if ran == precision {
+                String::new()
+            } else {
+                format!(" ({precision} asked: this CPU has no AVX512-BF16)")
+            };
             println!(
                 "sample: {:.1} images/s  ({:.0} ms per batch; CPU decoder, {ran} products{note}; packed in {:.0} ms)",
                 args.batch as f64 / per_batch,
@@ -133,7 +141,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let per_batch = seconds_per_batch(args.sample_batches, &device, images, |x01| {
         let _ = valid.bits_per_dim(x01).into_data();
     })?;
-    println!("eval:   {:.1} images/s  (log-likelihood, {:.0} ms per batch)", args.batch as f64 / per_batch, per_batch * 1e3);
+    println!(
+        "eval:   {:.1} images/s  (log-likelihood, {:.0} ms per batch)",
+        args.batch as f64 / per_batch,
+        per_batch * 1e3
+    );
     Ok(())
 }
 

@@ -12,7 +12,7 @@ use std::ops::Range;
 
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::prelude::*;
-use rgflow::{RgFlow, preprocess};
+use rgflow::RgFlow;
 
 use crate::data::images_tensor;
 
@@ -22,14 +22,6 @@ pub struct StepGradients {
     pub grads: GradientsParams,
     /// Each image's loss in nats per dimension, in batch order.
     pub nats: Vec<f32>,
-}
-
-/// The authors' loss per image, `-(log p(x) + log|det logit|) / dims`:
-/// `x01: [n, C, L, L]` in `[0, 1]` -> `[n]`.
-fn nats_per_dim(model: &RgFlow, x01: Tensor<4>) -> Tensor<1> {
-    let config = model.config();
-    let (x, ldj_logit) = preprocess::logit_transform(x01, config.logit_constraint);
-    (model.log_prob(x) + ldj_logit).div_scalar(-(config.num_dims() as f64))
 }
 
 fn host(t: Tensor<1>) -> Vec<f32> {
@@ -42,7 +34,7 @@ pub fn gradients(model: &RgFlow, x01: Vec<f32>, len: usize, devices: &[Device]) 
     let config = model.config();
     let main = &devices[0];
     if devices.len() == 1 {
-        let nats = nats_per_dim(model, images_tensor(x01, len, config, main));
+        let nats = model.nats_per_dim(images_tensor(x01, len, config, main));
         let grads = GradientsParams::from_grads(nats.clone().mean().backward(), model);
         return StepGradients { grads, nats: host(nats) };
     }
@@ -55,7 +47,7 @@ pub fn gradients(model: &RgFlow, x01: Vec<f32>, len: usize, devices: &[Device]) 
                 let share = x01[images.start * per_image..images.end * per_image].to_vec();
                 let replica = model.clone().fork(device);
                 scope.spawn(move || {
-                    let nats = nats_per_dim(&replica, images_tensor(share, images.len(), config, device));
+                    let nats = replica.nats_per_dim(images_tensor(share, images.len(), config, device));
                     let loss = nats.clone().sum().div_scalar(len as f64);
                     (GradientsParams::from_grads(loss.backward(), &replica), host(nats))
                 })

@@ -217,7 +217,7 @@ mod tests {
             (8, 1, "2", "1", "1", "16"),
             (16, 3, "2,1,1", "2", "2", "7"),
             (32, 3, "2,1,1,1", "2", "2", "40"),
-            (16, 2, "1", "3", "1", "9"),
+            (16, 1, "1", "3", "1", "9"),
         ];
         for (size, channels, nlayers, nres, nmlp, nhidden) in cases {
             let config = RgFlowConfig::from_level_specs(size, channels, nlayers, nres, nmlp, nhidden).unwrap();

@@ -48,19 +48,27 @@ pub fn run(args: InpaintArgs) -> anyhow::Result<()> {
     let unknown: Vec<bool> = (0..l * l).map(|s| (r0..r1).contains(&(s / l)) && (c0..c1).contains(&(s % l))).collect();
     let x01 = args.input.load(&flow, &device)?;
     let start = std::time::Instant::now();
-    let result = inpaint(&flow, x01.clone(), &unknown, InpaintOptions { steps: args.steps, learning_rate: args.lr, local: !args.full })?;
+    let result = inpaint(
+        &flow,
+        x01.clone(),
+        &unknown,
+        InpaintOptions { steps: args.steps, learning_rate: args.lr, local: !args.full },
+    )?;
     let seconds = start.elapsed().as_secs_f64();
-    let mask = Tensor::<1>::from_floats(unknown.iter().map(|&u| if u { 0.0 } else { 1.0 }).collect::<Vec<f32>>().as_slice(), &device)
-        .reshape([1, 1, l, l]);
+    let mask = Tensor::<1>::from_floats(
+        unknown.iter().map(|&u| if u { 0.0 } else { 1.0 }).collect::<Vec<f32>>().as_slice(),
+        &device,
+    )
+    .reshape([1, 1, l, l]);
     let masked = x01.clone() * mask.clone() + (mask.neg().add_scalar(1.0)).mul_scalar(0.5);
     save_grid(Tensor::cat(vec![x01, masked, result.image], 0), 3, args.model.zoom, &args.out)?;
-    let dims = flow.config().num_dims() as f64 * std::f64::consts::LN_2;
+    let bpd = |log_prob: f64| rgflow::preprocess::nats_to_bits_per_dim(-log_prob / flow.config().num_dims() as f64);
     println!(
         "log p {:.1} → {:.1} nats ({:.3} → {:.3} bits/dim) in {} steps, {:.2}s; {} of {} blocks per step",
         result.log_prob_start,
         result.log_prob_end,
-        -result.log_prob_start / dims + 8.0,
-        -result.log_prob_end / dims + 8.0,
+        bpd(result.log_prob_start),
+        bpd(result.log_prob_end),
         args.steps,
         seconds,
         result.blocks_per_step,
