@@ -24,7 +24,18 @@ fn fails(args: &[&str]) -> String {
 
 /// A tiny model, so each step takes milliseconds.
 const SMALL: [&str; 12] = [
-    "--nlayers", "1", "--nresblocks", "1", "--nmlp", "1", "--nhidden", "32", "--backend", "flex", "--eval-images", "0",
+    "--nlayers",
+    "1",
+    "--nresblocks",
+    "1",
+    "--nmlp",
+    "1",
+    "--nhidden",
+    "32",
+    "--backend",
+    "flex",
+    "--eval-images",
+    "0",
 ];
 
 fn train(out: &Path, data: &str, extra: &[&str]) -> String {
@@ -36,7 +47,19 @@ fn train(out: &Path, data: &str, extra: &[&str]) -> String {
 
 fn eval_bpd(model: &Path, data: &str) -> f64 {
     let json = model.with_extension("eval.json");
-    ok(&["eval", "--model", model.to_str().unwrap(), "--data", data, "--draws", "1", "--backend", "flex", "--json", json.to_str().unwrap()]);
+    ok(&[
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        data,
+        "--draws",
+        "1",
+        "--backend",
+        "flex",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
     let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
     v["bpd_mean"].as_f64().unwrap()
 }
@@ -61,7 +84,19 @@ fn short_msds_training_lowers_test_bpd() {
     let weights = dir.path().join("m.rgflow");
     ok(&["export", "--checkpoint", ckpt.to_str().unwrap(), "--out", weights.to_str().unwrap(), "--f16"]);
     let grid = dir.path().join("grid.png");
-    ok(&["sample", "--model", weights.to_str().unwrap(), "--out", grid.to_str().unwrap(), "--count", "4", "--temperature", "0.5;1.0", "--backend", "flex"]);
+    ok(&[
+        "sample",
+        "--model",
+        weights.to_str().unwrap(),
+        "--out",
+        grid.to_str().unwrap(),
+        "--count",
+        "4",
+        "--temperature",
+        "0.5;1.0",
+        "--backend",
+        "flex",
+    ]);
     let img = image::open(&grid).unwrap();
     assert!(img.width() > 4 * 32 && img.height() > 2 * 32);
 
@@ -110,7 +145,19 @@ fn resume_after_interruption_matches_an_uninterrupted_run() {
     let worst = za.iter().zip(&zb).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max);
     assert!(worst == 0.0, "resumed run differs from the uninterrupted one by {worst}");
     // Resuming with different settings is refused.
-    let mut args = vec!["train", "--quiet", "--data", data, "--out", b.to_str().unwrap(), "--batch", "8", "--steps", "9", "--resume"];
+    let mut args = vec![
+        "train",
+        "--quiet",
+        "--data",
+        data,
+        "--out",
+        b.to_str().unwrap(),
+        "--batch",
+        "8",
+        "--steps",
+        "9",
+        "--resume",
+    ];
     args.extend(SMALL);
     assert!(fails(&args).contains("differ from the run's own settings"));
 }
@@ -150,7 +197,10 @@ fn bad_inputs_give_clear_errors() {
     assert!(err.contains("not an rgflow weight file"), "{err}");
     assert!(fails(&["train", "--data", "imagenet:/x", "--out", "y", "--steps", "1"]).contains("unknown data kind"));
     assert!(fails(&["train", "--data", "msds1", "--out", run.to_str().unwrap(), "--steps", "1"]).contains("--resume"));
-    assert!(fails(&["eval", "--model", ckpt.to_str().unwrap(), "--data", "folder:/nonexistent", "--backend", "flex"]).contains("does not exist"));
+    assert!(
+        fails(&["eval", "--model", ckpt.to_str().unwrap(), "--data", "folder:/nonexistent", "--backend", "flex"])
+            .contains("does not exist")
+    );
 }
 
 /// `sample` on the CPU decodes through the packed decoder; `--precision bf16`
@@ -160,7 +210,17 @@ fn sample_precisions_agree() {
     let dir = tempfile::tempdir().unwrap();
     let png = |name: &str, precision: &str| {
         let path = dir.path().join(name);
-        let args = ["sample", "--out", path.to_str().unwrap(), "--count", "4", "--temperature", "0.5;0.9", "--backend", "flex"];
+        let args = [
+            "sample",
+            "--out",
+            path.to_str().unwrap(),
+            "--count",
+            "4",
+            "--temperature",
+            "0.5;0.9",
+            "--backend",
+            "flex",
+        ];
         ok(&[&args[..], &["--precision", precision]].concat());
         image::open(&path).unwrap().to_rgb8()
     };
@@ -227,8 +287,19 @@ fn shipped_model_keeps_its_held_out_bits_per_dim() {
     let data = format!("celeba:{},test-last=1000", celeba.display());
     let model = root.join("models/celeba32.rgflow");
     ok(&[
-        "eval", "--model", model.to_str().unwrap(), "--data", &data, "--limit", "200", "--draws", "2", "--backend", "flex",
-        "--json", json.to_str().unwrap(),
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        &data,
+        "--limit",
+        "200",
+        "--draws",
+        "2",
+        "--backend",
+        "flex",
+        "--json",
+        json.to_str().unwrap(),
     ]);
     let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
     let bpd = v["bpd_mean"].as_f64().unwrap();
@@ -246,9 +317,32 @@ fn runs_keep_and_use_a_weight_average() {
     let run = dir.path().join("run");
     let data = "msds1,train=64,test=16";
     let args = [
-        "train", "--quiet", "--data", data, "--out", run.to_str().unwrap(), "--batch", "16", "--nlayers", "1", "--nresblocks",
-        "1", "--nmlp", "1", "--nhidden", "32", "--backend", "flex", "--eval-images", "16", "--steps", "6", "--warmup-steps", "2",
-        "--ema-decay", "0.5",
+        "train",
+        "--quiet",
+        "--data",
+        data,
+        "--out",
+        run.to_str().unwrap(),
+        "--batch",
+        "16",
+        "--nlayers",
+        "1",
+        "--nresblocks",
+        "1",
+        "--nmlp",
+        "1",
+        "--nhidden",
+        "32",
+        "--backend",
+        "flex",
+        "--eval-images",
+        "16",
+        "--steps",
+        "6",
+        "--warmup-steps",
+        "2",
+        "--ema-decay",
+        "0.5",
     ];
     ok(&args);
     let log = std::fs::read_to_string(run.join("log.jsonl")).unwrap();
@@ -257,12 +351,30 @@ fn runs_keep_and_use_a_weight_average() {
     assert_eq!(last["images_seen"].as_u64(), Some(6 * 16));
     let (raw, average) = (last["bpd"].as_f64().unwrap(), last["bpd_ema"].as_f64().unwrap());
     assert!(raw.is_finite() && average.is_finite() && raw != average, "{raw} {average}");
-    let lr: Vec<f64> = log.lines().filter(|l| l.contains("\"event\":\"step\"")).map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["lr"].as_f64().unwrap()).collect();
+    let lr: Vec<f64> = log
+        .lines()
+        .filter(|l| l.contains("\"event\":\"step\""))
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["lr"].as_f64().unwrap())
+        .collect();
     assert_eq!(lr[..3], [5e-4, 1e-3, 1e-3], "two warm-up steps, then the peak");
     let ckpt = run.join("checkpoint.rgck");
     let json = dir.path().join("e.json");
     let eval = |weights: &str| {
-        ok(&["eval", "--model", ckpt.to_str().unwrap(), "--data", data, "--draws", "1", "--backend", "flex", "--weights", weights, "--json", json.to_str().unwrap()]);
+        ok(&[
+            "eval",
+            "--model",
+            ckpt.to_str().unwrap(),
+            "--data",
+            data,
+            "--draws",
+            "1",
+            "--backend",
+            "flex",
+            "--weights",
+            weights,
+            "--json",
+            json.to_str().unwrap(),
+        ]);
         let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
         v["bpd_mean"].as_f64().unwrap()
     };
@@ -274,7 +386,11 @@ fn runs_keep_and_use_a_weight_average() {
     let steps_at = timed_args.iter().position(|a| *a == "--steps").unwrap();
     timed_args.splice(steps_at..steps_at + 2, ["--minutes", "0.000001"]);
     ok(&timed_args);
-    let steps = std::fs::read_to_string(timed.join("log.jsonl")).unwrap().lines().filter(|l| l.contains("\"event\":\"step\"")).count();
+    let steps = std::fs::read_to_string(timed.join("log.jsonl"))
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("\"event\":\"step\""))
+        .count();
     assert_eq!(steps, 1);
 }
 
@@ -291,7 +407,10 @@ fn bad_flags_and_data_end_in_messages_not_panics_or_hangs() {
     };
     let run = dir.path().join("r");
     let run = run.to_str().unwrap();
-    refused(&["train", "--data", "msds1", "--out", run, "--steps", "1", "--checkpoint-every", "0"], "--checkpoint-every");
+    refused(
+        &["train", "--data", "msds1", "--out", run, "--steps", "1", "--checkpoint-every", "0"],
+        "--checkpoint-every",
+    );
     refused(&["train", "--data", "msds1", "--out", run, "--steps", "1", "--lr", "NaN"], "--lr");
     refused(&["train", "--data", "msds1", "--out", run, "--steps", "1", "--lr=-1"], "--lr");
     refused(&["train", "--data", "msds1", "--out", run, "--steps", "1", "--weight-decay", "inf"], "--weight-decay");
@@ -324,7 +443,10 @@ fn export_refuses_non_finite_weights_and_keeps_the_old_file() {
     use burn::module::{Module, ModuleMapper, Param};
     struct Poison;
     impl ModuleMapper for Poison {
-        fn map_float<const D: usize>(&mut self, param: Param<burn::prelude::Tensor<D>>) -> Param<burn::prelude::Tensor<D>> {
+        fn map_float<const D: usize>(
+            &mut self,
+            param: Param<burn::prelude::Tensor<D>>,
+        ) -> Param<burn::prelude::Tensor<D>> {
             param.map(|t| t.mul_scalar(f32::NAN))
         }
     }
@@ -347,7 +469,8 @@ fn export_refuses_non_finite_weights_and_keeps_the_old_file() {
 fn sigterm_saves_a_final_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
-    let mut args = vec!["train", "--quiet", "--data", "msds1,train=64,test=8", "--out", run.to_str().unwrap(), "--batch", "16"];
+    let mut args =
+        vec!["train", "--quiet", "--data", "msds1,train=64,test=8", "--out", run.to_str().unwrap(), "--batch", "16"];
     args.extend(SMALL);
     args.extend(["--steps", "1000000", "--checkpoint-every", "1000000"]);
     let child = Command::new(env!("CARGO_BIN_EXE_trainer"))
@@ -368,7 +491,8 @@ fn sigterm_saves_a_final_checkpoint() {
     let text = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{:?}: {text}", out.status);
     assert!(text.contains("interrupted, saved"), "{text}");
-    let steps_logged = std::fs::read_to_string(&log).unwrap().lines().filter(|l| l.contains("\"event\":\"step\"")).count();
+    let steps_logged =
+        std::fs::read_to_string(&log).unwrap().lines().filter(|l| l.contains("\"event\":\"step\"")).count();
     let ckpt = std::fs::read(run.join("checkpoint.rgck")).unwrap();
     let header_len = u64::from_le_bytes(ckpt[12..20].try_into().unwrap()) as usize;
     let state: serde_json::Value = serde_json::from_slice(&ckpt[20..20 + header_len]).unwrap();

@@ -57,11 +57,7 @@ pub fn num_levels(image_size: usize, kernel_size: usize) -> usize {
 /// per level (repeated for its two sub-layers), `"4"` one value for every
 /// sub-layer. Returns the per-sub-layer list of length `2 * levels`.
 pub fn parse_level_spec(name: &str, spec: &str, levels: usize) -> ConfigResult<Vec<usize>> {
-    let err = |reason: String| Error::LevelSpec {
-        name: name.to_string(),
-        spec: spec.to_string(),
-        reason,
-    };
+    let err = |reason: String| Error::LevelSpec { name: name.to_string(), spec: spec.to_string(), reason };
     let values = spec
         .split(',')
         .map(|v| v.trim().parse::<usize>().map_err(|e| err(format!("`{v}`: {e}"))))
@@ -182,10 +178,7 @@ impl RgFlowConfig {
             )));
         }
         if !(self.logit_constraint > 0.0 && self.logit_constraint < 1.0) {
-            return Err(Error::Config(format!(
-                "logit_constraint must lie in (0, 1), got {}",
-                self.logit_constraint
-            )));
+            return Err(Error::Config(format!("logit_constraint must lie in (0, 1), got {}", self.logit_constraint)));
         }
         Ok(())
     }
@@ -226,9 +219,7 @@ fn check_geometry(image_size: usize, channels: usize, kernel_size: usize) -> Con
         )));
     }
     if !(image_size / kernel_size).is_power_of_two() {
-        return Err(Error::Config(format!(
-            "L / kernel_size must be a power of two, got {image_size} / {kernel_size}"
-        )));
+        return Err(Error::Config(format!("L / kernel_size must be a power of two, got {image_size} / {kernel_size}")));
     }
     Ok(())
 }

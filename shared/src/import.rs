@@ -87,9 +87,7 @@ impl StateDict {
 
     /// The tensor `name`, checked to have `shape`.
     fn expect(&self, name: &str, shape: &[usize]) -> Result<&RefTensor> {
-        let t = self
-            .get(name)
-            .ok_or_else(|| Error::weights(&self.source, format!("missing tensor `{name}`")))?;
+        let t = self.get(name).ok_or_else(|| Error::weights(&self.source, format!("missing tensor `{name}`")))?;
         if t.shape != shape {
             return Err(Error::weights(
                 &self.source,
@@ -186,7 +184,10 @@ pub fn load_reference(state: &StateDict, config: &RgFlowConfig, device: &Device)
         for (mask_name, ours) in [("mask_left", &left), ("mask_right", &right)] {
             let theirs = take(format!("layers.{k}.{mask_name}"), &[config.channels, kk, kk])?;
             if &theirs != ours {
-                return Err(Error::weights(&state.source, format!("layers.{k}.{mask_name} is not the checkerboard mask")));
+                return Err(Error::weights(
+                    &state.source,
+                    format!("layers.{k}.{mask_name} is not the checkerboard mask"),
+                ));
             }
         }
         let widths: Vec<usize> = std::iter::once(dim)
@@ -221,11 +222,7 @@ pub fn load_reference(state: &StateDict, config: &RgFlowConfig, device: &Device)
                         })
                         .collect::<Result<Vec<_>>>()?;
                     let scale = take(format!("{prefix}.scale.scale"), &[dim])?;
-                    Ok(MlpResNet {
-                        res_blocks,
-                        scale: Scale { scale: Param::from_tensor(tensor1(scale)) },
-                        final_tanh,
-                    })
+                    Ok(MlpResNet { res_blocks, scale: Scale { scale: Param::from_tensor(tensor1(scale)) }, final_tanh })
                 })
                 .collect()
         };
@@ -251,7 +248,9 @@ pub fn load_reference(state: &StateDict, config: &RgFlowConfig, device: &Device)
     }
     let unexpected: Vec<&str> = state
         .keys()
-        .filter(|k| !used.contains(*k) && !k.starts_with("test.") && !k.ends_with(".saved_mean") && !k.ends_with(".saved_var"))
+        .filter(|k| {
+            !used.contains(*k) && !k.starts_with("test.") && !k.ends_with(".saved_mean") && !k.ends_with(".saved_var")
+        })
         .collect();
     if !unexpected.is_empty() {
         return Err(Error::weights(

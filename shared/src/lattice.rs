@@ -112,17 +112,23 @@ impl MeraLattice {
         for level in 0..levels {
             let dilation = 1 << level;
             let stride = kernel_size * dilation;
-            for (kind, offset) in [
-                (SubLayerKind::Decimator, 0),
-                (SubLayerKind::Disentangler, stride / 2),
-            ] {
-                let (rows, cols, num_blocks) =
-                    block_indices(size, kernel_size, kernel_size, stride, dilation, offset);
+            for (kind, offset) in [(SubLayerKind::Decimator, 0), (SubLayerKind::Disentangler, stride / 2)] {
+                let (rows, cols, num_blocks) = block_indices(size, kernel_size, kernel_size, stride, dilation, offset);
                 let mut block_of_site = vec![u32::MAX; size * size];
                 for (i, (r, c)) in rows.iter().zip(&cols).enumerate() {
                     block_of_site[r * size + c] = (i / (kernel_size * kernel_size)) as u32;
                 }
-                sublayers.push(SubLayer { level, kind, dilation, stride, offset, num_blocks, rows, cols, block_of_site });
+                sublayers.push(SubLayer {
+                    level,
+                    kind,
+                    dilation,
+                    stride,
+                    offset,
+                    num_blocks,
+                    rows,
+                    cols,
+                    block_of_site,
+                });
             }
         }
         let top = levels - 1;

@@ -44,7 +44,6 @@ pub struct LocalStats {
     pub blocks_total: usize,
 }
 
-
 /// `old` with the entries at `positions` replaced by the columns of `new`,
 /// by one gather from `[old, new]`. `old: [B, N]`, `new: [B, positions.len()]`.
 fn replace_columns(old: Tensor<2>, positions: &[usize], new: Tensor<2>) -> Tensor<2> {
@@ -93,7 +92,10 @@ impl RgFlow {
             let (rows, ldj) = if blocks.is_empty() {
                 (None, None)
             } else {
-                let rows = previous.clone().select(1, index_tensor(elements.clone(), &device)).reshape([batch * blocks.len(), dim]);
+                let rows = previous
+                    .clone()
+                    .select(1, index_tensor(elements.clone(), &device))
+                    .reshape([batch * blocks.len(), dim]);
                 let (rows, ldj) = match direction {
                     Direction::Forward => self.layers[k].forward(rows),
                     Direction::Inverse => self.layers[k].inverse(rows),

@@ -137,11 +137,8 @@ pub fn grid(tiles: &[RgbImage], cols: usize, zoom: u32, pad: u32, background: [u
     let cols = cols.max(1);
     let rows = tiles.len().div_ceil(cols).max(1);
     let (tw, th) = tiles.first().map_or((1, 1), |t| (t.width() * zoom, t.height() * zoom));
-    let mut out = RgbImage::from_pixel(
-        cols as u32 * (tw + pad) + pad,
-        rows as u32 * (th + pad) + pad,
-        image::Rgb(background),
-    );
+    let mut out =
+        RgbImage::from_pixel(cols as u32 * (tw + pad) + pad, rows as u32 * (th + pad) + pad, image::Rgb(background));
     for (i, tile) in tiles.iter().enumerate() {
         let tile = imageops::resize(tile, tw, th, FilterType::Nearest);
         let (x, y) = ((i % cols) as u32 * (tw + pad) + pad, (i / cols) as u32 * (th + pad) + pad);

@@ -62,10 +62,7 @@ fn logit_ldj(logit: Tensor<4>, constraint: f64) -> Tensor<1> {
 /// Bits per dimension of 8-bit data, from the flow's `log p(logit)` and the
 /// logit transform's log-det: `(-(log p + ldj)/D + ln 256) / ln 2`.
 pub fn bits_per_dim(log_prob: Tensor<1>, ldj_logit: Tensor<1>, num_dims: usize) -> Tensor<1> {
-    (log_prob + ldj_logit)
-        .div_scalar(-(num_dims as f64))
-        .add_scalar(256f64.ln())
-        .div_scalar(std::f64::consts::LN_2)
+    (log_prob + ldj_logit).div_scalar(-(num_dims as f64)).add_scalar(256f64.ln()).div_scalar(std::f64::consts::LN_2)
 }
 
 /// The training loss, `-(log p + ldj)/D` nats per dimension of the data in

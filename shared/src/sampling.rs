@@ -65,7 +65,8 @@ impl RgFlow {
         let t = self.element_temperatures(temps)?;
         let prior = self.prior();
         let mut rng = StdRng::seed_from_u64(seed);
-        let values: Vec<f32> = (0..n).flat_map(|_| t.iter().map(|&t| t * prior.sample_unit(&mut rng)).collect::<Vec<_>>()).collect();
+        let values: Vec<f32> =
+            (0..n).flat_map(|_| t.iter().map(|&t| t * prior.sample_unit(&mut rng)).collect::<Vec<_>>()).collect();
         let c = self.config();
         Ok(Tensor::from_data(TensorData::new(values, [n, c.channels, c.image_size, c.image_size]), device))
     }

@@ -6,9 +6,9 @@ use std::path::Path;
 
 use burn::module::{Module, ModuleMapper, Param};
 use burn::prelude::*;
-use burn::tensor::{DType, FloatDType};
 use burn::store::burn_pack::{Bytes, Reader};
 use burn::store::{BurnpackStore, FloatCastAdapter, HalfPrecisionAdapter, ModuleSnapshot};
+use burn::tensor::{DType, FloatDType};
 
 use crate::config::RgFlowConfig;
 use crate::error::{Error, Result};
@@ -99,10 +99,7 @@ pub fn read_config(bytes: &[u8], source: &str) -> Result<RgFlowConfig> {
     config_from_metadata(reader.metadata(), source)
 }
 
-fn config_from_metadata(
-    meta: &std::collections::BTreeMap<String, String>,
-    source: &str,
-) -> Result<RgFlowConfig> {
+fn config_from_metadata(meta: &std::collections::BTreeMap<String, String>, source: &str) -> Result<RgFlowConfig> {
     if meta.get(FORMAT_KEY).map(String::as_str) != Some(FORMAT_NAME) {
         return Err(Error::weights(source, "a burnpack file, but not rgflow weights (no rgflow format tag)"));
     }
@@ -171,10 +168,7 @@ pub fn load_expecting(path: &Path, expected: &RgFlowConfig, device: &Device) -> 
     if &config != expected {
         return Err(Error::weights(
             &source,
-            format!(
-                "holds another model: {}",
-                serde_json::to_string(&config).unwrap_or_default()
-            ),
+            format!("holds another model: {}", serde_json::to_string(&config).unwrap_or_default()),
         ));
     }
     load_into(config, bytes, &source, device)
@@ -203,7 +197,8 @@ mod tests {
         let blocked = dir.join("blocked");
         std::fs::create_dir_all(blocked.join("inside")).unwrap();
         assert!(write_atomic(&blocked, b"never").is_err());
-        let names: Vec<String> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        let names: Vec<String> =
+            std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
         assert!(names.iter().all(|n| !n.contains(".tmp")), "temporary files left: {names:?}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
@@ -221,7 +216,8 @@ mod tests {
         let half_bytes = to_bytes(&flow, Precision::F16).unwrap();
         // Tensor bytes halve (names and metadata do not; a wider model shows it).
         let wide = config("64").init(&device);
-        let (w32, w16) = (to_bytes(&wide, Precision::F32).unwrap().len(), to_bytes(&wide, Precision::F16).unwrap().len());
+        let (w32, w16) =
+            (to_bytes(&wide, Precision::F32).unwrap().len(), to_bytes(&wide, Precision::F16).unwrap().len());
         assert!(w16 * 10 < w32 * 6, "f16 file is {w16} bytes, f32 {w32}");
         let half = from_bytes(half_bytes, "mem", &device).unwrap();
         let lp16 = half.log_prob(x).into_data().try_to_vec::<f32>().unwrap();

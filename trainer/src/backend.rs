@@ -42,9 +42,8 @@ fn ndarray() -> anyhow::Result<(Device, String)> {
 
 #[cfg(feature = "wgpu")]
 fn wgpu() -> anyhow::Result<(Device, String)> {
-    let device = Device::wgpu_options()
-        .init()
-        .map_err(|e| anyhow::anyhow!("no wgpu adapter could be initialised: {e:?}"))?;
+    let device =
+        Device::wgpu_options().init().map_err(|e| anyhow::anyhow!("no wgpu adapter could be initialised: {e:?}"))?;
     let name = any_adapter().unwrap_or_else(|| "default adapter".into());
     Ok((device, format!("wgpu on {name}")))
 }
@@ -58,10 +57,7 @@ fn wgpu() -> anyhow::Result<(Device, String)> {
 fn adapters() -> Vec<burn::tensor::wgpu::wgpu::AdapterInfo> {
     use burn::tensor::wgpu::wgpu;
     let instance = wgpu::Instance::default();
-    pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()))
-        .iter()
-        .map(|a| a.get_info())
-        .collect()
+    pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all())).iter().map(|a| a.get_info()).collect()
 }
 
 /// Name of a hardware (non-CPU) GPU adapter, if the machine has one.
@@ -103,7 +99,11 @@ fn wgpu_devices(n: usize) -> anyhow::Result<(Vec<Device>, String)> {
     let cards = Device::enumerate_physical();
     if cards.len() < n {
         let names: Vec<&str> = cards.iter().map(|c| c.name.as_str()).collect();
-        anyhow::bail!("--devices {n}: this machine has {} GPU card(s) that wgpu reaches{}", cards.len(), if names.is_empty() { String::new() } else { format!(": {}", names.join(", ")) });
+        anyhow::bail!(
+            "--devices {n}: this machine has {} GPU card(s) that wgpu reaches{}",
+            cards.len(),
+            if names.is_empty() { String::new() } else { format!(": {}", names.join(", ")) }
+        );
     }
     let cards = &cards[..n];
     let names: Vec<&str> = cards.iter().map(|c| c.name.as_str()).collect();

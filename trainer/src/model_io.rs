@@ -18,7 +18,8 @@ pub fn resolve_model_path(path: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     if let Some(p) = path {
         return Ok(p);
     }
-    let candidates = [PathBuf::from(DEFAULT_MODEL), Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(DEFAULT_MODEL)];
+    let candidates =
+        [PathBuf::from(DEFAULT_MODEL), Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(DEFAULT_MODEL)];
     candidates
         .into_iter()
         .find(|p| p.is_file())

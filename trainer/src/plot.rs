@@ -47,15 +47,16 @@ pub struct Curves {
 pub fn read_curves(path: &Path, label: Option<&str>, train_window: usize) -> anyhow::Result<Curves> {
     let file = if path.is_dir() { path.join("log.jsonl") } else { path.to_path_buf() };
     let text = std::fs::read_to_string(&file).with_context(|| format!("reading training log {}", file.display()))?;
-    let default_label = file.parent().and_then(|p| p.file_name()).map_or("run".into(), |n| n.to_string_lossy().into_owned());
+    let default_label =
+        file.parent().and_then(|p| p.file_name()).map_or("run".into(), |n| n.to_string_lossy().into_owned());
     let mut curves = Curves { label: label.map_or(default_label, str::to_string), ..Curves::default() };
     let mut window: std::collections::VecDeque<f64> = Default::default();
     for (n, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
-        let entry: LogLine =
-            serde_json::from_str(line).with_context(|| format!("{}:{}: not a training log line", file.display(), n + 1))?;
+        let entry: LogLine = serde_json::from_str(line)
+            .with_context(|| format!("{}:{}: not a training log line", file.display(), n + 1))?;
         // Older logs lack `images_seen`; the step count stands in for them there.
         let x = entry.images_seen as f64;
         let hours = entry.seconds / 3600.0;
@@ -178,7 +179,8 @@ where
     let x_max = all().map(&x_of).fold(0.0, f64::max).max(1e-9);
     // The y range follows the held-out points (the early training loss is far above them).
     let evals = || runs.iter().flat_map(|r| r.eval_raw.iter().chain(&r.eval_average));
-    let (mut y_min, mut y_max) = evals().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), p| (lo.min(p.2), hi.max(p.2)));
+    let (mut y_min, mut y_max) =
+        evals().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), p| (lo.min(p.2), hi.max(p.2)));
     if !y_min.is_finite() {
         (y_min, y_max) = all().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), p| (lo.min(p.2), hi.max(p.2)));
     }
@@ -209,7 +211,9 @@ where
     for (i, run) in runs.iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
         if !run.train.is_empty() {
-            chart.draw_series(LineSeries::new(clip(&run.train), color.mix(0.25).stroke_width(1))).map_err(plot_error)?;
+            chart
+                .draw_series(LineSeries::new(clip(&run.train), color.mix(0.25).stroke_width(1)))
+                .map_err(plot_error)?;
         }
         let raw = chart
             .draw_series(DashedLineSeries::new(clip(&run.eval_raw), 6, 4, color.mix(0.8).stroke_width(1)))
@@ -247,13 +251,19 @@ mod tests {
         std::fs::create_dir_all(&run).unwrap();
         let mut lines = Vec::new();
         for step in 1..=20u64 {
-            lines.push(serde_json::json!({"event": "step", "step": step, "epoch": 0, "images_seen": step * 64,
+            lines.push(
+                serde_json::json!({"event": "step", "step": step, "epoch": 0, "images_seen": step * 64,
                 "bpd": 6.0 - step as f64 * 0.05, "bpd_std": 0.1, "grad_norm": 1.0, "images_per_sec": 100.0,
-                "seconds": step as f64}).to_string());
+                "seconds": step as f64})
+                .to_string(),
+            );
             if step % 10 == 0 {
-                lines.push(serde_json::json!({"event": "eval", "step": step, "epoch": 0, "images_seen": step * 64,
+                lines.push(
+                    serde_json::json!({"event": "eval", "step": step, "epoch": 0, "images_seen": step * 64,
                     "bpd": 5.5 - step as f64 * 0.01, "bpd_std": 0.3, "bpd_ema": 5.4 - step as f64 * 0.01,
-                    "bpd_ema_std": 0.3, "grad_norm": null, "images_per_sec": null, "seconds": step as f64}).to_string());
+                    "bpd_ema_std": 0.3, "grad_norm": null, "images_per_sec": null, "seconds": step as f64})
+                    .to_string(),
+                );
             }
         }
         std::fs::write(run.join("log.jsonl"), lines.join("\n")).unwrap();
@@ -262,7 +272,10 @@ mod tests {
         assert_eq!(curves.eval_raw.iter().map(|p| p.0).collect::<Vec<_>>(), vec![640.0, 1280.0]);
         assert_eq!(curves.eval_average[1].2, 5.2);
         assert!(!curves.train.is_empty() && curves.train.iter().all(|p| p.2 < 6.0));
-        assert_eq!((tick(250_000.0, 1e6), tick(3.456, 0.5), tick(3.0, 40.0)), ("250k".into(), "3.46".into(), "3".into()));
+        assert_eq!(
+            (tick(250_000.0, 1e6), tick(3.456, 0.5), tick(3.0, 40.0)),
+            ("250k".into(), "3.46".into(), "3".into())
+        );
         let out = dir.path().join("curves.png");
         draw(&[curves], "test", (600, 300), &out).unwrap();
         let png = image::open(&out).unwrap().to_rgb8();

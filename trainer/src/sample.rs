@@ -67,7 +67,9 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
         }
         Some(decoder)
     } else if precision == Precision::Bf16 {
-        anyhow::bail!("--precision bf16 is a CPU decoder option; {backend_name} decodes in f32 (drop --precision or use --backend cpu)");
+        anyhow::bail!(
+            "--precision bf16 is a CPU decoder option; {backend_name} decodes in f32 (drop --precision or use --backend cpu)"
+        );
     } else {
         None
     };

@@ -19,8 +19,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::backend::{BackendChoice, select_devices};
 use crate::checkpoint::{Checkpoint, TrainState};
-use crate::ema::WeightAverage;
 use crate::data::{self, EpochOptions, Loader, SourceSpec, Split, images_tensor};
+use crate::ema::WeightAverage;
 use crate::model_args::ModelArgs;
 use crate::model_io::save_grid;
 use crate::optim::{Decay, LrSchedule, adamw, clip_global_norm};
@@ -146,10 +146,18 @@ impl TrainArgs {
     /// The run's settings from the flags, checked.
     fn settings(&self) -> anyhow::Result<Settings> {
         let positive = |name: &str, v: f64| {
-            if v.is_finite() && v > 0.0 { Ok(()) } else { Err(anyhow::anyhow!("{name} must be a positive number, got {v}")) }
+            if v.is_finite() && v > 0.0 {
+                Ok(())
+            } else {
+                Err(anyhow::anyhow!("{name} must be a positive number, got {v}"))
+            }
         };
         let non_negative = |name: &str, v: f64| {
-            if v.is_finite() && v >= 0.0 { Ok(()) } else { Err(anyhow::anyhow!("{name} must be a number ≥ 0, got {v}")) }
+            if v.is_finite() && v >= 0.0 {
+                Ok(())
+            } else {
+                Err(anyhow::anyhow!("{name} must be a number ≥ 0, got {v}"))
+            }
         };
         positive("--lr", self.lr)?;
         non_negative("--weight-decay", self.weight_decay)?;
@@ -167,9 +175,14 @@ impl TrainArgs {
         let decay = match (self.lr_decay, self.decay_until) {
             (DecayArg::Constant, None) => Decay::Constant,
             (DecayArg::Constant, Some(_)) => bail!("--decay-until needs --lr-decay cosine"),
-            (DecayArg::Cosine, Some(until)) if until > self.warmup_steps => Decay::Cosine { until, floor: self.lr_floor },
+            (DecayArg::Cosine, Some(until)) if until > self.warmup_steps => {
+                Decay::Cosine { until, floor: self.lr_floor }
+            }
             (DecayArg::Cosine, until) => {
-                bail!("--lr-decay cosine needs --decay-until after the warm-up's {} steps, got {until:?}", self.warmup_steps)
+                bail!(
+                    "--lr-decay cosine needs --decay-until after the warm-up's {} steps, got {until:?}",
+                    self.warmup_steps
+                )
             }
         };
         Ok(Settings {
@@ -232,9 +245,14 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     if let Err(e) = lock.try_lock() {
         match e {
             std::fs::TryLockError::WouldBlock => {
-                bail!("another trainer is already writing to {}; wait for it or choose another --out", args.out.display())
+                bail!(
+                    "another trainer is already writing to {}; wait for it or choose another --out",
+                    args.out.display()
+                )
             }
-            std::fs::TryLockError::Error(e) => return Err(e).with_context(|| format!("locking {}", lock_path.display())),
+            std::fs::TryLockError::Error(e) => {
+                return Err(e).with_context(|| format!("locking {}", lock_path.display()));
+            }
         }
     }
 
@@ -292,7 +310,8 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         let ema = model.valid();
         (fresh.clone(), model, adamw(fresh.weight_decay), state, ema)
     };
-    let mut average = (settings.ema_decay > 0.0).then(|| WeightAverage::new(settings.ema_decay, ema, state.average_updates));
+    let mut average =
+        (settings.ema_decay > 0.0).then(|| WeightAverage::new(settings.ema_decay, ema, state.average_updates));
 
     let config = settings.config.clone();
     let dataset = data::open(&args.data)?;
@@ -316,7 +335,8 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         Loader::new(dataset.test[..n].to_vec(), config.image_size, config.channels, settings.seed, args.workers)
     });
     let batches_per_epoch = loader.len().div_ceil(settings.batch) as u64;
-    let total_steps = [args.steps, args.epochs.map(|e| e * batches_per_epoch)].into_iter().flatten().min().unwrap_or(u64::MAX);
+    let total_steps =
+        [args.steps, args.epochs.map(|e| e * batches_per_epoch)].into_iter().flatten().min().unwrap_or(u64::MAX);
     let time_limit = args.minutes.map(|m| m * 60.0).unwrap_or(f64::INFINITY);
     eprintln!(
         "model: {} parameters; backend {backend_name}; {} train images, {batches_per_epoch} steps per epoch, to {}",
@@ -340,48 +360,59 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         });
     }
     let mut log = std::fs::OpenOptions::new().create(true).append(true).open(args.out.join(LOG))?;
-    let mut write_log = |line: &LogLine| -> anyhow::Result<()> { Ok(writeln!(log, "{}", serde_json::to_string(line)?)?) };
-    let progress = if args.quiet || total_steps == u64::MAX { ProgressBar::hidden() } else { ProgressBar::new(total_steps) };
+    let mut write_log =
+        |line: &LogLine| -> anyhow::Result<()> { Ok(writeln!(log, "{}", serde_json::to_string(line)?)?) };
+    let progress =
+        if args.quiet || total_steps == u64::MAX { ProgressBar::hidden() } else { ProgressBar::new(total_steps) };
     progress.set_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  ETA {eta}").expect("valid template"),
     );
     progress.set_position(state.step);
 
-    let save = |model: &RgFlow, optim: &ModuleOptimizer, average: &Option<WeightAverage>, state: &TrainState| -> anyhow::Result<()> {
+    let save = |model: &RgFlow,
+                optim: &ModuleOptimizer,
+                average: &Option<WeightAverage>,
+                state: &TrainState|
+     -> anyhow::Result<()> {
         let mut state = state.clone();
         state.average_updates = average.as_ref().map_or(0, WeightAverage::updates);
         let ckpt = Checkpoint {
             state,
             model: rgflow::store::to_bytes(model, rgflow::store::Precision::F32)?,
             optimizer: optim.into_bytes().map_err(|e| anyhow::anyhow!("optimiser state: {e:?}"))?.to_vec(),
-            ema: average.as_ref().map(|a| rgflow::store::to_bytes(a.model(), rgflow::store::Precision::F32)).transpose()?,
+            ema: average
+                .as_ref()
+                .map(|a| rgflow::store::to_bytes(a.model(), rgflow::store::Precision::F32))
+                .transpose()?,
         };
         ckpt.save(&checkpoint_path)
     };
     // Held-out bits/dim of the raw weights and of their average, logged.
     // The log line of an epoch end or of the run's end, with the held-out
     // bits/dim of the raw weights and of their average when there is a test split.
-    let evaluate_both = |event: &str, model: &RgFlow, average: &Option<WeightAverage>, state: &TrainState| -> anyhow::Result<LogLine> {
-        let mut line = LogLine {
-            event: event.into(),
-            step: state.step,
-            epoch: state.epoch,
-            images_seen: state.images_seen,
-            seconds: state.train_seconds,
-            ..LogLine::default()
+    let evaluate_both =
+        |event: &str, model: &RgFlow, average: &Option<WeightAverage>, state: &TrainState| -> anyhow::Result<LogLine> {
+            let mut line = LogLine {
+                event: event.into(),
+                step: state.step,
+                epoch: state.epoch,
+                images_seen: state.images_seen,
+                seconds: state.train_seconds,
+                ..LogLine::default()
+            };
+            let Some(loader) = &test_loader else { return Ok(line) };
+            let raw = evaluate(&model.valid(), loader, settings.batch)?;
+            let avg = average.as_ref().map(|a| evaluate(a.model(), loader, settings.batch)).transpose()?;
+            let mut message =
+                format!("epoch {}, step {}: test bpd {:.4} ± {:.4}", state.epoch + 1, state.step, raw.0, raw.1);
+            if let Some((m, _)) = avg {
+                message += &format!(" (average of the weights: {m:.4})");
+            }
+            progress.println(message);
+            (line.bpd, line.bpd_std) = (Some(raw.0), Some(raw.1));
+            (line.bpd_ema, line.bpd_ema_std) = (avg.map(|a| a.0), avg.map(|a| a.1));
+            Ok(line)
         };
-        let Some(loader) = &test_loader else { return Ok(line) };
-        let raw = evaluate(&model.valid(), loader, settings.batch)?;
-        let avg = average.as_ref().map(|a| evaluate(a.model(), loader, settings.batch)).transpose()?;
-        let mut message = format!("epoch {}, step {}: test bpd {:.4} ± {:.4}", state.epoch + 1, state.step, raw.0, raw.1);
-        if let Some((m, _)) = avg {
-            message += &format!(" (average of the weights: {m:.4})");
-        }
-        progress.println(message);
-        (line.bpd, line.bpd_std) = (Some(raw.0), Some(raw.1));
-        (line.bpd_ema, line.bpd_ema_std) = (avg.map(|a| a.0), avg.map(|a| a.1));
-        Ok(line)
-    };
 
     let mut session_images = 0u64;
     let session_start = Instant::now();
@@ -406,7 +437,8 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             let StepGradients { mut grads, nats } = parallel::gradients(&model, batch.x01, batch.len, &devices);
             let bpd: Vec<f64> = nats.iter().map(|&n| rgflow::preprocess::nats_to_bits_per_dim(n as f64)).collect();
             let mean = bpd.iter().sum::<f64>() / bpd.len() as f64;
-            let grad_norm = global_norm(&model, &mut grads, settings.clip_grad).map(|g| g.inner().into_scalar::<f32>() as f64);
+            let grad_norm =
+                global_norm(&model, &mut grads, settings.clip_grad).map(|g| g.inner().into_scalar::<f32>() as f64);
             // A step whose loss or gradient is not finite would poison the
             // weights (and every checkpoint after it): skip it, and stop
             // if it keeps happening.
@@ -419,7 +451,10 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
                 bad_in_a_row = 0;
             } else {
                 bad_in_a_row += 1;
-                progress.println(format!("step {}: loss {mean}, gradient norm {grad_norm:?}: not finite, step skipped", state.step + 1));
+                progress.println(format!(
+                    "step {}: loss {mean}, gradient norm {grad_norm:?}: not finite, step skipped",
+                    state.step + 1
+                ));
                 if bad_in_a_row >= args.max_bad_steps {
                     bail!(
                         "{bad_in_a_row} steps in a row had a non-finite loss or gradient (last at step {}); stopped without saving. The last good checkpoint ({}) is at or before step {}. Try a lower --lr or a longer --warmup-steps.",
@@ -473,7 +508,12 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             );
         }
         let sampler = average.as_ref().map_or_else(|| model.valid(), |a| a.model().clone());
-        let samples = sampler.sample(64, &LevelTemperatures::uniform(config.levels(), 0.8), settings.seed ^ state.epoch, &sampler.devices()[0])?;
+        let samples = sampler.sample(
+            64,
+            &LevelTemperatures::uniform(config.levels(), 0.8),
+            settings.seed ^ state.epoch,
+            &sampler.devices()[0],
+        )?;
         save_grid(samples, 8, 2, &args.out.join("samples").join(format!("epoch-{:04}.png", state.epoch + 1)))?;
         write_log(&evaluate_both("epoch", &model, &average, &state)?)?;
         evaluated_at = Some(state.step);

@@ -13,7 +13,12 @@ pub const STROKE_STEPS: usize = 40;
 
 pub async fn run(engine: &Engine, first_face_ms: f64) {
     show(&format!("backend: {}", engine.backend().label()), false);
-    show(&format!("time to first face: {first_face_ms:.0} ms (page start to the first face decoded, weights download included)"), false);
+    show(
+        &format!(
+            "time to first face: {first_face_ms:.0} ms (page start to the first face decoded, weights download included)"
+        ),
+        false,
+    );
     if let Err(e) = measure(engine).await {
         show(&format!("benchmark failed: {e}"), false);
     }
@@ -69,6 +74,11 @@ async fn measure(engine: &Engine) -> Result<()> {
         stroke().await?;
     }
     let per_stroke = (now() - t) / REPEATS as f64;
-    show(&format!("ms per inpainting stroke ({STROKE_STEPS} Adam steps, 6×6 pixels, after one warm-up stroke): {per_stroke:.0}"), false);
+    show(
+        &format!(
+            "ms per inpainting stroke ({STROKE_STEPS} Adam steps, 6×6 pixels, after one warm-up stroke): {per_stroke:.0}"
+        ),
+        false,
+    );
     Ok(())
 }

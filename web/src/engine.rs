@@ -6,11 +6,11 @@
 
 use burn::prelude::*;
 use burn::tensor::TensorData;
+use rgflow::decoder::Precision;
 use rgflow::ops::factors::{LatentSite, random_walk};
 use rgflow::ops::inpaint::Inpainter;
 use rgflow::ops::levels::{level_values, mix_levels, with_level_values};
 use rgflow::ops::receptive::receptive_field_tensor;
-use rgflow::decoder::Precision;
 use rgflow::{CpuDecoder, LevelTemperatures, RgFlow, RgFlowConfig};
 
 use crate::error::{Result, WebError};
@@ -100,7 +100,11 @@ impl Engine {
     fn tensor(&self, values: Vec<f32>, n: usize) -> Result<Tensor<4>> {
         let c = self.config();
         if values.len() != n * self.image_len() {
-            return Err(WebError::Input(format!("expected {} values for {n} images, got {}", n * self.image_len(), values.len())));
+            return Err(WebError::Input(format!(
+                "expected {} values for {n} images, got {}",
+                n * self.image_len(),
+                values.len()
+            )));
         }
         Ok(Tensor::from_data(TensorData::new(values, [n, c.channels, c.image_size, c.image_size]), &self.device))
     }
@@ -143,7 +147,8 @@ impl Engine {
         let k = self.levels() + 1;
         let za = self.tensor(a.z.clone(), 1)?;
         let zb = self.tensor(b.z.clone(), 1)?;
-        let mixed: Vec<Tensor<4>> = (0..k).map(|lambda| mix_levels(&self.flow, za.clone(), zb.clone(), lambda)).collect();
+        let mixed: Vec<Tensor<4>> =
+            (0..k).map(|lambda| mix_levels(&self.flow, za.clone(), zb.clone(), lambda)).collect();
         let x = read(self.decode_tensor(Tensor::cat(mixed, 0))).await?;
         Ok(self.split(x))
     }

@@ -26,7 +26,12 @@ pub const MAX_WEIGHTS_BYTES: u64 = 64 << 20;
 pub fn same_origin_url(raw: &str) -> Result<String> {
     let location = web_sys::window().ok_or_else(|| WebError::Page("no window".into()))?.location();
     let page = location.href().map_err(WebError::from)?;
-    let refuse = |why: &str| WebError::Input(format!("?model={raw}: {why}; only weight files on this site ({}) are loaded", location.origin().unwrap_or_default()));
+    let refuse = |why: &str| {
+        WebError::Input(format!(
+            "?model={raw}: {why}; only weight files on this site ({}) are loaded",
+            location.origin().unwrap_or_default()
+        ))
+    };
     let url = web_sys::Url::new_with_base(raw, &page).map_err(|_| refuse("not a URL"))?;
     if !matches!(url.protocol().as_str(), "http:" | "https:") {
         return Err(refuse(&format!("a {} URL", url.protocol())));
@@ -120,7 +125,8 @@ pub async fn load(url: &str, use_cache: bool, progress: &dyn Fn(u64, Option<u64>
     if !response.ok() {
         return Err(fetch_error(url, format!("the server answered {} {}", response.status(), response.status_text())));
     }
-    let too_big = |n: u64| fetch_error(url, format!("{n} bytes; weight files of up to {MAX_WEIGHTS_BYTES} bytes are loaded"));
+    let too_big =
+        |n: u64| fetch_error(url, format!("{n} bytes; weight files of up to {MAX_WEIGHTS_BYTES} bytes are loaded"));
     // The announced length sizes the progress bar, never an allocation beyond the cap.
     let total = version_of(&response).0.and_then(|l| l.parse::<u64>().ok());
     if let Some(n) = total.filter(|&n| n > MAX_WEIGHTS_BYTES) {
@@ -131,7 +137,9 @@ pub async fn load(url: &str, use_cache: bool, progress: &dyn Fn(u64, Option<u64>
     let reader: ReadableStreamDefaultReader = body.get_reader().unchecked_into();
     let mut bytes = Vec::with_capacity(total.unwrap_or(0) as usize);
     loop {
-        let chunk = JsFuture::from(reader.read()).await.map_err(|e| fetch_error(url, format!("download broke off ({})", WebError::from(e))))?;
+        let chunk = JsFuture::from(reader.read())
+            .await
+            .map_err(|e| fetch_error(url, format!("download broke off ({})", WebError::from(e))))?;
         if Reflect::get(&chunk, &"done".into()).map(|d| d.is_truthy()).unwrap_or(true) {
             break;
         }

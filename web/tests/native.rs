@@ -29,7 +29,11 @@ fn seeded_sample_matches_the_fixture() {
         return;
     }
     let (expected, bytes) = fixture();
-    assert_eq!(bytes, WEIGHTS.len(), "the weights changed: regenerate the fixture with RGFLOW_BLESS=1 cargo test -p rgflow-web --test native");
+    assert_eq!(
+        bytes,
+        WEIGHTS.len(),
+        "the weights changed: regenerate the fixture with RGFLOW_BLESS=1 cargo test -p rgflow-web --test native"
+    );
     let diff = max_diff(&pixels, &expected);
     assert!(diff <= TOLERANCE, "native sample differs from the fixture by {diff}");
 }
@@ -51,7 +55,8 @@ fn inpainting_keeps_known_pixels_and_changes_the_hole() {
 
 #[test]
 fn a_weight_file_of_another_kind_is_refused() {
-    let err = Engine::load(b"not a weight file".to_vec(), "junk.rgflow", Device::flex(), BackendKind::Cpu).err().unwrap();
+    let err =
+        Engine::load(b"not a weight file".to_vec(), "junk.rgflow", Device::flex(), BackendKind::Cpu).err().unwrap();
     assert!(err.to_string().contains("junk.rgflow"), "{err}");
     let truncated = WEIGHTS[..WEIGHTS.len() / 2].to_vec();
     assert!(Engine::load(truncated, "half.rgflow", Device::flex(), BackendKind::Cpu).is_err());

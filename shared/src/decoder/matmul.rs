@@ -98,14 +98,7 @@ impl<E: Operand> PackedMatrix<E> {
         }
         let mut padded_bias = bias.to_vec();
         padded_bias.resize(n_stride, 0.0);
-        Self {
-            k,
-            k_stride,
-            n,
-            n_stride,
-            data,
-            bias: padded_bias,
-        }
+        Self { k, k_stride, n, n_stride, data, bias: padded_bias }
     }
 
     /// The packed values of panel `p`: `k_stride · PANEL` of them.
@@ -375,9 +368,7 @@ mod tests {
     use super::*;
 
     fn values(n: usize, seed: usize) -> Vec<f32> {
-        (0..n)
-            .map(|i| (((i * 7919 + seed * 104_729) % 2001) as f32 / 1000.0 - 1.0) * 1.7)
-            .collect()
+        (0..n).map(|i| (((i * 7919 + seed * 104_729) % 2001) as f32 / 1000.0 - 1.0) * 1.7).collect()
     }
 
     /// Every kernel this CPU runs against an f64 product of the same
@@ -406,7 +397,10 @@ mod tests {
                         let want: f64 = if j < n {
                             f64::from(bias[j])
                                 + (0..k)
-                                    .map(|l| f64::from(a[i * packed.k_stride + l].to_f32()) * f64::from(E::from_f32(w[l * n + j]).to_f32()))
+                                    .map(|l| {
+                                        f64::from(a[i * packed.k_stride + l].to_f32())
+                                            * f64::from(E::from_f32(w[l * n + j]).to_f32())
+                                    })
                                     .sum::<f64>()
                         } else {
                             0.0

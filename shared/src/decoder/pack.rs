@@ -93,16 +93,17 @@ impl<E: Operand> PackedNet<E> {
             .map(|(b, block)| pack_block(block, (b == 0).then_some(conditioning), (b == last_block).then_some(updated)))
             .collect();
         let scale = host(net.scale.scale.val());
-        Self {
-            blocks,
-            scale: updated.iter().map(|&i| scale[i]).collect(),
-        }
+        Self { blocks, scale: updated.iter().map(|&i| scale[i]).collect() }
     }
 }
 
 /// A residual block's layers; `inputs` restricts the first layer's inputs,
 /// `outputs` the last layer's outputs.
-fn pack_block<E: Operand>(block: &ResBlock, inputs: Option<&[usize]>, outputs: Option<&[usize]>) -> Vec<PackedLayer<E>> {
+fn pack_block<E: Operand>(
+    block: &ResBlock,
+    inputs: Option<&[usize]>,
+    outputs: Option<&[usize]>,
+) -> Vec<PackedLayer<E>> {
     let last = block.linears.len() - 1;
     block
         .linears
@@ -122,18 +123,11 @@ fn pack_block<E: Operand>(block: &ResBlock, inputs: Option<&[usize]>, outputs: O
                 cols = outputs.to_vec();
             }
             if rows.len() != k || cols.len() != n {
-                w = rows
-                    .iter()
-                    .flat_map(|&r| cols.iter().map(move |&c| (r, c)))
-                    .map(|(r, c)| w[r * n + c])
-                    .collect();
+                w = rows.iter().flat_map(|&r| cols.iter().map(move |&c| (r, c))).map(|(r, c)| w[r * n + c]).collect();
                 bias = cols.iter().map(|&c| bias[c]).collect();
                 beta = rows.iter().map(|&r| beta[r]).collect();
             }
-            PackedLayer {
-                beta,
-                matrix: PackedMatrix::new(&w, &bias, rows.len(), cols.len()),
-            }
+            PackedLayer { beta, matrix: PackedMatrix::new(&w, &bias, rows.len(), cols.len()) }
         })
         .collect()
 }

@@ -75,7 +75,11 @@ pub(super) mod avx512 {
                     let b0 = _mm512_maskz_loadu_ps(m0, beta.as_ptr().add(j));
                     let b1 = _mm512_maskz_loadu_ps(m1, beta.as_ptr().add(j).wrapping_add(16));
                     let y = _mm512_cvtne2ps_pbh(swish(u1, b1), swish(u0, b0));
-                    _mm512_mask_storeu_epi16(a.as_mut_ptr().add(j).cast(), mask, std::mem::transmute::<__m512bh, __m512i>(y));
+                    _mm512_mask_storeu_epi16(
+                        a.as_mut_ptr().add(j).cast(),
+                        mask,
+                        std::mem::transmute::<__m512bh, __m512i>(y),
+                    );
                 }
             }
         }

@@ -23,19 +23,19 @@ pub(super) struct Workspace<E> {
 
 impl<E: Operand> Workspace<E> {
     pub fn new() -> Self {
-        Self {
-            x: Vec::new(),
-            operand: Vec::new(),
-            product: Vec::new(),
-            s: Vec::new(),
-            t: Vec::new(),
-        }
+        Self { x: Vec::new(), operand: Vec::new(), product: Vec::new(), s: Vec::new(), t: Vec::new() }
     }
 }
 
 /// Inverts `stack` on the tile `z: [rows, D]` in place (`rows` a multiple
 /// of the micro-kernel's rows).
-pub(super) fn invert_tile<E: TileKernels>(isa: Isa, stack: &PackedStack<E>, z: &mut [f32], rows: usize, ws: &mut Workspace<E>) {
+pub(super) fn invert_tile<E: TileKernels>(
+    isa: Isa,
+    stack: &PackedStack<E>,
+    z: &mut [f32],
+    rows: usize,
+    ws: &mut Workspace<E>,
+) {
     let d = stack.dim;
     assert_eq!(z.len(), rows * d, "tile is not [{rows}, {d}]");
     for half in &stack.halves {

@@ -169,11 +169,17 @@ impl<B: FusedKernels, C: CheckpointStrategy> FusedKernels for Autodiff<B, C> {
             CouplingBackward,
             [x, s_raw, t_raw, s_scale, t_scale, mask],
             |inputs| (inputs, inverse),
-            |[x, s_raw, t_raw, s_scale, t_scale, mask]| B::coupling_update(x, s_raw, t_raw, s_scale, t_scale, mask, inverse),
+            |[x, s_raw, t_raw, s_scale, t_scale, mask]| {
+                B::coupling_update(x, s_raw, t_raw, s_scale, t_scale, mask, inverse)
+            },
         )
     }
 
-    fn coupling_log_scale(s_raw: FloatTensor<Self>, s_scale: FloatTensor<Self>, mask: FloatTensor<Self>) -> FloatTensor<Self> {
+    fn coupling_log_scale(
+        s_raw: FloatTensor<Self>,
+        s_scale: FloatTensor<Self>,
+        mask: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
         #[derive(Debug)]
         struct LogScaleBackward;
 
@@ -191,8 +197,11 @@ impl<B: FusedKernels, C: CheckpointStrategy> FusedKernels for Autodiff<B, C> {
             }
         }
 
-        record::<B, C, _, 3>(LogScaleBackward, [s_raw, s_scale, mask], |inputs| inputs, |[s_raw, s_scale, mask]| {
-            B::coupling_log_scale(s_raw, s_scale, mask)
-        })
+        record::<B, C, _, 3>(
+            LogScaleBackward,
+            [s_raw, s_scale, mask],
+            |inputs| inputs,
+            |[s_raw, s_scale, mask]| B::coupling_log_scale(s_raw, s_scale, mask),
+        )
     }
 }

@@ -38,11 +38,17 @@ impl FusedKernels for Flex {
         )
     }
 
-    fn swish_backward(x: FlexTensor, bias: FlexTensor, beta: FlexTensor, grad: FlexTensor) -> (FlexTensor, FlexTensor, FlexTensor) {
+    fn swish_backward(
+        x: FlexTensor,
+        bias: FlexTensor,
+        beta: FlexTensor,
+        grad: FlexTensor,
+    ) -> (FlexTensor, FlexTensor, FlexTensor) {
         f32_or_reference(
             [x, bias, beta, grad],
             |[x, bias, beta, grad]| {
-                let (grad_x, grad_bias, grad_beta) = cpu::swish_backward(f32s(&x), f32s(&bias), f32s(&beta), f32s(&grad));
+                let (grad_x, grad_bias, grad_beta) =
+                    cpu::swish_backward(f32s(&x), f32s(&bias), f32s(&beta), f32s(&grad));
                 (tensor(grad_x, x.shape()), tensor(grad_bias, bias.shape()), tensor(grad_beta, beta.shape()))
             },
             |[x, bias, beta, grad]| reference::swish_backward::<Self>(x, bias, beta, grad),
@@ -69,11 +75,24 @@ impl FusedKernels for Flex {
         // `dst` when `read_dst` is false), before `set_len`.
         unsafe {
             gemm::gemm(
-                m, n, k,
-                out.as_mut_ptr(), 1, n as isize, false,
-                a, a_cs, a_rs,
-                b, b_cs, b_rs,
-                0.0, 1.0, false, false, false,
+                m,
+                n,
+                k,
+                out.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                a,
+                a_cs,
+                a_rs,
+                b,
+                b_cs,
+                b_rs,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
                 gemm_parallelism(m, n, k),
             );
             out.set_len(m * n);
@@ -189,7 +208,8 @@ impl FusedKernels for Flex {
         f32_or_reference(
             [s_raw, s_scale, mask, grad],
             |[s_raw, s_scale, mask, grad]| {
-                let (g_raw, g_scale) = cpu::coupling_log_scale_backward(f32s(&s_raw), f32s(&s_scale), f32s(&mask), f32s(&grad));
+                let (g_raw, g_scale) =
+                    cpu::coupling_log_scale_backward(f32s(&s_raw), f32s(&s_scale), f32s(&mask), f32s(&grad));
                 (tensor(g_raw, s_raw.shape()), tensor(g_scale, s_scale.shape()))
             },
             |[s_raw, s_scale, mask, grad]| reference::coupling_log_scale_backward::<Self>(s_raw, s_scale, mask, grad),

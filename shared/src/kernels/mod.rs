@@ -122,7 +122,11 @@ pub trait FusedKernels: burn::backend::Backend {
     /// The log-determinant of a forward coupling update per row,
     /// `Σ_f tanh(s_raw · s_scale) · mask`: `s_raw: [M, F]`, `s_scale, mask:
     /// [F]` -> `[M]`.
-    fn coupling_log_scale(s_raw: FloatTensor<Self>, s_scale: FloatTensor<Self>, mask: FloatTensor<Self>) -> FloatTensor<Self> {
+    fn coupling_log_scale(
+        s_raw: FloatTensor<Self>,
+        s_scale: FloatTensor<Self>,
+        mask: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
         reference::coupling_log_scale::<Self>(s_raw, s_scale, mask)
     }
 
@@ -154,7 +158,11 @@ pub fn swish(x: Tensor<2>, beta: Tensor<1>) -> Tensor<2> {
 /// Swish of `x + bias` (a linear layer's bias folded into the activation
 /// that follows it): `x: [M, F]`, `bias, beta: [F]` -> `[M, F]`.
 pub fn bias_swish(x: Tensor<2>, bias: Tensor<1>, beta: Tensor<1>) -> Tensor<2> {
-    Tensor::from_dispatch(<Dispatch as FusedKernels>::swish(x.into_dispatch(), bias.into_dispatch(), beta.into_dispatch()))
+    Tensor::from_dispatch(<Dispatch as FusedKernels>::swish(
+        x.into_dispatch(),
+        bias.into_dispatch(),
+        beta.into_dispatch(),
+    ))
 }
 
 /// Weight normalisation `g · v / ‖v‖` (norms per output column):
@@ -171,7 +179,11 @@ pub fn matmul(lhs: Tensor<2>, rhs: Tensor<2>) -> Tensor<2> {
 /// The residual connection `(x + h + bias) / √2`, with the branch's last
 /// bias folded in: `x, h: [M, F]`, `bias: [F]` -> `[M, F]`.
 pub fn residual(x: Tensor<2>, h: Tensor<2>, bias: Tensor<1>) -> Tensor<2> {
-    Tensor::from_dispatch(<Dispatch as FusedKernels>::residual(x.into_dispatch(), h.into_dispatch(), bias.into_dispatch()))
+    Tensor::from_dispatch(<Dispatch as FusedKernels>::residual(
+        x.into_dispatch(),
+        h.into_dispatch(),
+        bias.into_dispatch(),
+    ))
 }
 
 /// The per-feature parameters of a coupling update (see
@@ -189,7 +201,13 @@ pub struct CouplingParams {
 /// `inverse`) with `s = tanh(s_raw · s_scale) · mask`, `t = t_raw · t_scale ·
 /// mask`: `x, s_raw, t_raw: [M, F]` -> `[M, F]`, differentiable in all but
 /// the mask.
-pub fn coupling_update(x: Tensor<2>, s_raw: Tensor<2>, t_raw: Tensor<2>, params: &CouplingParams, inverse: bool) -> Tensor<2> {
+pub fn coupling_update(
+    x: Tensor<2>,
+    s_raw: Tensor<2>,
+    t_raw: Tensor<2>,
+    params: &CouplingParams,
+    inverse: bool,
+) -> Tensor<2> {
     Tensor::from_dispatch(<Dispatch as FusedKernels>::coupling_update(
         x.into_dispatch(),
         s_raw.into_dispatch(),
@@ -227,7 +245,13 @@ mod tests {
         (x + h + bias.unsqueeze()).mul_scalar(std::f64::consts::FRAC_1_SQRT_2)
     }
 
-    fn coupling_composed(x: Tensor<2>, s_raw: Tensor<2>, t_raw: Tensor<2>, p: &CouplingParams, inverse: bool) -> Tensor<2> {
+    fn coupling_composed(
+        x: Tensor<2>,
+        s_raw: Tensor<2>,
+        t_raw: Tensor<2>,
+        p: &CouplingParams,
+        inverse: bool,
+    ) -> Tensor<2> {
         let m = p.mask.clone().unsqueeze::<2>();
         let s = (s_raw * p.s_scale.clone().unsqueeze::<2>()).tanh() * m.clone();
         let t = t_raw * p.t_scale.clone().unsqueeze::<2>() * m;
@@ -260,12 +284,23 @@ mod tests {
             let [x, h] = [x.clone(), h.clone()].map(Tensor::require_grad);
             let [bias, beta] = [bias.clone(), beta.clone()].map(Tensor::require_grad);
             let (y, r) = if fused {
-                (super::bias_swish(x.clone(), bias.clone(), beta.clone()), super::residual(x.clone(), h.clone(), bias.clone()))
+                (
+                    super::bias_swish(x.clone(), bias.clone(), beta.clone()),
+                    super::residual(x.clone(), h.clone(), bias.clone()),
+                )
             } else {
-                (swish_composed(x.clone() + bias.clone().unsqueeze(), beta.clone()), residual_composed(x.clone(), h.clone(), bias.clone()))
+                (
+                    swish_composed(x.clone() + bias.clone().unsqueeze(), beta.clone()),
+                    residual_composed(x.clone(), h.clone(), bias.clone()),
+                )
             };
             let grads = ((y.clone() + r.clone().mul_scalar(0.7)) * w.clone()).sum().backward();
-            (y, r, [x.grad(&grads).unwrap(), h.grad(&grads).unwrap()], [bias.grad(&grads).unwrap(), beta.grad(&grads).unwrap()])
+            (
+                y,
+                r,
+                [x.grad(&grads).unwrap(), h.grad(&grads).unwrap()],
+                [bias.grad(&grads).unwrap(), beta.grad(&grads).unwrap()],
+            )
         };
         let (y, r, g_rows, g_features) = run(true);
         let (y_ref, r_ref, g_rows_ref, g_features_ref) = run(false);
@@ -283,7 +318,11 @@ mod tests {
         let w = normal([rows, 30], 1.0);
         let run = |fused: bool| {
             let (a, b) = (a.clone().require_grad(), b.clone().require_grad());
-            let y = if fused { super::matmul(a.clone(), b.clone().transpose()) } else { a.clone().matmul(b.clone().transpose()) };
+            let y = if fused {
+                super::matmul(a.clone(), b.clone().transpose())
+            } else {
+                a.clone().matmul(b.clone().transpose())
+            };
             let grads = (y.clone() * w.clone()).sum().backward();
             (y, a.grad(&grads).unwrap(), b.grad(&grads).unwrap())
         };
@@ -314,7 +353,8 @@ mod tests {
         let mask = Tensor::<1>::from_floats(mask.as_slice(), device);
         let inputs = [normal([rows, features], 2.0), normal([rows, features], 2.0), normal([rows, features], 1.0)];
         let (s_scale, t_scale) = (vector(-1.0, 1.0), vector(-1.0, 1.0));
-        let (w_y, w_l) = (normal([rows, features], 1.0), Tensor::<1>::random([rows], Distribution::Normal(0.0, 1.0), device));
+        let (w_y, w_l) =
+            (normal([rows, features], 1.0), Tensor::<1>::random([rows], Distribution::Normal(0.0, 1.0), device));
         for inverse in [false, true] {
             let run = |fused: bool| {
                 let [x, s_raw, t_raw] = inputs.clone().map(Tensor::require_grad);
@@ -324,9 +364,15 @@ mod tests {
                     mask: mask.clone(),
                 };
                 let (y, log_scale) = if fused {
-                    (super::coupling_update(x.clone(), s_raw.clone(), t_raw.clone(), &p, inverse), super::coupling_log_scale(s_raw.clone(), &p))
+                    (
+                        super::coupling_update(x.clone(), s_raw.clone(), t_raw.clone(), &p, inverse),
+                        super::coupling_log_scale(s_raw.clone(), &p),
+                    )
                 } else {
-                    (coupling_composed(x.clone(), s_raw.clone(), t_raw.clone(), &p, inverse), log_scale_composed(s_raw.clone(), &p))
+                    (
+                        coupling_composed(x.clone(), s_raw.clone(), t_raw.clone(), &p, inverse),
+                        log_scale_composed(s_raw.clone(), &p),
+                    )
                 };
                 let grads = ((y.clone() * w_y.clone()).sum() + (log_scale.clone() * w_l.clone()).sum()).backward();
                 let g2 = |t: &Tensor<2>| t.grad(&grads).unwrap();

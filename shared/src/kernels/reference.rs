@@ -3,9 +3,9 @@
 //! kernels do not cover.
 
 use burn::backend::Backend;
-use burn::backend::tensor::FloatTensor;
 use burn::backend::TensorMetadata;
-use burn::tensor::{Shape};
+use burn::backend::tensor::FloatTensor;
+use burn::tensor::Shape;
 
 /// `beta: [F]` broadcast to `shape = [M, F]`.
 fn per_feature<B: Backend>(beta: FloatTensor<B>, shape: &Shape) -> FloatTensor<B> {
@@ -135,7 +135,11 @@ pub fn coupling_update_backward<B: Backend>(
 }
 
 /// `Σ_f tanh(s_raw · s_scale) · mask` per row: `[M]`.
-pub fn coupling_log_scale<B: Backend>(s_raw: FloatTensor<B>, s_scale: FloatTensor<B>, mask: FloatTensor<B>) -> FloatTensor<B> {
+pub fn coupling_log_scale<B: Backend>(
+    s_raw: FloatTensor<B>,
+    s_scale: FloatTensor<B>,
+    mask: FloatTensor<B>,
+) -> FloatTensor<B> {
     let shape = s_raw.shape();
     let [a, m] = per_features::<B, 2>([s_scale, mask], &shape);
     let s = B::float_mul(B::float_tanh(B::float_mul(s_raw, a)), m);
@@ -168,7 +172,11 @@ pub fn weight_norm<B: Backend>(v: FloatTensor<B>, g: FloatTensor<B>) -> FloatTen
 }
 
 /// `((g / n)(grad − v c / n²), c / n)` with `n = ‖v‖`, `c = Σ_rows grad · v`.
-pub fn weight_norm_backward<B: Backend>(v: FloatTensor<B>, g: FloatTensor<B>, grad: FloatTensor<B>) -> (FloatTensor<B>, FloatTensor<B>) {
+pub fn weight_norm_backward<B: Backend>(
+    v: FloatTensor<B>,
+    g: FloatTensor<B>,
+    grad: FloatTensor<B>,
+) -> (FloatTensor<B>, FloatTensor<B>) {
     let shape = v.shape();
     let columns = Shape::new([1, shape[1]]);
     let norm = B::float_sqrt(B::float_sum_dim(B::float_mul(v.clone(), v.clone()), 0));
@@ -178,9 +186,7 @@ pub fn weight_norm_backward<B: Backend>(v: FloatTensor<B>, g: FloatTensor<B>, gr
     let a = B::float_div(g.clone(), norm.clone());
     let n3 = B::float_mul(B::float_mul(norm.clone(), norm.clone()), norm);
     let b = B::float_div(B::float_mul(g, c), n3);
-    let grad_v = B::float_sub(
-        B::float_mul(grad, B::float_expand(a, shape.clone())),
-        B::float_mul(v, B::float_expand(b, shape)),
-    );
+    let grad_v =
+        B::float_sub(B::float_mul(grad, B::float_expand(a, shape.clone())), B::float_mul(v, B::float_expand(b, shape)));
     (grad_v, grad_g)
 }

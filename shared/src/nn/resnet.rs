@@ -73,10 +73,8 @@ impl MlpResNet {
         final_tanh: bool,
         device: &Device,
     ) -> Self {
-        let widths: Vec<usize> = std::iter::once(dim)
-            .chain(std::iter::repeat_n(hidden, nmlp))
-            .chain(std::iter::once(dim))
-            .collect();
+        let widths: Vec<usize> =
+            std::iter::once(dim).chain(std::iter::repeat_n(hidden, nmlp)).chain(std::iter::once(dim)).collect();
         Self {
             res_blocks: (0..num_res_blocks).map(|_| ResBlock::new(&widths, device)).collect(),
             scale: Scale::new(dim, device),

@@ -81,7 +81,14 @@ pub fn vary_latent(flow: &RgFlow, z: Tensor<4>, latent: LatentSite, values: &[f3
 /// temperature), so the walk wanders through typical values.
 ///
 /// Returns `[steps, C, L, L]`.
-pub fn random_walk(flow: &RgFlow, z: Tensor<4>, level: usize, steps: usize, angle: f64, seed: u64) -> Result<Tensor<4>> {
+pub fn random_walk(
+    flow: &RgFlow,
+    z: Tensor<4>,
+    level: usize,
+    steps: usize,
+    angle: f64,
+    seed: u64,
+) -> Result<Tensor<4>> {
     if level >= flow.lattice().levels() {
         return Err(Error::Config(format!("the model has {} levels, no level {level}", flow.lattice().levels())));
     }

@@ -180,7 +180,8 @@ impl Inpainter {
         let n = c.channels * plane;
         let filled = preprocess::logit_to_pixels(self.assemble(self.u.clone()), c.logit_constraint);
         let take_filled = (0..n).map(|e| if self.unknown[e % plane] { n + e } else { e }).collect();
-        pick_columns(vec![self.x01.clone().reshape([1, n]), filled.reshape([1, n])], take_filled).reshape([1, c.channels, l, l])
+        pick_columns(vec![self.x01.clone().reshape([1, n]), filled.reshape([1, n])], take_filled)
+            .reshape([1, c.channels, l, l])
     }
 
     /// Steps taken so far.
@@ -245,7 +246,11 @@ mod tests {
     #[test]
     fn known_pixels_stay_and_likelihood_rises() {
         let device = Device::flex();
-        let flow = jitter_parameters(RgFlowConfig::from_level_specs(16, 3, "2", "1", "1", "16").unwrap().init(&device), 0.05, 7);
+        let flow = jitter_parameters(
+            RgFlowConfig::from_level_specs(16, 3, "2", "1", "1", "16").unwrap().init(&device),
+            0.05,
+            7,
+        );
         let x01 = host_uniform([1, 3, 16, 16], 0.1, 0.9, 4, &device);
         let mut unknown = vec![false; 256];
         for r in 4..8 {

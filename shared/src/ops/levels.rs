@@ -5,7 +5,6 @@ use burn::prelude::*;
 use crate::flow::RgFlow;
 use crate::gather::{index_tensor, pick_columns};
 
-
 /// The latents of `level`, `z: [B, C, L, L] -> [B, n]`, ordered `[C][site]`
 /// (see [`crate::MeraLattice::level_elements`]).
 pub fn level_values(flow: &RgFlow, z: Tensor<4>, level: usize) -> Tensor<2> {

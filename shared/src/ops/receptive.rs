@@ -46,7 +46,11 @@ mod tests {
     #[test]
     fn fields_lie_inside_the_predicted_cone() {
         let device = Device::flex();
-        let flow = jitter_parameters(RgFlowConfig::from_level_specs(16, 3, "2", "1", "1", "16").unwrap().init(&device), 0.1, 7);
+        let flow = jitter_parameters(
+            RgFlowConfig::from_level_specs(16, 3, "2", "1", "1", "16").unwrap().init(&device),
+            0.1,
+            7,
+        );
         let z = host_uniform([1, 3, 16, 16], -1.7, 1.7, 3, &device);
         for level in 0..flow.lattice().levels() {
             let latent = LatentSite::first_of_level(&flow, level, 1).unwrap();
@@ -61,7 +65,12 @@ mod tests {
                 }
             }
             assert!(inside > 1e-3, "level {level}: no response at all");
-            let support = field.iter().enumerate().filter(|(_, v)| **v != 0.0).map(|(i, _)| i % 256).collect::<std::collections::BTreeSet<_>>();
+            let support = field
+                .iter()
+                .enumerate()
+                .filter(|(_, v)| **v != 0.0)
+                .map(|(i, _)| i % 256)
+                .collect::<std::collections::BTreeSet<_>>();
             assert!(support.len() > 1, "level {level}: support {support:?}");
         }
     }

@@ -32,7 +32,9 @@ pub fn open(spec: &mut SourceSpec) -> anyhow::Result<Dataset> {
             .split_once(char::is_whitespace)
             .and_then(|(n, p)| Some((n, p.trim().parse::<u8>().ok()?)))
             .filter(|&(_, p)| p <= 2)
-            .with_context(|| format!("{}:{}: expected `NAME.jpg 0|1|2`, got `{line}`", partition_file.display(), line_no + 1))?;
+            .with_context(|| {
+                format!("{}:{}: expected `NAME.jpg 0|1|2`, got `{line}`", partition_file.display(), line_no + 1)
+            })?;
         // A bare file name: `/abs`, `../x` or `a/b` would reach outside the image folder.
         let mut parts = std::path::Path::new(name).components();
         if !matches!((parts.next(), parts.next()), (Some(std::path::Component::Normal(_)), None)) {

@@ -47,7 +47,9 @@ mod tests {
     fn reads_planar_records() {
         let dir = tempfile::tempdir().unwrap();
         let mut rec = vec![3u8];
-        rec.extend(std::iter::repeat_n(10, 1024).chain(std::iter::repeat_n(20, 1024)).chain(std::iter::repeat_n(30, 1024)));
+        rec.extend(
+            std::iter::repeat_n(10, 1024).chain(std::iter::repeat_n(20, 1024)).chain(std::iter::repeat_n(30, 1024)),
+        );
         for i in 1..=5 {
             std::fs::write(dir.path().join(format!("data_batch_{i}.bin")), &rec).unwrap();
         }

@@ -7,8 +7,8 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, sync_channel};
-use std::thread::JoinHandle;
 use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::JoinHandle;
 
 use anyhow::Context;
 use rand::rngs::StdRng;
@@ -93,15 +93,8 @@ impl Loader {
     /// A loader producing `channels × size × size` images.
     pub fn new(items: Vec<Item>, size: usize, channels: usize, seed: u64, workers: usize) -> Self {
         let cache = (0..items.len()).map(|_| OnceLock::new()).collect();
-        let worker = Worker {
-            items,
-            cache,
-            size,
-            channels,
-            seed,
-            workers: workers.max(1),
-            stats: LoaderStats::default(),
-        };
+        let worker =
+            Worker { items, cache, size, channels, seed, workers: workers.max(1), stats: LoaderStats::default() };
         Self { worker: Arc::new(worker) }
     }
 
@@ -152,7 +145,6 @@ impl Loader {
         });
         Epoch { batches: rx, thread: Some(thread) }
     }
-
 }
 
 /// The batches of one epoch, assembled on a background thread. A thread that
@@ -256,13 +248,18 @@ pub fn load_item(item: &Item, size: usize, channels: usize) -> anyhow::Result<Ve
             const MAX_FILE_BYTES: u64 = 64 << 20;
             let file_size = std::fs::metadata(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?.len();
             if file_size > MAX_FILE_BYTES {
-                anyhow::bail!("{}: {file_size} bytes, more than the {MAX_FILE_BYTES} an image file may have", path.display());
+                anyhow::bail!(
+                    "{}: {file_size} bytes, more than the {MAX_FILE_BYTES} an image file may have",
+                    path.display()
+                );
             }
             let bytes = std::fs::read(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
             pixels::decode_and_prepare(&bytes, *crop, size, channels)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
         }
-        Item::Pixels { width, height, channels: c, data } => from_raw(*width, *height, *c, data.to_vec(), size, channels),
+        Item::Pixels { width, height, channels: c, data } => {
+            from_raw(*width, *height, *c, data.to_vec(), size, channels)
+        }
         Item::Synthetic { variant, seed, split, index } => {
             let (rgb, _) = msds::render(*variant, *seed, *split, *index);
             from_raw(32, 32, 3, rgb, size, channels)
@@ -277,7 +274,12 @@ fn from_raw(width: u32, height: u32, c: u8, data: Vec<u8>, size: usize, channels
         3 => image::RgbImage::from_raw(width, height, data).map(image::DynamicImage::ImageRgb8),
         n => anyhow::bail!("{n}-channel raw images are not supported"),
     };
-    let img = img.with_context(|| format!("a {width}×{height}×{c} raw image needs {} bytes, got {len}", width as usize * height as usize * c as usize))?;
+    let img = img.with_context(|| {
+        format!(
+            "a {width}×{height}×{c} raw image needs {} bytes, got {len}",
+            width as usize * height as usize * c as usize
+        )
+    })?;
     Ok(pixels::prepare(&img, Crop::None, size, channels)?)
 }
 
@@ -296,7 +298,8 @@ mod tests {
         let loader = Loader::new(synthetic(10), 16, 3, 5, 2);
         let full: Vec<Batch> = loader.epoch(3, 0, TRAIN).collect::<anyhow::Result<_>>().unwrap();
         assert_eq!(full.iter().map(|b| b.len).collect::<Vec<_>>(), vec![4, 4, 2]);
-        let again: Vec<Batch> = Loader::new(synthetic(10), 16, 3, 5, 1).epoch(3, 0, TRAIN).collect::<anyhow::Result<_>>().unwrap();
+        let again: Vec<Batch> =
+            Loader::new(synthetic(10), 16, 3, 5, 1).epoch(3, 0, TRAIN).collect::<anyhow::Result<_>>().unwrap();
         assert_eq!(full[1].x01, again[1].x01);
         let resumed: Vec<Batch> = loader.epoch(3, full[0].cursor, TRAIN).collect::<anyhow::Result<_>>().unwrap();
         assert_eq!(resumed[0].x01, full[1].x01);

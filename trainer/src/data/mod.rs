@@ -111,10 +111,7 @@ impl SourceSpec {
     {
         match self.options.remove(key) {
             None => Ok(None),
-            Some(v) => v
-                .parse()
-                .map(Some)
-                .map_err(|e| anyhow::anyhow!("data option {key}={v}: {e}")),
+            Some(v) => v.parse().map(Some).map_err(|e| anyhow::anyhow!("data option {key}={v}: {e}")),
         }
     }
 

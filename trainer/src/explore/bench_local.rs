@@ -40,7 +40,10 @@ fn median(mut v: Vec<f64>) -> f64 {
 pub fn run(args: BenchLocalArgs) -> anyhow::Result<()> {
     let (device, name) = select(args.backend)?;
     println!("backend {name}; batch 1; edit: one pixel near the centre, all channels");
-    println!("{:>5} {:>10} {:>10} {:>8} {:>16} {:>10} {:>14}", "L", "full ms", "local ms", "speedup", "blocks", "ratio", "log L / L² ×k");
+    println!(
+        "{:>5} {:>10} {:>10} {:>8} {:>16} {:>10} {:>14}",
+        "L", "full ms", "local ms", "speedup", "blocks", "ratio", "log L / L² ×k"
+    );
     let mut first: Option<(f64, f64)> = None;
     for &l in &args.sizes {
         let config = RgFlowConfig::from_level_specs(l, 3, &args.nlayers, &args.nresblocks, &args.nmlp, &args.nhidden)?;

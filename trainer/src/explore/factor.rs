@@ -42,14 +42,17 @@ pub fn run(args: FactorArgs) -> anyhow::Result<()> {
     let z = flow.encode(args.input.load(&flow, &device)?);
     let latents = match &args.latent {
         Some(t) => vec![parse_latent(t)?],
-        None => (0..flow.lattice().levels()).map(|l| LatentSite::first_of_level(&flow, l, 0)).collect::<Result<_, _>>()?,
+        None => {
+            (0..flow.lattice().levels()).map(|l| LatentSite::first_of_level(&flow, l, 0)).collect::<Result<_, _>>()?
+        }
     };
     let mut strips = Vec::new();
     for latent in &latents {
         let e = latent.element(&flow)?;
         let value = z.clone().reshape([-1]).narrow(0, e, 1).into_scalar::<f32>();
         let n = args.count.max(2);
-        let values: Vec<f32> = (0..n).map(|i| value - args.range + 2.0 * args.range * i as f32 / (n - 1) as f32).collect();
+        let values: Vec<f32> =
+            (0..n).map(|i| value - args.range + 2.0 * args.range * i as f32 / (n - 1) as f32).collect();
         strips.push(flow.decode(vary_latent(&flow, z.clone(), *latent, &values)?));
         println!("row {}: latent {latent:?} (level {})", strips.len(), latent.level(&flow));
     }

@@ -43,7 +43,8 @@ pub fn run(args: MixArgs) -> anyhow::Result<()> {
         };
         let za = flow.encode(input_image(&flow, &a, &args.temperature, &device)?);
         let zb = flow.encode(input_image(&flow, &b, &args.temperature, &device)?);
-        let strip: Vec<Tensor<4>> = (0..=levels).map(|lambda| mix_levels(&flow, za.clone(), zb.clone(), lambda)).collect();
+        let strip: Vec<Tensor<4>> =
+            (0..=levels).map(|lambda| mix_levels(&flow, za.clone(), zb.clone(), lambda)).collect();
         rows.push(flow.decode(Tensor::cat(strip, 0)));
     }
     save_grid(Tensor::cat(rows, 0), levels + 1, args.model.zoom, &args.out)?;

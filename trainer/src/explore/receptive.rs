@@ -34,7 +34,8 @@ pub fn run(args: ReceptiveArgs) -> anyhow::Result<()> {
     for level in 0..flow.lattice().levels() {
         let sites: Vec<usize> = (0..l * l).filter(|&s| flow.lattice().site_level[s] == level).collect();
         for i in 0..args.per_level {
-            let site = sites[(i * sites.len() / args.per_level + sites.len() / (2 * args.per_level)).min(sites.len() - 1)];
+            let site =
+                sites[(i * sites.len() / args.per_level + sites.len() / (2 * args.per_level)).min(sites.len() - 1)];
             let latent = LatentSite { row: site / l, col: site % l, channel: args.channel };
             let field = receptive_field(&flow, z.clone(), latent, 1e-2)?;
             let magnitude: Vec<f32> =

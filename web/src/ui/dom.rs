@@ -107,5 +107,6 @@ pub fn canvas_pixel(canvas: &HtmlCanvasElement, client_x: f64, client_y: f64) ->
     let rect = canvas.get_bounding_client_rect();
     let x = (client_x - rect.left()) / rect.width() * canvas.width() as f64;
     let y = (client_y - rect.top()) / rect.height() * canvas.height() as f64;
-    (x >= 0.0 && y >= 0.0 && x < canvas.width() as f64 && y < canvas.height() as f64).then_some((x as usize, y as usize))
+    (x >= 0.0 && y >= 0.0 && x < canvas.width() as f64 && y < canvas.height() as f64)
+        .then_some((x as usize, y as usize))
 }

@@ -33,7 +33,8 @@ pub fn init(app: &Rc<App>) -> Result<Rc<Live>> {
     let box_: HtmlElement = by_id("explore-sliders")?;
     box_.set_inner_html("");
     let live = Live::new();
-    let state = Rc::new(RefCell::new(Sliders { generation: u64::MAX, channel: 0, original: Vec::new(), values: Vec::new() }));
+    let state =
+        Rc::new(RefCell::new(Sliders { generation: u64::MAX, channel: 0, original: Vec::new(), values: Vec::new() }));
     for j in 0..per_channel {
         let input: HtmlInputElement = create("input").unchecked_into();
         input.set_type("range");
@@ -45,7 +46,11 @@ pub fn init(app: &Rc<App>) -> Result<Rc<Live>> {
         box_.append_child(&input).ok();
         let (st, l) = (state.clone(), live.clone());
         on(&input, "input", move |e: Event| {
-            let v = e.target().and_then(|t| t.dyn_into::<HtmlInputElement>().ok()).map(|i| i.value_as_number()).unwrap_or(0.0);
+            let v = e
+                .target()
+                .and_then(|t| t.dyn_into::<HtmlInputElement>().ok())
+                .map(|i| i.value_as_number())
+                .unwrap_or(0.0);
             let mut s = st.borrow_mut();
             let k = s.channel * per_channel + j;
             if k < s.values.len() {
@@ -57,7 +62,9 @@ pub fn init(app: &Rc<App>) -> Result<Rc<Live>> {
     }
     let set_sliders = move |s: &Sliders| {
         for j in 0..per_channel {
-            if let (Ok(input), Some(v)) = (by_id::<HtmlInputElement>(&format!("factor-{j}")), s.values.get(s.channel * per_channel + j)) {
+            if let (Ok(input), Some(v)) =
+                (by_id::<HtmlInputElement>(&format!("factor-{j}")), s.values.get(s.channel * per_channel + j))
+            {
                 input.set_value_as_number(*v as f64);
             }
         }
@@ -72,7 +79,12 @@ pub fn init(app: &Rc<App>) -> Result<Rc<Live>> {
                     if st.borrow().generation != a.generation() {
                         let original = a.engine.level_latents(&face, top).await?;
                         let mut s = st.borrow_mut();
-                        *s = Sliders { generation: a.generation(), channel: s.channel, values: original.clone(), original };
+                        *s = Sliders {
+                            generation: a.generation(),
+                            channel: s.channel,
+                            values: original.clone(),
+                            original,
+                        };
                         set_sliders(&s);
                     }
                     let t = now();
@@ -90,7 +102,11 @@ pub fn init(app: &Rc<App>) -> Result<Rc<Live>> {
         let (st, l) = (state.clone(), live.clone());
         let channel: HtmlSelectElement = by_id("explore-channel")?;
         on(&channel, "input", move |e: Event| {
-            let ch = e.target().and_then(|t| t.dyn_into::<HtmlSelectElement>().ok()).and_then(|s| s.value().parse().ok()).unwrap_or(0);
+            let ch = e
+                .target()
+                .and_then(|t| t.dyn_into::<HtmlSelectElement>().ok())
+                .and_then(|s| s.value().parse().ok())
+                .unwrap_or(0);
             let mut s = st.borrow_mut();
             s.channel = ch;
             set_sliders(&s);
@@ -118,7 +134,13 @@ fn walk(app: &Rc<App>, levels: usize) -> Result<()> {
     let select: HtmlSelectElement = by_id("walk-level")?;
     select.set_inner_html("");
     for l in 0..levels {
-        let label = if l == 0 { " (finest)" } else if l + 1 == levels { " (coarsest)" } else { "" };
+        let label = if l == 0 {
+            " (finest)"
+        } else if l + 1 == levels {
+            " (coarsest)"
+        } else {
+            ""
+        };
         select.insert_adjacent_html("beforeend", &format!("<option value={l}>level {l}{label}</option>")).ok();
     }
     select.set_value(&(levels - 1).to_string());
@@ -148,7 +170,10 @@ fn walk(app: &Rc<App>, levels: usize) -> Result<()> {
             let t = now();
             match a.engine.random_walk(&a.picked(), level, FRAMES, a.generation() ^ level as u64).await {
                 Ok(walk) => {
-                    report("walk-status", Ok(format!("{FRAMES} frames of level {level} in {} on {}", ms(now() - t), a.backend_label())));
+                    report(
+                        "walk-status",
+                        Ok(format!("{FRAMES} frames of level {level} in {} on {}", ms(now() - t), a.backend_label())),
+                    );
                     *frames.borrow_mut() = walk;
                 }
                 Err(e) => return report("walk-status", Err(e)),

@@ -35,7 +35,14 @@ impl Canvas {
     fn new(app: &App) -> Self {
         let base = app.picked();
         let plane = base.x01.len() / app.engine.config().channels;
-        Self { generation: app.generation(), image: base.x01.clone(), base, mask: vec![false; plane], painted_since: vec![false; plane], drawing: false }
+        Self {
+            generation: app.generation(),
+            image: base.x01.clone(),
+            base,
+            mask: vec![false; plane],
+            painted_since: vec![false; plane],
+            drawing: false,
+        }
     }
 
     /// Marks a disc of `radius` around `(x, y)` as unknown (grey on screen).
@@ -45,7 +52,12 @@ impl Canvas {
         for dy in -r..=r {
             for dx in -r..=r {
                 let (px, py) = (x as isize + dx, y as isize + dy);
-                if px < 0 || py < 0 || px >= size as isize || py >= size as isize || ((dx * dx + dy * dy) as f64) > radius * radius {
+                if px < 0
+                    || py < 0
+                    || px >= size as isize
+                    || py >= size as isize
+                    || ((dx * dx + dy * dy) as f64) > radius * radius
+                {
                     continue;
                 }
                 let s = py as usize * size + px as usize;

@@ -21,8 +21,8 @@ use crate::engine::{BackendKind, Engine, Face};
 use crate::error::Result;
 use crate::weights;
 pub use dom::now;
-pub use sample::{GRID, default_temperatures};
 use live::Live;
+pub use sample::{GRID, default_temperatures};
 
 /// Default location of the weights, relative to the page.
 pub const DEFAULT_MODEL_URL: &str = "models/celeba32.rgflow";
@@ -110,7 +110,11 @@ impl App {
 pub fn status(id: &str, text: &str, error: bool) {
     // Also on the console, where a tester or a bug report finds it.
     let line = wasm_bindgen::JsValue::from(format!("{id}: {text}"));
-    if error { web_sys::console::warn_1(&line) } else { web_sys::console::log_1(&line) }
+    if error {
+        web_sys::console::warn_1(&line)
+    } else {
+        web_sys::console::log_1(&line)
+    }
     if let Ok(e) = dom::by_id::<HtmlElement>(id) {
         e.set_text_content(Some(text));
         let _ = e.class_list().toggle_with_force("error", error);
@@ -252,7 +256,6 @@ fn tabs(app: &Rc<App>) -> Result<()> {
 pub fn ms(t: f64) -> String {
     if t < 10.0 { format!("{t:.1} ms") } else { format!("{t:.0} ms") }
 }
-
 
 pub(crate) use dom::{by_id, canvas_pixel, create, draw_field, draw_image, draw_tiles, on};
 

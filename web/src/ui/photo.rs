@@ -16,7 +16,12 @@ pub fn init(app: &Rc<App>) -> Result<Rc<Live>> {
     let input: HtmlInputElement = by_id("photo-file")?;
     let a = app.clone();
     on(&input, "change", move |e: Event| {
-        let Some(file) = e.target().and_then(|t| t.dyn_into::<HtmlInputElement>().ok()).and_then(|i| i.files()).and_then(|f| f.get(0)) else {
+        let Some(file) = e
+            .target()
+            .and_then(|t| t.dyn_into::<HtmlInputElement>().ok())
+            .and_then(|i| i.files())
+            .and_then(|f| f.get(0))
+        else {
             return;
         };
         let a = a.clone();
@@ -31,7 +36,11 @@ pub fn init(app: &Rc<App>) -> Result<Rc<Live>> {
     on(&use_button, "click", move |_: MouseEvent| match a.photo() {
         Some(face) => {
             a.pick(face);
-            status("photo-status", "The photo is now the face of the Mix, Inpaint, Explore and Receptive panels", false);
+            status(
+                "photo-status",
+                "The photo is now the face of the Mix, Inpaint, Explore and Receptive panels",
+                false,
+            );
         }
         None => status("photo-status", "Upload a photo first", true),
     });

@@ -18,10 +18,17 @@ pub fn init(app: &Rc<App>) -> Result<Rc<Live>> {
     let select: HtmlSelectElement = by_id("rf-level")?;
     select.set_inner_html("");
     for l in 0..levels {
-        let label = if l == 0 { " (finest)" } else if l + 1 == levels { " (coarsest)" } else { "" };
+        let label = if l == 0 {
+            " (finest)"
+        } else if l + 1 == levels {
+            " (coarsest)"
+        } else {
+            ""
+        };
         select.insert_adjacent_html("beforeend", &format!("<option value={l}>level {l}{label}</option>")).ok();
     }
-    let level_of = |id: &str| by_id::<HtmlSelectElement>(id).ok().and_then(|s| s.value().parse::<usize>().ok()).unwrap_or(0);
+    let level_of =
+        |id: &str| by_id::<HtmlSelectElement>(id).ok().and_then(|s| s.value().parse::<usize>().ok()).unwrap_or(0);
     // The chosen site; starts at the first site of level 0.
     let site = Rc::new(Cell::new(site_level.iter().position(|&l| l == 0).unwrap_or(0)));
     let live = Live::new();
@@ -42,7 +49,8 @@ pub fn init(app: &Rc<App>) -> Result<Rc<Live>> {
                     let t = now();
                     let field = a.engine.receptive_field(&face, site.get(), channel).await?;
                     draw_field(&by_id::<HtmlCanvasElement>("rf-field")?, &field, channels, size);
-                    let support = (0..size * size).filter(|&p| (0..channels).any(|c| field[c * size * size + p] != 0.0)).count();
+                    let support =
+                        (0..size * size).filter(|&p| (0..channels).any(|c| field[c * size * size + p] != 0.0)).count();
                     Ok(format!(
                         "Latent at row {}, column {} (level {level}) moves {support} of {} pixels; {} on {}",
                         site.get() / size,

@@ -16,7 +16,10 @@ const COLS: usize = 4;
 
 /// Colder fine levels, warmer coarse ones: the paper's "effective temperature".
 pub fn default_temperatures(levels: usize) -> Vec<f64> {
-    (0..levels).map(|l| if levels == 1 { 0.8 } else { 0.6 + 0.3 * l as f64 / (levels - 1) as f64 }).map(|t| (t * 20.0).round() / 20.0).collect()
+    (0..levels)
+        .map(|l| if levels == 1 { 0.8 } else { 0.6 + 0.3 * l as f64 / (levels - 1) as f64 })
+        .map(|t| (t * 20.0).round() / 20.0)
+        .collect()
 }
 
 pub fn init(app: &Rc<App>) -> Result<Rc<Live>> {
@@ -38,7 +41,11 @@ pub fn init(app: &Rc<App>) -> Result<Rc<Live>> {
         let input: HtmlInputElement = by_id(&format!("temp-{level}"))?;
         let (a, l) = (app.clone(), live.clone());
         on(&input, "input", move |e: Event| {
-            let v: f64 = e.target().and_then(|t| wasm_bindgen::JsCast::dyn_into::<HtmlInputElement>(t).ok()).map(|i| i.value_as_number()).unwrap_or(0.8);
+            let v: f64 = e
+                .target()
+                .and_then(|t| wasm_bindgen::JsCast::dyn_into::<HtmlInputElement>(t).ok())
+                .map(|i| i.value_as_number())
+                .unwrap_or(0.8);
             let mut temps = a.temperatures();
             temps[level] = v;
             a.set_temperatures(temps);
@@ -57,9 +64,19 @@ pub fn init(app: &Rc<App>) -> Result<Rc<Live>> {
                 let t = now();
                 let result = a.engine.sample(GRID, &a.temperatures(), seed).await.map(|new| {
                     let c = a.engine.config();
-                    draw_tiles(&grid, &new.iter().map(|f| f.x01.as_slice()).collect::<Vec<_>>(), c.channels, c.image_size, COLS);
+                    draw_tiles(
+                        &grid,
+                        &new.iter().map(|f| f.x01.as_slice()).collect::<Vec<_>>(),
+                        c.channels,
+                        c.image_size,
+                        COLS,
+                    );
                     *faces.borrow_mut() = new;
-                    format!("{GRID} faces in {} on {} — click one to use it in the other panels", ms(now() - t), a.backend_label())
+                    format!(
+                        "{GRID} faces in {} on {} — click one to use it in the other panels",
+                        ms(now() - t),
+                        a.backend_label()
+                    )
                 });
                 report("sample-status", result);
             }

@@ -114,7 +114,8 @@ fn coupling_backward_rows<'a>(
     for row in 0..grad_y.len() / f {
         // Row slices of length `f`, so the loop below has no bounds checks.
         let span = row * f..(row + 1) * f;
-        let (x, sr, tr, gy) = (&c.x[span.clone()], &c.s_raw[span.clone()], &c.t_raw[span.clone()], &grad_y[span.clone()]);
+        let (x, sr, tr, gy) =
+            (&c.x[span.clone()], &c.s_raw[span.clone()], &c.t_raw[span.clone()], &grad_y[span.clone()]);
         let (gx, gs, gt) = (&mut gx[span.clone()], &mut gs[span.clone()], &mut gt[span]);
         for i in 0..f {
             let (x, sr, tr, m, gy) = (x[i], sr[i], tr[i], mask[i], gy[i]);
@@ -165,7 +166,9 @@ fn log_scale_rows(s_raw: &[f32], s_scale: &[f32], mask: &[f32], out: &mut [Maybe
     let whole = f - f % LANES;
     for (sr, out) in s_raw.chunks_exact(f).zip(out) {
         let mut lanes = [0.0f32; LANES];
-        for ((sr, a), m) in sr[..whole].chunks_exact(LANES).zip(s_scale.chunks_exact(LANES)).zip(mask.chunks_exact(LANES)) {
+        for ((sr, a), m) in
+            sr[..whole].chunks_exact(LANES).zip(s_scale.chunks_exact(LANES)).zip(mask.chunks_exact(LANES))
+        {
             for j in 0..LANES {
                 lanes[j] += tanh::<FMA>(sr[j] * a[j]) * m[j];
             }
@@ -226,7 +229,15 @@ mod tests {
         let gl = values(m, 9, 1.0);
 
         for inverse in [false, true] {
-            let c = Coupling { x: &x, s_raw: &s_raw, t_raw: &t_raw, s_scale: &s_scale, t_scale: &t_scale, mask: &mask, inverse };
+            let c = Coupling {
+                x: &x,
+                s_raw: &s_raw,
+                t_raw: &t_raw,
+                s_scale: &s_scale,
+                t_scale: &t_scale,
+                mask: &mask,
+                inverse,
+            };
             let y = coupling_update(c);
             let log_scale = coupling_log_scale(&s_raw, &s_scale, &mask);
             let grads = coupling_update_backward(c, &gy);

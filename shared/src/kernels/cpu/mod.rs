@@ -17,7 +17,9 @@ mod residual;
 mod swish;
 mod weight_norm;
 
-pub use coupling::{Coupling, CouplingGrads, coupling_log_scale, coupling_log_scale_backward, coupling_update, coupling_update_backward};
+pub use coupling::{
+    Coupling, CouplingGrads, coupling_log_scale, coupling_log_scale_backward, coupling_update, coupling_update_backward,
+};
 pub use residual::{residual, residual_backward};
 pub use swish::{swish, swish_backward};
 pub use weight_norm::{weight_norm, weight_norm_backward};
@@ -163,8 +165,8 @@ pub(crate) mod test_values {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use super::test_values::{ulp_error, values};
+    use super::*;
 
     /// Per-feature sums come out bit-identical however the pool ran the
     /// tasks (here: many tasks, repeated).

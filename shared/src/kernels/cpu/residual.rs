@@ -59,7 +59,8 @@ mod tests {
     #[test]
     fn residual_and_its_gradients() {
         let f = 7;
-        let (x, h, bias, g) = (values(f * 300, 1, 2.0), values(f * 300, 2, 2.0), values(f, 3, 1.0), values(f * 300, 4, 1.0));
+        let (x, h, bias, g) =
+            (values(f * 300, 1, 2.0), values(f * 300, 2, 2.0), values(f, 3, 1.0), values(f * 300, 4, 1.0));
         let y = residual(&x, &h, &bias);
         let (scaled, grad_bias) = residual_backward(&g, f);
         let mut want_bias = vec![0.0f64; f];

@@ -91,7 +91,8 @@ mod tests {
         let mut want_bias = vec![0.0f64; features];
         let mut want_beta = vec![0.0f64; features];
         for i in 0..x.len() {
-            let (u, b, g) = (f64::from(x[i]) + f64::from(bias[i % features]), f64::from(beta[i % features]), f64::from(g[i]));
+            let (u, b, g) =
+                (f64::from(x[i]) + f64::from(bias[i % features]), f64::from(beta[i % features]), f64::from(g[i]));
             let s = 1.0 / (1.0 + (-b * u).exp());
             assert!(close(y[i], u * s, 1e-5), "y[{i}]");
             let gu = g * (s + b * u * s * (1.0 - s));

@@ -57,7 +57,8 @@ mod tests {
                 })
                 .sum()
         };
-        let (v64, g64): (Vec<f64>, Vec<f64>) = (v.iter().map(|&x| x.into()).collect(), g.iter().map(|&x| x.into()).collect());
+        let (v64, g64): (Vec<f64>, Vec<f64>) =
+            (v.iter().map(|&x| x.into()).collect(), g.iter().map(|&x| x.into()).collect());
         for r in 0..i {
             for c in 0..o {
                 let n = (0..i).map(|r| v64[r * o + c].powi(2)).sum::<f64>().sqrt();
