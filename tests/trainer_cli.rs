@@ -505,3 +505,45 @@ fn sigterm_saves_a_final_checkpoint() {
     let text = ok(&resume);
     assert!(text.contains(&format!("resuming {} at step {steps_logged}", run.display())), "{text}");
 }
+
+/// Non-finite steps are skipped and logged, never applied or saved; enough
+/// of them in a row stop the run, naming the last good checkpoint.
+#[test]
+fn non_finite_steps_are_skipped_then_stop_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let mut args =
+        vec!["train", "--quiet", "--data", "msds1,train=64,test=8", "--out", run.to_str().unwrap(), "--batch", "16"];
+    args.extend(SMALL);
+    // An absurd rate blows the weights up after the first step.
+    args.extend([
+        "--lr",
+        "1e6",
+        "--warmup-steps",
+        "0",
+        "--max-bad-steps",
+        "3",
+        "--checkpoint-every",
+        "1",
+        "--steps",
+        "50",
+    ]);
+    let err = fails(&args);
+    assert!(
+        err.contains("3 steps in a row had a non-finite loss or gradient") && err.contains("stopped without saving"),
+        "{err}"
+    );
+    let log = std::fs::read_to_string(run.join("log.jsonl")).unwrap();
+    let events: Vec<String> = log
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["event"].as_str().unwrap().to_string())
+        .collect();
+    let skipped = events.iter().filter(|e| *e == "skip").count();
+    assert_eq!(skipped, 3, "{events:?}");
+    // The checkpoint holds the last applied step, not a skipped one.
+    let ckpt = std::fs::read(run.join("checkpoint.rgck")).unwrap();
+    let header_len = u64::from_le_bytes(ckpt[12..20].try_into().unwrap()) as usize;
+    let state: serde_json::Value = serde_json::from_slice(&ckpt[20..20 + header_len]).unwrap();
+    let applied = events.iter().filter(|e| *e == "step").count() as u64;
+    assert_eq!(state["step"].as_u64(), Some(applied), "{events:?}");
+}

@@ -183,6 +183,29 @@ mod tests {
         RgFlowConfig::from_level_specs(8, 3, "1", "1", "1", nhidden).unwrap()
     }
 
+    /// A file whose stored config claims a huge model, or 2 channels, is
+    /// refused from its config alone, before any model is built.
+    #[test]
+    fn weight_files_claiming_huge_or_odd_models_are_refused() {
+        let device = Device::flex();
+        let flow = config("8").init(&device);
+        let claims = [
+            ("channels", RgFlowConfig { channels: 2, ..config("8") }),
+            ("nhidden", RgFlowConfig { nhidden: vec![1 << 30; 4], ..config("8") }),
+            ("image size", RgFlowConfig { image_size: 1 << 20, ..config("8") }),
+        ];
+        for (what, claim) in claims {
+            let mut store = BurnpackStore::from_bytes(None)
+                .metadata(FORMAT_KEY, FORMAT_NAME)
+                .metadata(VERSION_KEY, FORMAT_VERSION.to_string())
+                .metadata(CONFIG_KEY, serde_json::to_string(&claim).unwrap());
+            flow.save_into(&mut store).unwrap();
+            let bytes = store.get_bytes().unwrap().to_vec();
+            let err = from_bytes(bytes, "crafted.rgflow", &device).unwrap_err().to_string();
+            assert!(err.contains("crafted.rgflow") && err.contains(what), "{what}: {err}");
+        }
+    }
+
     #[test]
     fn a_failed_write_keeps_the_old_file_and_leaves_no_temporary() {
         let dir = std::env::temp_dir().join(format!("rgflow-write-atomic-{}", std::process::id()));

@@ -50,7 +50,7 @@ pub fn run(args: ExportArgs) -> anyhow::Result<()> {
     }
     let worst = a.iter().zip(&b).map(|(x, y)| ((x - y) / x.abs().max(1.0)).abs()).fold(0f32, f32::max);
     let tolerance = if args.f16 { 1e-2 } else { 1e-6 };
-    if !(worst <= tolerance) {
+    if worst.is_nan() || worst > tolerance {
         anyhow::bail!("exported weights do not reproduce the model (relative log-prob error {worst}); nothing written");
     }
     rgflow::store::write_atomic(&args.out, &bytes)?;

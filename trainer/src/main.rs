@@ -29,7 +29,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Train a model (AdamW, dequantisation + logit; progress in bits/dim).
-    Train(train::TrainArgs),
+    Train(Box<train::TrainArgs>),
     /// Bits per dimension on a split (mean ± std over images).
     Eval(eval::EvalArgs),
     /// A seeded grid of samples at one or more temperatures.
@@ -77,7 +77,7 @@ fn main() -> anyhow::Result<()> {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Train(a) => train::run(a),
+        Command::Train(a) => train::run(*a),
         Command::Eval(a) => eval::run(a),
         Command::Sample(a) => sample::run(a),
         Command::Export(a) => export::run(a),

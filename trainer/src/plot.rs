@@ -75,7 +75,7 @@ pub fn read_curves(path: &Path, label: Option<&str>, train_window: usize) -> any
                     if window.len() > train_window {
                         window.pop_front();
                     }
-                    if window.len() == train_window && entry.step % (train_window as u64 / 5).max(1) == 0 {
+                    if window.len() == train_window && entry.step.is_multiple_of((train_window as u64 / 5).max(1)) {
                         curves.train.push((x, hours, window.iter().sum::<f64>() / train_window as f64));
                     }
                 }

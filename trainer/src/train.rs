@@ -455,14 +455,6 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
                     "step {}: loss {mean}, gradient norm {grad_norm:?}: not finite, step skipped",
                     state.step + 1
                 ));
-                if bad_in_a_row >= args.max_bad_steps {
-                    bail!(
-                        "{bad_in_a_row} steps in a row had a non-finite loss or gradient (last at step {}); stopped without saving. The last good checkpoint ({}) is at or before step {}. Try a lower --lr or a longer --warmup-steps.",
-                        state.step + 1,
-                        checkpoint_path.display(),
-                        state.step
-                    );
-                }
             }
             let std = (bpd.iter().map(|b| (b - mean).powi(2)).sum::<f64>() / (bpd.len().max(2) - 1) as f64).sqrt();
             state.step += 1;
@@ -487,6 +479,14 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
                 ..LogLine::default()
             })?;
 
+            if bad_in_a_row >= args.max_bad_steps {
+                bail!(
+                    "{bad_in_a_row} steps in a row had a non-finite loss or gradient (the last at step {}); stopped without saving. The last good checkpoint ({}) is at or before step {}. Try a lower --lr or a longer --warmup-steps.",
+                    state.step,
+                    checkpoint_path.display(),
+                    state.step - bad_in_a_row
+                );
+            }
             if state.step % args.checkpoint_every == 0 && bad_in_a_row == 0 {
                 save(&model, &optim, &average, &state)?;
             }
