@@ -22,46 +22,46 @@ fn fails(args: &[&str]) -> String {
     text
 }
 
-/// A tiny model, so each step takes milliseconds.
-const SMALL: [&str; 12] = [
-    "--nlayers",
-    "1",
-    "--nresblocks",
-    "1",
-    "--nmlp",
-    "1",
-    "--nhidden",
-    "32",
-    "--backend",
-    "flex",
-    "--eval-images",
-    "0",
-];
+/// A tiny model on the CPU, so each step takes milliseconds.
+const TINY: [&str; 10] = ["--nlayers", "1", "--nresblocks", "1", "--nmlp", "1", "--nhidden", "32", "--backend", "flex"];
 
-fn train(out: &Path, data: &str, extra: &[&str]) -> String {
+/// [`TINY`] without held-out evaluations.
+const SMALL: [&str; 12] =
+    [TINY[0], TINY[1], TINY[2], TINY[3], TINY[4], TINY[5], TINY[6], TINY[7], TINY[8], TINY[9], "--eval-images", "0"];
+
+/// The trainer state in a checkpoint's JSON header.
+fn checkpoint_state(path: &Path) -> serde_json::Value {
+    let ckpt = std::fs::read(path).unwrap();
+    let header_len = u64::from_le_bytes(ckpt[12..20].try_into().unwrap()) as usize;
+    serde_json::from_slice(&ckpt[20..20 + header_len]).unwrap()
+}
+
+/// `train` of the [`SMALL`] model in batches of 16, without extra flags.
+fn train_args<'a>(out: &'a Path, data: &'a str) -> Vec<&'a str> {
     let mut args = vec!["train", "--quiet", "--data", data, "--out", out.to_str().unwrap(), "--batch", "16"];
     args.extend(SMALL);
+    args
+}
+
+fn train(out: &Path, data: &str, extra: &[&str]) -> String {
+    let mut args = train_args(out, data);
     args.extend(extra);
     ok(&args)
 }
 
-fn eval_bpd(model: &Path, data: &str) -> f64 {
+/// `trainer eval` of `model` on `data`'s test split with one draw (unless
+/// `extra` says otherwise): its JSON report.
+fn eval_json(model: &Path, data: &str, extra: &[&str]) -> serde_json::Value {
     let json = model.with_extension("eval.json");
-    ok(&[
-        "eval",
-        "--model",
-        model.to_str().unwrap(),
-        "--data",
-        data,
-        "--draws",
-        "1",
-        "--backend",
-        "flex",
-        "--json",
-        json.to_str().unwrap(),
-    ]);
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
-    v["bpd_mean"].as_f64().unwrap()
+    let (model, json_path) = (model.to_str().unwrap(), json.to_str().unwrap());
+    let mut args = vec!["eval", "--model", model, "--data", data, "--backend", "flex", "--json", json_path];
+    args.extend(if extra.contains(&"--draws") { extra.to_vec() } else { [extra, &["--draws", "1"]].concat() });
+    ok(&args);
+    serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap()
+}
+
+fn eval_bpd(model: &Path, data: &str) -> f64 {
+    eval_json(model, data, &[])["bpd_mean"].as_f64().unwrap()
 }
 
 #[test]
@@ -283,25 +283,12 @@ fn shipped_model_keeps_its_held_out_bits_per_dim() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("eval.json");
     let data = format!("celeba:{},test-last=1000", celeba.display());
     let model = root.join("models/celeba32.rgflow");
-    ok(&[
-        "eval",
-        "--model",
-        model.to_str().unwrap(),
-        "--data",
-        &data,
-        "--limit",
-        "200",
-        "--draws",
-        "2",
-        "--backend",
-        "flex",
-        "--json",
-        json.to_str().unwrap(),
-    ]);
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
+    // The report goes beside a copy, so the repository stays untouched.
+    let copy = dir.path().join("celeba32.rgflow");
+    std::fs::copy(&model, &copy).unwrap();
+    let v = eval_json(&copy, &data, &["--limit", "200", "--draws", "2"]);
     let bpd = v["bpd_mean"].as_f64().unwrap();
     assert_eq!(v["images"].as_u64(), Some(200));
     eprintln!("shipped model: {bpd:.4} bits/dim on 200 held-out faces (measured {MEASURED}, bound {BOUND})");
@@ -316,7 +303,7 @@ fn runs_keep_and_use_a_weight_average() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
     let data = "msds1,train=64,test=16";
-    let args = [
+    let mut args = vec![
         "train",
         "--quiet",
         "--data",
@@ -325,16 +312,6 @@ fn runs_keep_and_use_a_weight_average() {
         run.to_str().unwrap(),
         "--batch",
         "16",
-        "--nlayers",
-        "1",
-        "--nresblocks",
-        "1",
-        "--nmlp",
-        "1",
-        "--nhidden",
-        "32",
-        "--backend",
-        "flex",
         "--eval-images",
         "16",
         "--steps",
@@ -344,6 +321,7 @@ fn runs_keep_and_use_a_weight_average() {
         "--ema-decay",
         "0.5",
     ];
+    args.extend(TINY);
     ok(&args);
     let log = std::fs::read_to_string(run.join("log.jsonl")).unwrap();
     let last: serde_json::Value = serde_json::from_str(log.lines().last().unwrap()).unwrap();
@@ -358,30 +336,11 @@ fn runs_keep_and_use_a_weight_average() {
         .collect();
     assert_eq!(lr[..3], [5e-4, 1e-3, 1e-3], "two warm-up steps, then the peak");
     let ckpt = run.join("checkpoint.rgck");
-    let json = dir.path().join("e.json");
-    let eval = |weights: &str| {
-        ok(&[
-            "eval",
-            "--model",
-            ckpt.to_str().unwrap(),
-            "--data",
-            data,
-            "--draws",
-            "1",
-            "--backend",
-            "flex",
-            "--weights",
-            weights,
-            "--json",
-            json.to_str().unwrap(),
-        ]);
-        let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-        v["bpd_mean"].as_f64().unwrap()
-    };
+    let eval = |weights: &str| eval_json(&ckpt, data, &["--weights", weights])["bpd_mean"].as_f64().unwrap();
     assert_ne!(eval("average"), eval("raw"));
     // Equal-time runs: a tiny time budget stops after the first step.
     let timed = dir.path().join("timed");
-    let mut timed_args = args.to_vec();
+    let mut timed_args = args.clone();
     timed_args[5] = timed.to_str().unwrap();
     let steps_at = timed_args.iter().position(|a| *a == "--steps").unwrap();
     timed_args.splice(steps_at..steps_at + 2, ["--minutes", "0.000001"]);
@@ -469,9 +428,7 @@ fn export_refuses_non_finite_weights_and_keeps_the_old_file() {
 fn sigterm_saves_a_final_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
-    let mut args =
-        vec!["train", "--quiet", "--data", "msds1,train=64,test=8", "--out", run.to_str().unwrap(), "--batch", "16"];
-    args.extend(SMALL);
+    let mut args = train_args(&run, "msds1,train=64,test=8");
     args.extend(["--steps", "1000000", "--checkpoint-every", "1000000"]);
     let child = Command::new(env!("CARGO_BIN_EXE_trainer"))
         .args(&args)
@@ -493,9 +450,7 @@ fn sigterm_saves_a_final_checkpoint() {
     assert!(text.contains("interrupted, saved"), "{text}");
     let steps_logged =
         std::fs::read_to_string(&log).unwrap().lines().filter(|l| l.contains("\"event\":\"step\"")).count();
-    let ckpt = std::fs::read(run.join("checkpoint.rgck")).unwrap();
-    let header_len = u64::from_le_bytes(ckpt[12..20].try_into().unwrap()) as usize;
-    let state: serde_json::Value = serde_json::from_slice(&ckpt[20..20 + header_len]).unwrap();
+    let state = checkpoint_state(&run.join("checkpoint.rgck"));
     assert_eq!(state["step"].as_u64(), Some(steps_logged as u64), "the checkpoint holds the last step taken");
     let more = (steps_logged + 2).to_string();
     let mut resume = args.clone();
@@ -512,9 +467,7 @@ fn sigterm_saves_a_final_checkpoint() {
 fn non_finite_steps_are_skipped_then_stop_the_run() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
-    let mut args =
-        vec!["train", "--quiet", "--data", "msds1,train=64,test=8", "--out", run.to_str().unwrap(), "--batch", "16"];
-    args.extend(SMALL);
+    let mut args = train_args(&run, "msds1,train=64,test=8");
     // An absurd rate blows the weights up after the first step.
     args.extend([
         "--lr",
@@ -541,9 +494,7 @@ fn non_finite_steps_are_skipped_then_stop_the_run() {
     let skipped = events.iter().filter(|e| *e == "skip").count();
     assert_eq!(skipped, 3, "{events:?}");
     // The checkpoint holds the last applied step, not a skipped one.
-    let ckpt = std::fs::read(run.join("checkpoint.rgck")).unwrap();
-    let header_len = u64::from_le_bytes(ckpt[12..20].try_into().unwrap()) as usize;
-    let state: serde_json::Value = serde_json::from_slice(&ckpt[20..20 + header_len]).unwrap();
+    let state = checkpoint_state(&run.join("checkpoint.rgck"));
     let applied = events.iter().filter(|e| *e == "step").count() as u64;
     assert_eq!(state["step"].as_u64(), Some(applied), "{events:?}");
 }
