@@ -381,6 +381,8 @@ fn bad_flags_and_data_end_in_messages_not_panics_or_hangs() {
     refused(&["eval", "--batch", "0", "--data", "msds1"], "--batch");
     refused(&["eval", "--draws", "0", "--data", "msds1"], "--draws");
     refused(&["sample", "--count", "0", "--out", "x.png"], "--count");
+    refused(&["mix", "--a", "seed:x", "--out", "x.png", "--backend", "flex"], "--a seed:x");
+    refused(&["receptive", "--image", "nowhere.png", "--out", "x.png", "--backend", "flex"], "--image");
 
     // A folder of only corrupt images: an error within seconds, not an endless epoch.
     let images = dir.path().join("corrupt");

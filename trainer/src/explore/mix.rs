@@ -41,8 +41,8 @@ pub fn run(args: MixArgs) -> anyhow::Result<()> {
         } else {
             (format!("seed:{}", 2 * r + 1), format!("seed:{}", 2 * r + 2))
         };
-        let za = flow.encode(input_image(&flow, &a, &args.temperature, &device)?);
-        let zb = flow.encode(input_image(&flow, &b, &args.temperature, &device)?);
+        let za = flow.encode(input_image(&flow, "--a", &a, &args.temperature, &device)?);
+        let zb = flow.encode(input_image(&flow, "--b", &b, &args.temperature, &device)?);
         let strip: Vec<Tensor<4>> =
             (0..=levels).map(|lambda| mix_levels(&flow, za.clone(), zb.clone(), lambda)).collect();
         rows.push(flow.decode(Tensor::cat(strip, 0)));

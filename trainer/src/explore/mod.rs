@@ -55,22 +55,31 @@ pub struct ImageChoice {
 impl ImageChoice {
     /// The image, `[1, C, L, L]` in `[0, 1]`.
     pub fn load(&self, flow: &RgFlow, device: &Device) -> anyhow::Result<Tensor<4>> {
-        input_image(flow, &self.image, &self.temperature, device)
+        input_image(flow, "--image", &self.image, &self.temperature, device)
     }
 }
 
-/// An input image: `seed:N` (a sample at the sampling temperature) or an
-/// image file (centre-cropped to a square and resized to L).
-pub fn input_image(flow: &RgFlow, spec: &str, temperature: &str, device: &Device) -> anyhow::Result<Tensor<4>> {
+/// An input image given by the flag `flag`: `seed:N` (a sample at the
+/// sampling temperature) or an image file (centre-cropped to a square and
+/// resized to L). Errors name the flag.
+pub fn input_image(
+    flow: &RgFlow,
+    flag: &str,
+    spec: &str,
+    temperature: &str,
+    device: &Device,
+) -> anyhow::Result<Tensor<4>> {
     let c = flow.config();
     if let Some(seed) = spec.strip_prefix("seed:") {
-        let seed: u64 = seed.parse().with_context(|| format!("`{spec}`: expected seed:N"))?;
-        let temps = LevelTemperatures::parse(temperature, flow.lattice().levels())?;
+        let seed: u64 =
+            seed.parse().with_context(|| format!("{flag} {spec}: expected seed:N with N a whole number"))?;
+        let temps = LevelTemperatures::parse(temperature, flow.lattice().levels())
+            .with_context(|| format!("--temperature {temperature}"))?;
         return Ok(flow.sample(1, &temps, seed, device)?);
     }
-    let bytes = std::fs::read(spec).with_context(|| format!("reading image {spec}"))?;
+    let bytes = std::fs::read(spec).with_context(|| format!("{flag}: reading image {spec}"))?;
     let pixels = rgflow::pixels::decode_and_prepare(&bytes, Crop::CenterSquare, c.image_size, c.channels)
-        .with_context(|| format!("image {spec}"))?;
+        .with_context(|| format!("{flag}: image {spec}"))?;
     let values: Vec<f32> = pixels.iter().map(|&v| v as f32 / 255.0).collect();
     Ok(Tensor::from_data(TensorData::new(values, [1, c.channels, c.image_size, c.image_size]), device))
 }
