@@ -2,7 +2,7 @@
 //! logs and per-epoch samples.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::backend::{BackendChoice, select_devices};
 use crate::checkpoint::{Checkpoint, TrainState};
-use crate::data::{self, EpochOptions, Loader, SourceSpec, Split, images_tensor};
+use crate::data::{self, Batch, EpochOptions, Loader, SourceSpec, Split, images_tensor};
 use crate::ema::WeightAverage;
 use crate::model_args::ModelArgs;
 use crate::model_io::save_grid;
@@ -227,37 +227,80 @@ pub struct LogLine {
     pub seconds: f64,
 }
 
-/// Runs `trainer train`.
-pub fn run(args: TrainArgs) -> anyhow::Result<()> {
-    let (devices, backend_name) = select_devices(args.backend, usize::from(args.devices))?;
-    let devices: Vec<Device> = devices.into_iter().map(Device::autodiff).collect();
-    let device = devices[0].clone();
-    let fresh = args.settings()?;
-    if args.epochs.is_none() && args.steps.is_none() && args.minutes.is_none() {
-        bail!("give --epochs, --steps or --minutes");
-    }
-    std::fs::create_dir_all(&args.out).with_context(|| format!("creating run folder {}", args.out.display()))?;
-    let checkpoint_path = args.out.join(CHECKPOINT);
-    // Two trainers writing one run folder would interleave checkpoints and
-    // logs. The OS drops the lock when the process ends, even on kill -9.
-    let lock_path = args.out.join(".lock");
-    let lock = std::fs::File::create(&lock_path).with_context(|| format!("creating {}", lock_path.display()))?;
-    if let Err(e) = lock.try_lock() {
-        match e {
-            std::fs::TryLockError::WouldBlock => {
-                bail!(
-                    "another trainer is already writing to {}; wait for it or choose another --out",
-                    args.out.display()
-                )
-            }
-            std::fs::TryLockError::Error(e) => {
-                return Err(e).with_context(|| format!("locking {}", lock_path.display()));
-            }
+/// Takes the run folder's lock: two trainers writing one folder would
+/// interleave checkpoints and logs. The OS drops the lock when the process
+/// ends, even on kill -9.
+fn lock_run_folder(out: &Path) -> anyhow::Result<std::fs::File> {
+    let path = out.join(".lock");
+    let lock = std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+    match lock.try_lock() {
+        Ok(()) => Ok(lock),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            bail!("another trainer is already writing to {}; wait for it or choose another --out", out.display())
         }
+        Err(std::fs::TryLockError::Error(e)) => Err(e).with_context(|| format!("locking {}", path.display())),
     }
+}
 
-    let (settings, mut model, mut optim, mut state, ema) = if args.resume {
-        let ckpt = Checkpoint::load(&checkpoint_path)?;
+/// A run's training state: everything a checkpoint holds.
+struct Run {
+    settings: Settings,
+    model: RgFlow,
+    optim: ModuleOptimizer,
+    average: Option<WeightAverage>,
+    state: TrainState,
+}
+
+/// What one step did, for the log.
+struct StepOutcome {
+    /// Whether it was applied (its loss and gradient were finite).
+    applied: bool,
+    lr: f64,
+    /// Mean and std over the batch of the training bits/dim.
+    bpd: (f64, f64),
+    grad_norm: Option<f64>,
+}
+
+impl Run {
+    /// Resumes the run in `checkpoint` (`resume`), or starts a new one from
+    /// `fresh` settings and `init_from`'s weights or a random initialisation.
+    fn open(
+        fresh: Settings,
+        resume: bool,
+        init_from: Option<&Path>,
+        checkpoint: &Path,
+        device: &Device,
+    ) -> anyhow::Result<Self> {
+        if !resume {
+            if checkpoint.exists() {
+                let folder = checkpoint.parent().unwrap_or(Path::new(".")).display();
+                bail!("{folder} already holds a run; pass --resume to continue it or choose another --out");
+            }
+            device.seed(fresh.seed);
+            let model = match init_from {
+                None => fresh.config.init(device),
+                Some(path) => {
+                    let model = crate::model_io::load_model(path, device)?;
+                    if model.config() != &fresh.config {
+                        bail!("--init-from {}: holds another model than the flags describe", path.display());
+                    }
+                    model
+                }
+            };
+            let state = TrainState {
+                step: 0,
+                epoch: 0,
+                cursor: 0,
+                train_seconds: 0.0,
+                images_seen: 0,
+                average_updates: 0,
+                data_fingerprint: None,
+                settings: serde_json::to_value(&fresh)?,
+            };
+            let average = (fresh.ema_decay > 0.0).then(|| WeightAverage::new(fresh.ema_decay, model.valid(), 0));
+            return Ok(Self { optim: adamw(fresh.weight_decay), settings: fresh, model, average, state });
+        }
+        let ckpt = Checkpoint::load(checkpoint)?;
         let settings: Settings = serde_json::from_value(ckpt.state.settings.clone())
             .context("checkpoint settings are not from this trainer")?;
         if settings != fresh {
@@ -267,8 +310,8 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
                 serde_json::to_string(&fresh)?
             );
         }
-        let source = checkpoint_path.display().to_string();
-        let model = rgflow::store::from_bytes(ckpt.model, &source, &device)?;
+        let source = checkpoint.display().to_string();
+        let model = rgflow::store::from_bytes(ckpt.model, &source, device)?;
         if model.config() != &settings.config {
             bail!("checkpoint {source} is inconsistent: its model is not the one its settings describe");
         }
@@ -276,44 +319,120 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             .from_bytes(Bytes::from_bytes_vec(ckpt.optimizer))
             .map_err(|e| anyhow::anyhow!("checkpoint optimiser state: {e:?}"))?;
         // A checkpoint from before averaging starts its average here.
-        let ema = match ckpt.ema {
-            Some(bytes) => rgflow::store::from_bytes(bytes, &source, &device.inner())?,
+        let start = match ckpt.ema {
+            Some(bytes) => rgflow::store::from_bytes(bytes, &source, &device.clone().inner())?,
             None => model.valid(),
         };
-        eprintln!("resuming {} at step {} (epoch {})", args.out.display(), ckpt.state.step, ckpt.state.epoch);
-        (settings, model, optim, ckpt.state, ema)
-    } else {
-        if checkpoint_path.exists() {
-            bail!("{} already holds a run; pass --resume to continue it or choose another --out", args.out.display());
-        }
-        device.seed(fresh.seed);
-        let model = match &args.init_from {
-            None => fresh.config.init(&device),
-            Some(path) => {
-                let model = crate::model_io::load_model(path, &device)?;
-                if model.config() != &fresh.config {
-                    bail!("--init-from {}: holds another model than the flags describe", path.display());
-                }
-                model
-            }
-        };
-        let state = TrainState {
-            step: 0,
-            epoch: 0,
-            cursor: 0,
-            train_seconds: 0.0,
-            images_seen: 0,
-            average_updates: 0,
-            data_fingerprint: None,
-            settings: serde_json::to_value(&fresh)?,
-        };
-        let ema = model.valid();
-        (fresh.clone(), model, adamw(fresh.weight_decay), state, ema)
-    };
-    let mut average =
-        (settings.ema_decay > 0.0).then(|| WeightAverage::new(settings.ema_decay, ema, state.average_updates));
+        let average = (settings.ema_decay > 0.0)
+            .then(|| WeightAverage::new(settings.ema_decay, start, ckpt.state.average_updates));
+        Ok(Self { settings, model, optim, average, state: ckpt.state })
+    }
 
-    let config = settings.config.clone();
+    /// Writes the checkpoint (atomically).
+    fn save(&self, path: &Path) -> anyhow::Result<()> {
+        let mut state = self.state.clone();
+        state.average_updates = self.average.as_ref().map_or(0, WeightAverage::updates);
+        let weights = |m: &RgFlow| rgflow::store::to_bytes(m, rgflow::store::Precision::F32);
+        let ckpt = Checkpoint {
+            state,
+            model: weights(&self.model)?,
+            optimizer: self.optim.into_bytes().map_err(|e| anyhow::anyhow!("optimiser state: {e:?}"))?.to_vec(),
+            ema: self.average.as_ref().map(|a| weights(a.model())).transpose()?,
+        };
+        ckpt.save(path)
+    }
+
+    /// One optimiser step on a batch, split across `devices`. A step whose
+    /// loss or gradient is not finite would poison the weights (and every
+    /// checkpoint after it): it is counted but not applied. Takes the run by
+    /// value so the optimiser owns the only copy of the weights it updates.
+    fn step(mut self, batch: Batch, devices: &[Device]) -> (Self, StepOutcome) {
+        let t0 = Instant::now();
+        let lr = self.settings.schedule.at(self.state.step);
+        // The authors minimise nats per dimension; bits are for display.
+        let StepGradients { mut grads, nats } = parallel::gradients(&self.model, batch.x01, batch.len, devices);
+        let bpd: Vec<f64> = nats.iter().map(|&n| rgflow::preprocess::nats_to_bits_per_dim(n as f64)).collect();
+        let mean = bpd.iter().sum::<f64>() / bpd.len() as f64;
+        let std = (bpd.iter().map(|b| (b - mean).powi(2)).sum::<f64>() / (bpd.len().max(2) - 1) as f64).sqrt();
+        let grad_norm = global_norm(&self.model, &mut grads, self.settings.clip_grad)
+            .map(|g| g.inner().into_scalar::<f32>() as f64);
+        let applied = mean.is_finite() && grad_norm.is_none_or(f64::is_finite);
+        if applied {
+            self.model = self.optim.step(lr, self.model, grads);
+            if let Some(a) = &mut self.average {
+                a.update(&self.model);
+            }
+        }
+        self.state.step += 1;
+        self.state.cursor = batch.cursor;
+        self.state.images_seen += batch.len as u64;
+        self.state.train_seconds += t0.elapsed().as_secs_f64();
+        (self, StepOutcome { applied, lr, bpd: (mean, std), grad_norm })
+    }
+
+    /// A log line for an epoch end or the run's end (`event`), with the
+    /// held-out bits/dim of the raw weights and of their average when there
+    /// is a test split.
+    fn held_out(&self, event: &str, test: Option<&Loader>) -> anyhow::Result<LogLine> {
+        let state = &self.state;
+        let mut line = LogLine {
+            event: event.into(),
+            step: state.step,
+            epoch: state.epoch,
+            images_seen: state.images_seen,
+            seconds: state.train_seconds,
+            ..LogLine::default()
+        };
+        let Some(loader) = test else { return Ok(line) };
+        let raw = evaluate(&self.model.valid(), loader, self.settings.batch)?;
+        let avg = self.average.as_ref().map(|a| evaluate(a.model(), loader, self.settings.batch)).transpose()?;
+        (line.bpd, line.bpd_std) = (Some(raw.0), Some(raw.1));
+        (line.bpd_ema, line.bpd_ema_std) = (avg.map(|a| a.0), avg.map(|a| a.1));
+        Ok(line)
+    }
+}
+
+/// Where a run reports: `log.jsonl` and the progress bar.
+struct Report {
+    log: std::fs::File,
+    progress: ProgressBar,
+}
+
+impl Report {
+    fn write(&mut self, line: &LogLine) -> anyhow::Result<()> {
+        if let (Some(raw), "epoch" | "eval") = (line.bpd, line.event.as_str()) {
+            let mut message = format!(
+                "epoch {}, step {}: test bpd {raw:.4} ± {:.4}",
+                line.epoch + 1,
+                line.step,
+                line.bpd_std.unwrap_or(0.0)
+            );
+            if let Some(m) = line.bpd_ema {
+                message += &format!(" (average of the weights: {m:.4})");
+            }
+            self.progress.println(message);
+        }
+        Ok(writeln!(self.log, "{}", serde_json::to_string(line)?)?)
+    }
+}
+
+/// Runs `trainer train`.
+pub fn run(args: TrainArgs) -> anyhow::Result<()> {
+    let (devices, backend_name) = select_devices(args.backend, usize::from(args.devices))?;
+    let devices: Vec<Device> = devices.into_iter().map(Device::autodiff).collect();
+    let fresh = args.settings()?;
+    if args.epochs.is_none() && args.steps.is_none() && args.minutes.is_none() {
+        bail!("give --epochs, --steps or --minutes");
+    }
+    std::fs::create_dir_all(&args.out).with_context(|| format!("creating run folder {}", args.out.display()))?;
+    let _lock = lock_run_folder(&args.out)?;
+    let checkpoint_path = args.out.join(CHECKPOINT);
+    let mut run = Run::open(fresh, args.resume, args.init_from.as_deref(), &checkpoint_path, &devices[0])?;
+    if args.resume {
+        eprintln!("resuming {} at step {} (epoch {})", args.out.display(), run.state.step, run.state.epoch);
+    }
+
+    let config = run.settings.config.clone();
     let dataset = data::open(&args.data)?;
     for d in &dataset.descriptions {
         eprintln!("data: {d}");
@@ -321,26 +440,28 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let train_items = dataset.split(Split::Train)?.to_vec();
     // Resuming on other images would not be the run it claims to continue.
     let fingerprint = data::fingerprint(&train_items);
-    match &state.data_fingerprint {
+    match &run.state.data_fingerprint {
         Some(f) if *f != fingerprint => bail!(
             "--resume: the training images differ from the run's ({} now; files added, removed or renamed since the run started). Restore them or start a new run (--init-from {} keeps the weights).",
             train_items.len(),
             checkpoint_path.display()
         ),
-        _ => state.data_fingerprint = Some(fingerprint),
+        _ => run.state.data_fingerprint = Some(fingerprint),
     }
-    let loader = Loader::new(train_items, config.image_size, config.channels, settings.seed, args.workers);
+    let seed = run.settings.seed;
+    let loader = Loader::new(train_items, config.image_size, config.channels, seed, args.workers);
     let test_loader = (args.eval_images > 0 && !dataset.test.is_empty()).then(|| {
         let n = args.eval_images.min(dataset.test.len());
-        Loader::new(dataset.test[..n].to_vec(), config.image_size, config.channels, settings.seed, args.workers)
+        Loader::new(dataset.test[..n].to_vec(), config.image_size, config.channels, seed, args.workers)
     });
-    let batches_per_epoch = loader.len().div_ceil(settings.batch) as u64;
+    let batch_size = run.settings.batch;
+    let batches_per_epoch = loader.len().div_ceil(batch_size) as u64;
     let total_steps =
         [args.steps, args.epochs.map(|e| e * batches_per_epoch)].into_iter().flatten().min().unwrap_or(u64::MAX);
     let time_limit = args.minutes.map(|m| m * 60.0).unwrap_or(f64::INFINITY);
     eprintln!(
         "model: {} parameters; backend {backend_name}; {} train images, {batches_per_epoch} steps per epoch, to {}",
-        model.num_parameters(),
+        run.model.num_parameters(),
         loader.len(),
         match (total_steps, args.minutes) {
             (u64::MAX, Some(m)) => format!("{m} minutes of training"),
@@ -359,60 +480,14 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             }
         });
     }
-    let mut log = std::fs::OpenOptions::new().create(true).append(true).open(args.out.join(LOG))?;
-    let mut write_log =
-        |line: &LogLine| -> anyhow::Result<()> { Ok(writeln!(log, "{}", serde_json::to_string(line)?)?) };
     let progress =
         if args.quiet || total_steps == u64::MAX { ProgressBar::hidden() } else { ProgressBar::new(total_steps) };
     progress.set_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  ETA {eta}").expect("valid template"),
     );
-    progress.set_position(state.step);
-
-    let save = |model: &RgFlow,
-                optim: &ModuleOptimizer,
-                average: &Option<WeightAverage>,
-                state: &TrainState|
-     -> anyhow::Result<()> {
-        let mut state = state.clone();
-        state.average_updates = average.as_ref().map_or(0, WeightAverage::updates);
-        let ckpt = Checkpoint {
-            state,
-            model: rgflow::store::to_bytes(model, rgflow::store::Precision::F32)?,
-            optimizer: optim.into_bytes().map_err(|e| anyhow::anyhow!("optimiser state: {e:?}"))?.to_vec(),
-            ema: average
-                .as_ref()
-                .map(|a| rgflow::store::to_bytes(a.model(), rgflow::store::Precision::F32))
-                .transpose()?,
-        };
-        ckpt.save(&checkpoint_path)
-    };
-    // Held-out bits/dim of the raw weights and of their average, logged.
-    // The log line of an epoch end or of the run's end, with the held-out
-    // bits/dim of the raw weights and of their average when there is a test split.
-    let evaluate_both =
-        |event: &str, model: &RgFlow, average: &Option<WeightAverage>, state: &TrainState| -> anyhow::Result<LogLine> {
-            let mut line = LogLine {
-                event: event.into(),
-                step: state.step,
-                epoch: state.epoch,
-                images_seen: state.images_seen,
-                seconds: state.train_seconds,
-                ..LogLine::default()
-            };
-            let Some(loader) = &test_loader else { return Ok(line) };
-            let raw = evaluate(&model.valid(), loader, settings.batch)?;
-            let avg = average.as_ref().map(|a| evaluate(a.model(), loader, settings.batch)).transpose()?;
-            let mut message =
-                format!("epoch {}, step {}: test bpd {:.4} ± {:.4}", state.epoch + 1, state.step, raw.0, raw.1);
-            if let Some((m, _)) = avg {
-                message += &format!(" (average of the weights: {m:.4})");
-            }
-            progress.println(message);
-            (line.bpd, line.bpd_std) = (Some(raw.0), Some(raw.1));
-            (line.bpd_ema, line.bpd_ema_std) = (avg.map(|a| a.0), avg.map(|a| a.1));
-            Ok(line)
-        };
+    progress.set_position(run.state.step);
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(args.out.join(LOG))?;
+    let mut report = Report { log, progress };
 
     let mut session_images = 0u64;
     let session_start = Instant::now();
@@ -421,113 +496,88 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let mut evaluated_at = None;
     // A fresh run's first point on its learning curve: where it starts from.
     if !args.resume && test_loader.is_some() {
-        write_log(&evaluate_both("eval", &model, &average, &state)?)?;
-        evaluated_at = Some(state.step);
+        report.write(&run.held_out("eval", test_loader.as_ref())?)?;
+        evaluated_at = Some(run.state.step);
     }
     let done = |state: &TrainState| state.step >= total_steps || state.train_seconds >= time_limit;
-    'epochs: while !done(&state) {
-        let options = EpochOptions { shuffle: true, flip: true, dequantize: true, batch_size: settings.batch };
+    'epochs: while !done(&run.state) {
+        let options = EpochOptions { shuffle: true, flip: true, dequantize: true, batch_size };
         let mut batches_this_epoch = 0u64;
-        for batch in loader.epoch(state.epoch, state.cursor, options) {
+        for batch in loader.epoch(run.state.epoch, run.state.cursor, options) {
             let batch = batch?;
             batches_this_epoch += 1;
-            let t0 = Instant::now();
-            let lr = settings.schedule.at(state.step);
-            // The authors minimise nats per dimension; bits are for display.
-            let StepGradients { mut grads, nats } = parallel::gradients(&model, batch.x01, batch.len, &devices);
-            let bpd: Vec<f64> = nats.iter().map(|&n| rgflow::preprocess::nats_to_bits_per_dim(n as f64)).collect();
-            let mean = bpd.iter().sum::<f64>() / bpd.len() as f64;
-            let grad_norm =
-                global_norm(&model, &mut grads, settings.clip_grad).map(|g| g.inner().into_scalar::<f32>() as f64);
-            // A step whose loss or gradient is not finite would poison the
-            // weights (and every checkpoint after it): skip it, and stop
-            // if it keeps happening.
-            let finite = mean.is_finite() && grad_norm.is_none_or(f64::is_finite);
-            if finite {
-                model = optim.step(lr, model, grads);
-                if let Some(a) = &mut average {
-                    a.update(&model);
-                }
-                bad_in_a_row = 0;
-            } else {
-                bad_in_a_row += 1;
-                progress.println(format!(
-                    "step {}: loss {mean}, gradient norm {grad_norm:?}: not finite, step skipped",
-                    state.step + 1
+            session_images += batch.len as u64;
+            let step;
+            (run, step) = run.step(batch, &devices);
+            let (mean, std) = step.bpd;
+            bad_in_a_row = if step.applied { 0 } else { bad_in_a_row + 1 };
+            if !step.applied {
+                report.progress.println(format!(
+                    "step {}: loss {mean}, gradient norm {:?}: not finite, step skipped",
+                    run.state.step, step.grad_norm
                 ));
             }
-            let std = (bpd.iter().map(|b| (b - mean).powi(2)).sum::<f64>() / (bpd.len().max(2) - 1) as f64).sqrt();
-            state.step += 1;
-            state.cursor = batch.cursor;
-            state.images_seen += batch.len as u64;
-            state.train_seconds += t0.elapsed().as_secs_f64();
-            session_images += batch.len as u64;
             let rate = session_images as f64 / session_start.elapsed().as_secs_f64();
-            progress.set_position(state.step);
-            progress.set_message(format!("bpd {mean:.3}  {rate:.1} img/s"));
-            write_log(&LogLine {
-                event: if finite { "step" } else { "skip" }.into(),
-                step: state.step,
-                epoch: state.epoch,
-                images_seen: state.images_seen,
+            report.progress.set_position(run.state.step);
+            report.progress.set_message(format!("bpd {mean:.3}  {rate:.1} img/s"));
+            report.write(&LogLine {
+                event: if step.applied { "step" } else { "skip" }.into(),
+                step: run.state.step,
+                epoch: run.state.epoch,
+                images_seen: run.state.images_seen,
                 bpd: Some(mean).filter(|m| m.is_finite()),
                 bpd_std: Some(std).filter(|s| s.is_finite()),
-                grad_norm: grad_norm.filter(|g| g.is_finite()),
-                lr: Some(lr),
+                grad_norm: step.grad_norm.filter(|g| g.is_finite()),
+                lr: Some(step.lr),
                 images_per_sec: Some(rate),
-                seconds: state.train_seconds,
+                seconds: run.state.train_seconds,
                 ..LogLine::default()
             })?;
-
             if bad_in_a_row >= args.max_bad_steps {
                 bail!(
                     "{bad_in_a_row} steps in a row had a non-finite loss or gradient (the last at step {}); stopped without saving. The last good checkpoint ({}) is at or before step {}. Try a lower --lr or a longer --warmup-steps.",
-                    state.step,
+                    run.state.step,
                     checkpoint_path.display(),
-                    state.step - bad_in_a_row
+                    run.state.step - bad_in_a_row
                 );
             }
-            if state.step % args.checkpoint_every == 0 && bad_in_a_row == 0 {
-                save(&model, &optim, &average, &state)?;
+            if run.state.step % args.checkpoint_every == 0 && bad_in_a_row == 0 {
+                run.save(&checkpoint_path)?;
             }
             if stop.load(Ordering::SeqCst) {
                 stopped = true;
                 break 'epochs;
             }
-            if done(&state) {
+            if done(&run.state) {
                 break 'epochs;
             }
         }
         // The epoch is complete.
-        if batches_this_epoch == 0 && state.cursor == 0 {
+        if batches_this_epoch == 0 && run.state.cursor == 0 {
             bail!(
                 "epoch {} of the training split gave no images: all {} are unreadable (e.g. {})",
-                state.epoch + 1,
+                run.state.epoch + 1,
                 loader.len(),
                 loader.stats().examples().join("; ")
             );
         }
-        let sampler = average.as_ref().map_or_else(|| model.valid(), |a| a.model().clone());
-        let samples = sampler.sample(
-            64,
-            &LevelTemperatures::uniform(config.levels(), 0.8),
-            settings.seed ^ state.epoch,
-            &sampler.devices()[0],
-        )?;
-        save_grid(samples, 8, 2, &args.out.join("samples").join(format!("epoch-{:04}.png", state.epoch + 1)))?;
-        write_log(&evaluate_both("epoch", &model, &average, &state)?)?;
-        evaluated_at = Some(state.step);
-        state.epoch += 1;
-        state.cursor = 0;
-        save(&model, &optim, &average, &state)?;
+        let sampler = run.average.as_ref().map_or_else(|| run.model.valid(), |a| a.model().clone());
+        let temperatures = LevelTemperatures::uniform(config.levels(), 0.8);
+        let samples = sampler.sample(64, &temperatures, seed ^ run.state.epoch, &sampler.devices()[0])?;
+        save_grid(samples, 8, 2, &args.out.join("samples").join(format!("epoch-{:04}.png", run.state.epoch + 1)))?;
+        report.write(&run.held_out("epoch", test_loader.as_ref())?)?;
+        evaluated_at = Some(run.state.step);
+        run.state.epoch += 1;
+        run.state.cursor = 0;
+        run.save(&checkpoint_path)?;
     }
-    save(&model, &optim, &average, &state)?;
+    run.save(&checkpoint_path)?;
     // A run that ends inside an epoch is evaluated where it ends too, so
     // every run's last point is on its learning curve.
-    if !stopped && evaluated_at != Some(state.step) && test_loader.is_some() {
-        write_log(&evaluate_both("eval", &model, &average, &state)?)?;
+    if !stopped && evaluated_at != Some(run.state.step) && test_loader.is_some() {
+        report.write(&run.held_out("eval", test_loader.as_ref())?)?;
     }
-    progress.finish_and_clear();
+    report.progress.finish_and_clear();
     let skipped = loader.stats();
     if skipped.skipped() > 0 {
         eprintln!("skipped {} unreadable images, e.g. {}", skipped.skipped(), skipped.examples().join("; "));
@@ -535,9 +585,9 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     eprintln!(
         "{} at step {} (epoch {}, {:.1} training minutes); checkpoint {}",
         if stopped { "interrupted, saved" } else { "done" },
-        state.step,
-        state.epoch,
-        state.train_seconds / 60.0,
+        run.state.step,
+        run.state.epoch,
+        run.state.train_seconds / 60.0,
         checkpoint_path.display()
     );
     Ok(())
@@ -562,4 +612,43 @@ fn evaluate(model: &RgFlow, loader: &Loader, batch: usize) -> anyhow::Result<(f6
         all.extend(model.bits_per_dim(x01).into_data().try_to_vec::<f32>().expect("f32").into_iter().map(f64::from));
     }
     Ok(crate::eval::mean_std(&all))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Open, step, save and resume, without the CLI.
+    #[test]
+    fn a_run_steps_saves_and_resumes() {
+        let dir = tempfile::tempdir().unwrap();
+        let device = Device::flex().autodiff();
+        let settings = Settings {
+            config: RgFlowConfig::from_level_specs(8, 3, "1", "1", "1", "8").unwrap(),
+            data: vec!["test".into()],
+            batch: 4,
+            lr: 1e-3,
+            schedule: LrSchedule { peak: 1e-3, warmup_steps: 2, decay: Decay::Constant },
+            ema_decay: 0.9,
+            weight_decay: 0.0,
+            clip_grad: 1.0,
+            seed: 3,
+        };
+        let ckpt = dir.path().join(CHECKPOINT);
+        let run = Run::open(settings.clone(), false, None, &ckpt, &device).unwrap();
+        let x01: Vec<f32> = (0..4 * 192).map(|i| ((i * 37 % 251) as f32 + 0.5) / 256.0).collect();
+        let (run, step) = run.step(Batch { x01, len: 4, cursor: 4 }, std::slice::from_ref(&device));
+        assert!(step.applied && step.bpd.0.is_finite() && step.grad_norm.is_some_and(f64::is_finite));
+        assert_eq!(step.lr, 5e-4, "the first of two warm-up steps");
+        assert_eq!((run.state.step, run.state.cursor, run.state.images_seen), (1, 4, 4));
+        assert_eq!(run.average.as_ref().map(WeightAverage::updates), Some(1));
+        run.save(&ckpt).unwrap();
+
+        let back = Run::open(settings.clone(), true, None, &ckpt, &device).unwrap();
+        assert_eq!((back.state.step, back.state.cursor, back.state.average_updates), (1, 4, 1));
+        let refused = |r: anyhow::Result<Run>| r.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(refused(Run::open(settings.clone(), false, None, &ckpt, &device)).contains("--resume"));
+        let other = Settings { batch: 8, ..settings };
+        assert!(refused(Run::open(other, true, None, &ckpt, &device)).contains("differ"));
+    }
 }
