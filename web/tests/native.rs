@@ -22,16 +22,16 @@ fn seeded_sample_matches_the_fixture() {
     if std::env::var_os("RGFLOW_BLESS").is_some() {
         let json = serde_json::json!({
             "what": "rgflow-web: native sample of models/celeba32.rgflow (tests/common/mod.rs: SEED, FACES, temperatures)",
-            "weights_bytes": WEIGHTS.len(),
+            "weights_fnv": weights_fingerprint(WEIGHTS),
             "x01": pixels,
         });
         std::fs::write(path, serde_json::to_string(&json).unwrap()).unwrap();
         return;
     }
-    let (expected, bytes) = fixture();
+    let (expected, fingerprint) = fixture();
     assert_eq!(
-        bytes,
-        WEIGHTS.len(),
+        fingerprint,
+        weights_fingerprint(WEIGHTS),
         "the weights changed: regenerate the fixture with RGFLOW_BLESS=1 cargo test -p rgflow-web --test native"
     );
     let diff = max_diff(&pixels, &expected);

@@ -18,11 +18,18 @@ pub fn temperatures(levels: usize) -> Vec<f64> {
     (0..levels).map(|l| 0.5 + 0.1 * l as f64).collect()
 }
 
-/// The fixture's pixels, and the byte length of the weights it was made with.
-pub fn fixture() -> (Vec<f32>, usize) {
+/// A fingerprint of weight bytes (FNV-1a, hex): retrained weights of the
+/// same size have another one.
+pub fn weights_fingerprint(bytes: &[u8]) -> String {
+    let h = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01B3));
+    format!("{h:016x}")
+}
+
+/// The fixture's pixels, and the fingerprint of the weights it was made with.
+pub fn fixture() -> (Vec<f32>, String) {
     let v: serde_json::Value = serde_json::from_str(FIXTURE).expect("fixture is JSON");
     let pixels = v["x01"].as_array().expect("x01").iter().map(|p| p.as_f64().unwrap() as f32).collect();
-    (pixels, v["weights_bytes"].as_u64().unwrap() as usize)
+    (pixels, v["weights_fnv"].as_str().unwrap_or("none").to_string())
 }
 
 /// Largest absolute difference.
