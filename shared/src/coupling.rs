@@ -4,7 +4,7 @@
 use burn::module::Module;
 use burn::prelude::*;
 
-use crate::kernels::{self, CouplingParams};
+use crate::kernels::{self, CouplingParams, StackLayout};
 use crate::nn::MlpResNet;
 
 /// Checkerboard masks over a `[C, K, K]` block flattened to `C·K²`:
@@ -36,6 +36,13 @@ pub struct CouplingStack {
     pub mask_left: Tensor<2>,
     /// Its complement, shape `[1, C·K²]`.
     pub mask_right: Tensor<2>,
+    /// The stack's sizes (see [`Self::layout`]).
+    #[module(skip)]
+    pub layout: StackLayout,
+    /// Whether [`Self::forward`] runs as one fused op where the backend has
+    /// it (the default; off, it composes per-op kernels, for comparison).
+    #[module(skip)]
+    pub fused: bool,
 }
 
 impl CouplingStack {
@@ -57,13 +64,31 @@ impl CouplingStack {
             t_layers: (0..nlayers).map(|_| net(false)).collect(),
             mask_left: Tensor::<1>::from_floats(left.as_slice(), device).unsqueeze(),
             mask_right: Tensor::<1>::from_floats(right.as_slice(), device).unsqueeze(),
+            layout: StackLayout { channels, kernel_size, nlayers, nresblocks, nmlp, nhidden },
+            fused: true,
         }
     }
 
     /// Data to latent direction.
     ///
     /// `x: [M, C·K²]` (one row per block) `-> (z: [M, C·K²], log|det J|: [M])`.
-    pub fn forward(&self, mut x: Tensor<2>) -> (Tensor<2>, Tensor<1>) {
+    ///
+    /// On the CPU (burn-flex) the whole stack is one fused op
+    /// ([`kernels::coupling_stack`]); elsewhere it is composed from the
+    /// per-op kernels, with the same values.
+    pub fn forward(&self, x: Tensor<2>) -> (Tensor<2>, Tensor<1>) {
+        if self.fused
+            && kernels::has_fused_stack(&x.device())
+            && let Some(out) = kernels::coupling_stack(x.clone(), self.flat_params(), self.layout())
+        {
+            return out;
+        }
+        self.forward_composed(x)
+    }
+
+    /// [`Self::forward`] composed from the per-op kernels (the reference
+    /// for the fused stack): `x: [M, C·K²] -> (z: [M, C·K²], log|det J|: [M])`.
+    pub fn forward_composed(&self, mut x: Tensor<2>) -> (Tensor<2>, Tensor<1>) {
         let mut ldj: Option<Tensor<1>> = None;
         for (s_net, t_net) in self.s_layers.iter().zip(&self.t_layers) {
             let weights = (s_net.weights(), t_net.weights());
@@ -78,6 +103,31 @@ impl CouplingStack {
             }
         }
         (x, ldj.expect("at least one coupling layer"))
+    }
+
+    /// The sizes that locate each parameter in [`Self::flat_params`].
+    pub fn layout(&self) -> StackLayout {
+        self.layout
+    }
+
+    /// Every parameter of the stack in one vector, `[P]`, in
+    /// [`StackLayout`]'s order (differentiable: the gradient flows back to
+    /// each parameter).
+    pub fn flat_params(&self) -> Tensor<1> {
+        let mut parts = Vec::new();
+        for (s_net, t_net) in self.s_layers.iter().zip(&self.t_layers) {
+            for net in [s_net, t_net] {
+                for block in &net.res_blocks {
+                    for (swish, linear) in block.activations.iter().zip(&block.linears) {
+                        let v = linear.weight_v.val();
+                        let len = v.shape().num_elements();
+                        parts.extend([swish.beta.val(), v.reshape([len]), linear.weight_g.val(), linear.bias.val()]);
+                    }
+                }
+                parts.push(net.scale.scale.val());
+            }
+        }
+        Tensor::cat(parts, 0)
     }
 
     /// Latent to data direction, the exact inverse of [`Self::forward`].
@@ -130,6 +180,87 @@ impl CouplingStack {
             s_scale: s_net.scale.scale.val(),
             t_scale: t_net.scale.scale.val(),
             mask: inv_mask.clone().squeeze_dim(0),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::prelude::*;
+    use burn::tensor::Distribution;
+
+    use crate::config::RgFlowConfig;
+    use crate::testing::jitter_parameters;
+
+    fn max_rel_diff<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
+        let scale = b.clone().abs().max().into_scalar::<f32>().max(1e-6);
+        (a - b).abs().max().into_scalar::<f32>() / scale
+    }
+
+    /// The gradient of every parameter tensor of a stack, flattened, in
+    /// the flat order.
+    fn parameter_grads(stack: &super::CouplingStack, grads: &burn::tensor::Gradients) -> Vec<Tensor<1>> {
+        let mut all = Vec::new();
+        for net in stack.s_layers.iter().zip(&stack.t_layers).flat_map(|(s, t)| [s, t]) {
+            for block in &net.res_blocks {
+                for (swish, linear) in block.activations.iter().zip(&block.linears) {
+                    let v = linear.weight_v.val().grad(grads).unwrap();
+                    let len = v.shape().num_elements();
+                    all.extend([
+                        swish.beta.val().grad(grads).unwrap(),
+                        v.reshape([len]),
+                        linear.weight_g.val().grad(grads).unwrap(),
+                        linear.bias.val().grad(grads).unwrap(),
+                    ]);
+                }
+            }
+            all.push(net.scale.scale.val().grad(grads).unwrap());
+        }
+        all
+    }
+
+    /// The fused stack (one op with a hand-written backward) against the
+    /// stack composed from per-op kernels: outputs, log-determinants, and
+    /// the gradients of the input and of every parameter. Row counts pad
+    /// the last tile and make several groups of tiles; the configs cover
+    /// one and several residual blocks and hidden layers, odd widths and
+    /// one channel.
+    #[test]
+    fn fused_stack_matches_the_composed_stack() {
+        let device = Device::flex().autodiff();
+        let cases = [(3, "2", "2", "2", "40", 150), (1, "3", "1", "1", "9", 64 * 9 + 5), (3, "1", "3", "3", "16", 70)];
+        for (channels, nlayers, nres, nmlp, nhidden, rows) in cases {
+            let config = RgFlowConfig::from_level_specs(16, channels, nlayers, nres, nmlp, nhidden).unwrap();
+            let flow = jitter_parameters(config.init(&device), 0.1, 5);
+            let stack = &flow.layers[0];
+            let d = config.block_dim();
+            device.seed(11);
+            let x = Tensor::<2>::random([rows, d], Distribution::Normal(0.0, 1.5), &device);
+            let w = Tensor::<2>::random([rows, d], Distribution::Normal(0.0, 1.0), &device);
+            let w_ldj = Tensor::<1>::random([rows], Distribution::Normal(0.0, 1.0), &device);
+            let run = |fused: bool| {
+                let x = x.clone().require_grad();
+                let (y, ldj) = if fused {
+                    crate::kernels::coupling_stack(x.clone(), stack.flat_params(), stack.layout())
+                        .expect("burn-flex has the fused stack")
+                } else {
+                    stack.forward_composed(x.clone())
+                };
+                let grads = ((y.clone() * w.clone()).sum() + (ldj.clone() * w_ldj.clone()).sum()).backward();
+                let params = parameter_grads(stack, &grads);
+                (y, ldj, x.grad(&grads).unwrap(), params)
+            };
+            let (y, ldj, grad_x, grad_params) = run(true);
+            let (y_ref, ldj_ref, grad_x_ref, grad_params_ref) = run(false);
+            let case = format!("C{channels} {nlayers}/{nres}/{nmlp}/{nhidden}, {rows} rows");
+            assert!(max_rel_diff(y, y_ref) < 1e-5, "{case}: output");
+            assert!(max_rel_diff(ldj, ldj_ref) < 1e-5, "{case}: log-determinant");
+            assert!(max_rel_diff(grad_x, grad_x_ref) < 1e-4, "{case}: input gradient");
+            assert_eq!(grad_params.len(), grad_params_ref.len());
+            for (i, (g, r)) in grad_params.into_iter().zip(grad_params_ref).enumerate() {
+                let err = max_rel_diff(g, r);
+                assert!(err < 1e-4, "{case}: parameter tensor {i}: {err}");
+            }
         }
     }
 }

@@ -88,6 +88,20 @@ impl RgFlow {
         Prior::new(self.config.prior)
     }
 
+    /// Whether the coupling stacks' forward runs as one fused op per
+    /// sub-layer where the backend has it (on by default; see
+    /// [`CouplingStack::forward`]). Off, it is composed from per-op kernels.
+    pub fn set_fused_stacks(&mut self, fused: bool) {
+        self.layers.iter_mut().for_each(|layer| layer.fused = fused);
+    }
+
+    /// Multiply-adds of the coupling stacks' matrix products per image,
+    /// forward (see [`StackLayout::forward_macs_per_row`](crate::kernels::StackLayout::forward_macs_per_row)).
+    pub fn stack_macs_per_image(&self) -> usize {
+        let blocks = self.lattice.sublayers.iter().map(|s| s.num_blocks);
+        self.layers.iter().zip(blocks).map(|(layer, blocks)| blocks * layer.layout().forward_macs_per_row()).sum()
+    }
+
     /// Number of trainable scalars.
     pub fn num_parameters(&self) -> usize {
         self.num_params()

@@ -21,6 +21,7 @@ use crate::config::{PriorKind, RgFlowConfig};
 use crate::coupling::{CouplingStack, checkerboard_masks};
 use crate::error::{Error, Result};
 use crate::flow::RgFlow;
+use crate::kernels::StackLayout;
 use crate::nn::{MlpResNet, ResBlock, Scale, Swish, WeightNormLinear};
 
 /// One tensor of a state dict, widened to `f64` (integers are exact up to 2⁵³).
@@ -233,6 +234,15 @@ pub fn load_reference(state: &StateDict, config: &RgFlowConfig, device: &Device)
             t_layers,
             mask_left: Tensor::<1>::from_floats(left.as_slice(), device).unsqueeze(),
             mask_right: Tensor::<1>::from_floats(right.as_slice(), device).unsqueeze(),
+            layout: StackLayout {
+                channels: config.channels,
+                kernel_size: config.kernel_size,
+                nlayers: config.nlayers[k],
+                nresblocks: config.nresblocks[k],
+                nmlp: config.nmlp[k],
+                nhidden: config.nhidden[k],
+            },
+            fused: true,
         });
     }
 

@@ -34,6 +34,18 @@ pub struct BenchArgs {
     /// Time sampling only (no training steps, no log-likelihood).
     #[arg(long)]
     pub sample_only: bool,
+    /// How the coupling stacks run forward (and backward) on the CPU: one
+    /// fused op per sub-layer, or composed from per-op kernels (the path
+    /// before the fused one, for comparison). Other backends always compose.
+    #[arg(long, value_enum, default_value_t = StackPath::Fused)]
+    pub stack: StackPath,
+}
+
+/// See [`BenchArgs::stack`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StackPath {
+    Fused,
+    Composed,
 }
 
 fn sync(device: &Device) {
@@ -49,10 +61,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     // A trained-looking model: the zero-initialised scales would make every
     // coupling the identity, which is not what training runs through.
     model = rgflow::testing::jitter_parameters(model, 0.02, 7);
+    model.set_fused_stacks(args.stack == StackPath::Fused);
     let mut optim = adamw(5e-2);
     let dims = [args.batch, config.channels, config.image_size, config.image_size];
     println!(
-        "config: L {} C {} nlayers {:?} nresblocks {:?} nmlp {:?} nhidden {:?}; {} parameters; batch {}; backend {backend_name}; {} rayon threads",
+        "config: L {} C {} nlayers {:?} nresblocks {:?} nmlp {:?} nhidden {:?}; {} parameters; batch {}; backend {backend_name}; {} rayon threads; {:?} coupling stacks",
         config.image_size,
         config.channels,
         config.nlayers,
@@ -61,7 +74,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         config.nhidden,
         model.num_parameters(),
         args.batch,
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        args.stack,
     );
 
     let (mut t_fwd, mut t_bwd, mut t_opt) = (0.0, 0.0, 0.0);
@@ -88,14 +102,17 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     let per_step = (t_fwd + t_bwd + t_opt) / args.steps as f64;
     if !args.sample_only {
+        let images_per_sec = args.batch as f64 / per_step;
         println!(
-            "train:  {:.1} images/s  ({:.0} ms/step: forward {:.0}, backward+clip {:.0}, AdamW {:.0})",
-            args.batch as f64 / per_step,
+            "train:  {images_per_sec:.1} images/s  ({:.0} ms/step: forward {:.0}, backward+clip {:.0}, AdamW {:.0})",
             per_step * 1e3,
             t_fwd / args.steps as f64 * 1e3,
             t_bwd / args.steps as f64 * 1e3,
             t_opt / args.steps as f64 * 1e3
         );
+        if CpuDecoder::suits(&device) {
+            print_product_bound(&model.valid(), images_per_sec);
+        }
     }
 
     let valid = model.valid();
@@ -168,4 +185,26 @@ fn seconds_per_batch(
         }
     }
     Ok(total / batches.max(1) as f64)
+}
+
+/// What the CPU's matrix products allow: a training step does the coupling
+/// stacks' forward products three times over (forward, input gradients,
+/// weight gradients); at the tile kernel's measured rate on every thread
+/// that bounds images/s, whatever else a step does.
+fn print_product_bound(model: &rgflow::RgFlow, images_per_sec: f64) {
+    use rgflow::decoder::matmul::{Bf16, machine_gflops};
+    let flops_per_image = 3.0 * 2.0 * model.stack_macs_per_image() as f64;
+    let f32_peak = machine_gflops::<f32>(0.5);
+    let f32_bound = f32_peak * 1e9 / flops_per_image;
+    let bf16 = if CpuDecoder::native_bf16() {
+        let bf16_bound = machine_gflops::<Bf16>(0.5) * 1e9 / flops_per_image;
+        format!(", bf16 {bf16_bound:.0} images/s")
+    } else {
+        String::new()
+    };
+    println!(
+        "bound:  {:.2} GFLOP of products per image; tile kernel {f32_peak:.0} GFLOP/s f32 on all threads -> f32 {f32_bound:.0} images/s{bf16}; this run: {:.0}% of the f32 bound",
+        flops_per_image / 1e9,
+        100.0 * images_per_sec / f32_bound
+    );
 }

@@ -80,25 +80,50 @@ impl<E: Operand> PackedMatrix<E> {
     /// Packs `w: [K, N]` (row-major) and `bias: [N]`.
     pub fn new(w: &[f32], bias: &[f32], k: usize, n: usize) -> Self {
         assert_eq!(w.len(), k * n, "weight matrix is not [{k}, {n}]");
-        assert_eq!(bias.len(), n, "bias is not [{n}]");
+        let mut packed = Self::empty();
+        packed.repack(w, n, Some(bias), k, n);
+        packed
+    }
+
+    /// A `[0, 0]` matrix, to be filled by [`Self::repack`].
+    pub fn empty() -> Self {
+        Self { k: 0, k_stride: 0, n: 0, n_stride: 0, data: Vec::new(), bias: Vec::new() }
+    }
+
+    /// Packs `w: [K, N]` with rows `w_stride` apart, and `bias: [N]` (zero
+    /// if `None`), reusing this matrix's buffers (the training path packs
+    /// per-tile operands this way, without allocating).
+    pub fn repack(&mut self, w: &[f32], w_stride: usize, bias: Option<&[f32]>, k: usize, n: usize) {
+        assert!(w_stride >= n && (k == 0 || w.len() >= (k - 1) * w_stride + n), "weight matrix is not [{k}, {n}]");
         let k_stride = k.div_ceil(E::K_STEP) * E::K_STEP;
         let n_stride = n.div_ceil(PANEL) * PANEL;
-        let mut data = vec![E::default(); k_stride * n_stride];
+        (self.k, self.k_stride, self.n, self.n_stride) = (k, k_stride, n, n_stride);
+        self.data.clear();
+        self.data.resize(k_stride * n_stride, E::default());
+        let groups = k_stride / E::K_STEP;
         for panel in 0..n_stride / PANEL {
+            let cols = n.saturating_sub(panel * PANEL).min(PANEL);
             for row in 0..k {
                 let (group, lane) = (row / E::K_STEP, row % E::K_STEP);
-                for c in 0..PANEL {
-                    let col = panel * PANEL + c;
-                    if col < n {
-                        let at = ((panel * (k_stride / E::K_STEP) + group) * PANEL + c) * E::K_STEP + lane;
-                        data[at] = E::from_f32(w[row * n + col]);
-                    }
+                let src = &w[row * w_stride + panel * PANEL..][..cols];
+                let dst = &mut self.data[(panel * groups + group) * PANEL * E::K_STEP..][..PANEL * E::K_STEP];
+                if E::K_STEP == 1 {
+                    // f32: a panel row is a run of the source row.
+                    dst[..cols].iter_mut().zip(src).for_each(|(d, &s)| *d = E::from_f32(s));
+                } else {
+                    src.iter().enumerate().for_each(|(c, &s)| dst[c * E::K_STEP + lane] = E::from_f32(s));
                 }
             }
         }
-        let mut padded_bias = bias.to_vec();
-        padded_bias.resize(n_stride, 0.0);
-        Self { k, k_stride, n, n_stride, data, bias: padded_bias }
+        self.bias.clear();
+        match bias {
+            Some(bias) => {
+                assert_eq!(bias.len(), n, "bias is not [{n}]");
+                self.bias.extend_from_slice(bias);
+            }
+            None => self.bias.resize(n, 0.0),
+        }
+        self.bias.resize(n_stride, 0.0);
     }
 
     /// The packed values of panel `p`: `k_stride · PANEL` of them.
@@ -192,6 +217,86 @@ impl TileKernels for Bf16 {
             _ => super::swish::swish_rows(h, h_stride, beta, operand, k_stride),
         }
     }
+}
+
+/// `c[i, j] += Σ_r a[r, i] · b[r, j]` for `i < k`, `j < n`: the product
+/// `aᵀ · b` of two row-major tiles, `a: [rows, a_stride]` and `b: [rows,
+/// b_stride]`, summed into `c: [k, c_stride]` (a weight gradient, with the
+/// tile's rows as the inner dimension). Neither operand is packed or
+/// transposed: the micro-kernel broadcasts 8 values of a row of `a` and
+/// loads 32 of the same row of `b`.
+#[allow(clippy::too_many_arguments)]
+pub fn outer_accumulate(
+    isa: Isa,
+    (a, a_stride): (&[f32], usize),
+    (b, b_stride): (&[f32], usize),
+    [rows, k, n]: [usize; 3],
+    (c, c_stride): (&mut [f32], usize),
+) {
+    assert!(a_stride >= k && b_stride >= n && c_stride >= n, "outer_accumulate: strides below widths");
+    assert!(rows == 0 || (a.len() >= (rows - 1) * a_stride + k && b.len() >= (rows - 1) * b_stride + n));
+    assert!(k == 0 || c.len() >= (k - 1) * c_stride + n, "outer_accumulate: output shorter than [{k}, {n}]");
+    let full = k / MR * MR;
+    #[cfg(target_arch = "x86_64")]
+    if isa != Isa::Portable {
+        // SAFETY: AVX-512F was detected (`isa`); the bounds were checked above
+        // and the kernel stays inside rows `0..full` of `c`.
+        unsafe { avx512::outer_f32((a, a_stride), (b, b_stride), [rows, full, n], (c, c_stride)) };
+        portable_outer((a, a_stride), (b, b_stride), (rows, full..k, n), (c, c_stride));
+        return;
+    }
+    let _ = isa;
+    portable_outer((a, a_stride), (b, b_stride), (rows, 0..k, n), (c, c_stride));
+}
+
+/// [`outer_accumulate`] over the rows `i ∈ range` of `c`, in plain loops.
+#[multiversion::multiversion(targets("x86_64+avx2+fma"))]
+fn portable_outer(
+    (a, a_stride): (&[f32], usize),
+    (b, b_stride): (&[f32], usize),
+    (rows, range, n): (usize, std::ops::Range<usize>, usize),
+    (c, c_stride): (&mut [f32], usize),
+) {
+    for i in range {
+        let c_row = &mut c[i * c_stride..i * c_stride + n];
+        for r in 0..rows {
+            let x = a[r * a_stride + i];
+            c_row.iter_mut().zip(&b[r * b_stride..r * b_stride + n]).for_each(|(c, &b)| *c += x * b);
+        }
+    }
+}
+
+/// The tile kernel's rate on one thread: GFLOP/s of `[rows, k] × [k, n]`
+/// products with everything in cache, timed for about `seconds`.
+pub fn tile_gflops<E: TileKernels>(isa: Isa, [rows, k, n]: [usize; 3], seconds: f64) -> f64 {
+    let w: Vec<f32> = (0..k * n).map(|i| (i % 7) as f32 * 0.1).collect();
+    let packed = PackedMatrix::<E>::new(&w, &vec![0.5; n], k, n);
+    let a = vec![E::from_f32(0.3); rows * packed.k_stride];
+    let mut out = vec![0.0; rows * packed.n_stride];
+    let start = std::time::Instant::now();
+    let mut products = 0usize;
+    while products < 100 || start.elapsed().as_secs_f64() < seconds {
+        for _ in 0..100 {
+            E::matmul(isa, &a, &packed, rows, &mut out);
+        }
+        products += 100;
+    }
+    2.0 * (rows * k * packed.n_stride * products) as f64 / start.elapsed().as_secs_f64() / 1e9
+}
+
+/// The machine's matrix-product roof: [`tile_gflops`] of the model's
+/// typical tile (`[64, 128] × [128, 128]`) on every thread of the pool at
+/// once, summed. A workload made only of these products cannot beat it.
+pub fn machine_gflops<E: TileKernels>(seconds: f64) -> f64 {
+    let isa = Isa::detect();
+    #[cfg(feature = "parallel")]
+    {
+        use rayon::prelude::*;
+        let threads = rayon::current_num_threads();
+        (0..threads).into_par_iter().map(|_| tile_gflops::<E>(isa, [64, 128, 128], seconds)).sum()
+    }
+    #[cfg(not(feature = "parallel"))]
+    tile_gflops::<E>(isa, [64, 128, 128], seconds)
 }
 
 fn check<E: Operand>(a: &[E], w: &PackedMatrix<E>, rows: usize, out: &mut [f32]) {
@@ -355,6 +460,59 @@ mod avx512 {
         }
     }
 
+    /// `c[i, j] += Σ_r a[r, i] · b[r, j]` for `i < k` (a multiple of
+    /// [`MR`]), `j < n`: per row `r`, 8 broadcasts from `a` and two (masked
+    /// at the last columns) loads from `b` feed 16 accumulators.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn outer_f32(
+        (a, a_stride): (&[f32], usize),
+        (b, b_stride): (&[f32], usize),
+        [rows, k, n]: [usize; 3],
+        (c, c_stride): (&mut [f32], usize),
+    ) {
+        for j0 in (0..n).step_by(PANEL) {
+            let cols = (n - j0).min(PANEL);
+            let m0: __mmask16 = if cols >= 16 { 0xFFFF } else { (1u16 << cols) - 1 };
+            let m1: __mmask16 = if cols >= 32 {
+                0xFFFF
+            } else if cols > 16 {
+                (1u16 << (cols - 16)) - 1
+            } else {
+                0
+            };
+            for i0 in (0..k).step_by(MR) {
+                // SAFETY (whole block): `outer_accumulate` checked that `a`
+                // and `b` hold `rows` rows of `k` and `n` values at their
+                // strides, and `c` `k` rows of `n`; masked lanes are not
+                // touched.
+                unsafe {
+                    let zero = _mm512_setzero_ps();
+                    let (mut acc0, mut acc1) = ([zero; MR], [zero; MR]);
+                    let (mut a_row, mut b_row) = (a.as_ptr().wrapping_add(i0), b.as_ptr().wrapping_add(j0));
+                    for _ in 0..rows {
+                        let b0 = _mm512_maskz_loadu_ps(m0, b_row);
+                        let b1 = _mm512_maskz_loadu_ps(m1, b_row.wrapping_add(16));
+                        each_row!(I => {
+                            let x = _mm512_set1_ps(_mm_cvtss_f32(_mm_load_ss(a_row.wrapping_add(I))));
+                            acc0[I] = _mm512_fmadd_ps(x, b0, acc0[I]);
+                            acc1[I] = _mm512_fmadd_ps(x, b1, acc1[I]);
+                        });
+                        a_row = a_row.wrapping_add(a_stride);
+                        b_row = b_row.wrapping_add(b_stride);
+                    }
+                    let c_tile = c.as_mut_ptr().wrapping_add(i0 * c_stride + j0);
+                    each_row!(I => {
+                        let at = c_tile.wrapping_add(I * c_stride);
+                        let c0 = _mm512_maskz_loadu_ps(m0, at);
+                        _mm512_mask_storeu_ps(at, m0, _mm512_add_ps(c0, acc0[I]));
+                        let c1 = _mm512_maskz_loadu_ps(m1, at.wrapping_add(16));
+                        _mm512_mask_storeu_ps(at.wrapping_add(16), m1, _mm512_add_ps(c1, acc1[I]));
+                    });
+                }
+            }
+        }
+    }
+
     /// Reinterprets 32 bf16 values (no conversion).
     #[inline(always)]
     fn _mm512_castsi512_bh(v: __m512i) -> __m512bh {
@@ -416,6 +574,35 @@ mod tests {
         }
     }
 
+    /// The weight-gradient product, AVX-512 and portable, against f64
+    /// sums, for widths with column and row tails.
+    #[test]
+    fn outer_products_match_f64_sums() {
+        for (rows, k, n) in [(64, 128, 128), (64, 24, 48), (16, 13, 7), (8, 40, 33)] {
+            let (a_stride, b_stride, c_stride) = (k + 3, n + 1, n + 5);
+            let (a, b) = (values(rows * a_stride, 1), values(rows * b_stride, 2));
+            let start = values(k * c_stride, 3);
+            for isa in [Isa::Portable, Isa::detect()] {
+                let mut c = start.clone();
+                outer_accumulate(isa, (&a, a_stride), (&b, b_stride), [rows, k, n], (&mut c, c_stride));
+                for i in 0..k {
+                    for j in 0..c_stride {
+                        let at = i * c_stride + j;
+                        let want = if j < n {
+                            f64::from(start[at])
+                                + (0..rows)
+                                    .map(|r| f64::from(a[r * a_stride + i]) * f64::from(b[r * b_stride + j]))
+                                    .sum::<f64>()
+                        } else {
+                            f64::from(start[at])
+                        };
+                        assert!((f64::from(c[at]) - want).abs() < 1e-4 * (1.0 + want.abs()), "{isa:?} [{i}, {j}]");
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn f32_tiles_match_f64_products() {
         check_kernels::<f32>(1e-5);
@@ -444,26 +631,13 @@ mod tests {
 mod rate {
     use super::*;
 
-    fn gflops<E: TileKernels>(isa: Isa, k: usize, n: usize, rows: usize) -> f64 {
-        let w: Vec<f32> = (0..k * n).map(|i| (i % 7) as f32 * 0.1).collect();
-        let packed = PackedMatrix::<E>::new(&w, &vec![0.5; n], k, n);
-        let a = vec![E::from_f32(0.3); rows * packed.k_stride];
-        let mut out = vec![0.0; rows * packed.n_stride];
-        let iterations = 20_000;
-        let start = std::time::Instant::now();
-        for _ in 0..iterations {
-            E::matmul(isa, &a, &packed, rows, &mut out);
-        }
-        2.0 * (rows * k * packed.n_stride * iterations) as f64 / start.elapsed().as_secs_f64() / 1e9
-    }
-
     #[test]
     #[ignore = "benchmark: prints GFLOP/s"]
     fn tile_rate() {
         for isa in [Isa::detect(), Isa::Portable] {
             println!("{isa:?}, tiles of 64 rows, one core");
             for (k, n) in [(128, 128), (24, 128), (128, 48), (48, 128), (128, 24)] {
-                let (f, b) = (gflops::<f32>(isa, k, n, 64), gflops::<Bf16>(isa, k, n, 64));
+                let (f, b) = (tile_gflops::<f32>(isa, [64, k, n], 0.2), tile_gflops::<Bf16>(isa, [64, k, n], 0.2));
                 println!("[{k:>3}, {n:>3}]: f32 {f:>4.0} GFLOP/s, bf16 {b:>4.0} GFLOP/s");
             }
         }

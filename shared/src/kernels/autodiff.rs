@@ -9,7 +9,7 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::tensor::FloatTensor;
 
-use super::FusedKernels;
+use super::{FusedKernels, StackLayout};
 
 /// Registers `grad` for a parent, if it is tracked.
 fn register<B: FusedKernels>(grads: &mut Gradients, parent: Option<NodeId>, grad: FloatTensor<B>) {
@@ -203,5 +203,43 @@ impl<B: FusedKernels, C: CheckpointStrategy> FusedKernels for Autodiff<B, C> {
             |inputs| inputs,
             |[s_raw, s_scale, mask]| B::coupling_log_scale(s_raw, s_scale, mask),
         )
+    }
+
+    fn coupling_stack(
+        x: FloatTensor<Self>,
+        params: FloatTensor<Self>,
+        layout: StackLayout,
+    ) -> Option<FloatTensor<Self>> {
+        #[derive(Debug)]
+        struct StackBackward {
+            layout: StackLayout,
+        }
+
+        impl<B: FusedKernels> Backward<B, 2> for StackBackward {
+            /// The parameters and the forward's tape.
+            type State = (FloatTensor<B>, FloatTensor<B>);
+
+            fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+                let [node_x, node_params] = ops.parents;
+                let grad = grads.consume::<B>(&ops.node);
+                let (params, tape) = ops.state;
+                let (grad_x, grad_params) = B::coupling_stack_backward(params, tape, grad, self.layout);
+                register::<B>(grads, node_x.map(|n| n.id), grad_x);
+                register::<B>(grads, node_params.map(|n| n.id), grad_params);
+            }
+        }
+
+        let (x, node_x) = x.into_parts();
+        let (params, node_params) = params.into_parts();
+        // An op whose backend has no kernel is never recorded (the
+        // preparation is dropped unfinished): the caller composes it instead.
+        let prep = StackBackward { layout }.prepare::<C>([node_x, node_params]);
+        match prep.compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let (output, tape) = B::coupling_stack_taped(x, params.clone(), layout)?;
+                Some(prep.finish((params, tape), output))
+            }
+            OpsKind::UnTracked(prep) => Some(prep.finish(B::coupling_stack(x, params, layout)?)),
+        }
     }
 }

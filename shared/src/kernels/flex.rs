@@ -5,7 +5,7 @@ use burn::backend::TensorMetadata;
 use burn::backend::flex::FlexTensor;
 use burn::tensor::{DType, Shape, TensorData};
 
-use super::{FusedKernels, cpu, reference};
+use super::{FusedKernels, StackLayout, cpu, reference};
 
 /// Runs `kernel` on the inputs as contiguous f32 tensors, or `reference` on
 /// them as they are when one is of another dtype.
@@ -215,6 +215,36 @@ impl FusedKernels for Flex {
             |[s_raw, s_scale, mask, grad]| reference::coupling_log_scale_backward::<Self>(s_raw, s_scale, mask, grad),
         )
     }
+
+    fn coupling_stack(x: FlexTensor, params: FlexTensor, layout: StackLayout) -> Option<FlexTensor> {
+        coupling_stack_with(x, params, layout, false).map(|(output, _)| output)
+    }
+
+    fn coupling_stack_taped(
+        x: FlexTensor,
+        params: FlexTensor,
+        layout: StackLayout,
+    ) -> Option<(FlexTensor, FlexTensor)> {
+        coupling_stack_with(x, params, layout, true)
+    }
+
+    fn coupling_stack_backward(
+        params: FlexTensor,
+        tape: FlexTensor,
+        grad: FlexTensor,
+        layout: StackLayout,
+    ) -> (FlexTensor, FlexTensor) {
+        let [params, tape, grad] = [params, tape, grad].map(|t| if t.is_contiguous() { t } else { t.to_contiguous() });
+        let m = grad.shape()[0];
+        let (grad_x, grad_params) = cpu::stack::backward(&layout, f32s(&params), f32s(&tape), f32s(&grad));
+        // The tape is read once: its memory serves the next step's forward.
+        if tape.is_unique()
+            && let Ok(values) = tape.into_data().try_into_vec::<f32>()
+        {
+            cpu::stack::recycle_tape(values);
+        }
+        (tensor(grad_x, Shape::new([m, layout.dim()])), tensor(grad_params, params.shape()))
+    }
 }
 
 /// The slices of `[x, s_raw, t_raw, s_scale, t_scale, mask, ..]`.
@@ -239,4 +269,22 @@ fn gemm_parallelism(m: usize, n: usize, k: usize) -> gemm::Parallelism {
     }
     let _ = (m, n, k);
     gemm::Parallelism::None
+}
+
+/// The fused stack's forward (and its tape when `taped`) on f32 tensors;
+/// `None` for other dtypes (the model composes the stack then).
+fn coupling_stack_with(
+    x: FlexTensor,
+    params: FlexTensor,
+    layout: StackLayout,
+    taped: bool,
+) -> Option<(FlexTensor, FlexTensor)> {
+    if x.dtype() != DType::F32 || params.dtype() != DType::F32 {
+        return None;
+    }
+    let [x, params] = [x, params].map(|t| if t.is_contiguous() { t } else { t.to_contiguous() });
+    let m = x.shape()[0];
+    let (output, tape) = cpu::stack::forward(&layout, f32s(&params), f32s(&x), taped);
+    let tape_len = tape.len();
+    Some((tensor(output, Shape::new([m, layout.dim() + 1])), tensor(tape, Shape::new([tape_len]))))
 }

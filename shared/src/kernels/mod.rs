@@ -20,10 +20,13 @@ pub mod cpu;
 #[cfg(feature = "flex")]
 mod flex;
 mod reference;
+pub mod stack;
 
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Dispatch, backend_extension};
 use burn::prelude::*;
+
+pub use stack::StackLayout;
 
 /// Fused operations with a custom implementation per backend.
 #[backend_extension(
@@ -140,6 +143,45 @@ pub trait FusedKernels: burn::backend::Backend {
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         reference::coupling_log_scale_backward::<Self>(s_raw, s_scale, mask, grad)
     }
+
+    /// A sub-layer's whole coupling stack, forward, as one op where the
+    /// backend has a kernel for it (see [`cpu::stack`]): `x: [M, D]` (one
+    /// row per block), `params: [P]` (the stack's parameters, flattened as
+    /// `layout` says) -> `[M, D + 1]`, each row's output followed by its
+    /// log-determinant. `None` where the backend has no such kernel: the
+    /// model then composes the stack from the ops above (the GPU does).
+    fn coupling_stack(
+        x: FloatTensor<Self>,
+        params: FloatTensor<Self>,
+        layout: StackLayout,
+    ) -> Option<FloatTensor<Self>> {
+        let _ = (x, params, layout);
+        None
+    }
+
+    /// [`Self::coupling_stack`], also returning the *tape* its backward
+    /// reads (saved activations, `[T]`): `(output: [M, D + 1], tape)`.
+    fn coupling_stack_taped(
+        x: FloatTensor<Self>,
+        params: FloatTensor<Self>,
+        layout: StackLayout,
+    ) -> Option<(FloatTensor<Self>, FloatTensor<Self>)> {
+        let _ = (x, params, layout);
+        None
+    }
+
+    /// Gradients of [`Self::coupling_stack_taped`] given the output's,
+    /// `grad: [M, D + 1]`: for `x` (`[M, D]`) and `params` (`[P]`). Only
+    /// ever called with a tape this backend made.
+    fn coupling_stack_backward(
+        params: FloatTensor<Self>,
+        tape: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        layout: StackLayout,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let _ = (params, tape, grad, layout);
+        unreachable!("a coupling stack's backward without its backend's tape")
+    }
 }
 
 #[cfg(feature = "ndarray")]
@@ -227,6 +269,32 @@ pub fn coupling_log_scale(s_raw: Tensor<2>, params: &CouplingParams) -> Tensor<1
         params.s_scale.clone().into_dispatch(),
         params.mask.clone().into_dispatch(),
     ))
+}
+
+/// Whether `device`'s backend runs [`coupling_stack`] as one op (burn-flex,
+/// with or without autodiff), so that flattening the parameters for it is
+/// worth doing.
+pub fn has_fused_stack(device: &Device) -> bool {
+    use burn::backend::DispatchDevice;
+    match device.as_dispatch() {
+        #[cfg(feature = "flex")]
+        DispatchDevice::Flex(_) => true,
+        #[cfg(all(feature = "flex", feature = "autodiff"))]
+        DispatchDevice::Autodiff(inner) => matches!(inner.clone().inner(), DispatchDevice::Flex(_)),
+        _ => false,
+    }
+}
+
+/// A whole coupling stack forward as one op, where the backend has one:
+/// `x: [M, D]`, `params: [P]` -> `Some((y: [M, D], log|det J|: [M]))`,
+/// differentiable in both; `None` elsewhere (see
+/// [`FusedKernels::coupling_stack`]).
+pub fn coupling_stack(x: Tensor<2>, params: Tensor<1>, layout: StackLayout) -> Option<(Tensor<2>, Tensor<1>)> {
+    let [m, d] = x.dims();
+    assert_eq!(d, layout.dim(), "blocks are not [M, {}]", layout.dim());
+    let out = <Dispatch as FusedKernels>::coupling_stack(x.into_dispatch(), params.into_dispatch(), layout)?;
+    let out = Tensor::<2>::from_dispatch(out);
+    Some((out.clone().slice([0..m, 0..d]), out.slice([0..m, d..d + 1]).squeeze_dim(1)))
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ use std::ops::Range;
 
 mod coupling;
 mod residual;
+pub mod stack;
 mod swish;
 mod weight_norm;
 

@@ -1,0 +1,853 @@
+//! A whole coupling stack, forward and backward, one tile of block rows at a
+//! time: the training path's counterpart of the packed decoder.
+//!
+//! Composed from per-op kernels, every layer of every s/t network writes its
+//! `[blocks, width]` activations to memory, reads them back, and forks and
+//! joins the thread pool, three times per step (forward, backward of the
+//! input, backward of the weights). Blocks are independent inside a
+//! sub-layer, so here each task takes a tile of [`TILE_ROWS`] block rows and
+//! runs the stack's couplings on it with the activations in cache, writing
+//! to memory only what the backward needs (its *tape*: the state before each
+//! half-coupling, each block's input and each hidden layer's pre-activation).
+//! The backward replays the tape tile by tile. The checkerboard's zeros are
+//! skipped as in the decoder: the first layer of a network reads only the
+//! conditioning half and the last computes only the updated half.
+//!
+//! Parameter gradients are summed per *group* of consecutive tiles and the
+//! groups then in order; the groups depend only on the number of rows, so a
+//! step's gradients are the same bits whatever the thread pool did
+//! (training resumes exactly).
+//!
+//! Shapes: a tile is `R` rows; the state `x` is `[R, D]` (`D = C·K²`), the
+//! networks' outputs `[R, U]` over the updated half (`U = D/2`), hidden
+//! activations `[R, H]` stored with the row stride `Hs` of the matrix
+//! products (`H` rounded up to a panel).
+
+use std::f32::consts::FRAC_1_SQRT_2;
+
+use multiversion::multiversion;
+use multiversion::target::target_cfg_f;
+
+use super::{exp, sigmoid, tanh, weight_norm, weight_norm_backward};
+use crate::decoder::matmul::{Isa, MR, PANEL, PackedMatrix, TileKernels, outer_accumulate};
+use crate::kernels::stack::{LinearParams, Net, StackLayout};
+
+/// Block rows per tile: a tile's working set (activations of one network)
+/// stays in a core's L2.
+const TILE_ROWS: usize = 64;
+const _: () = assert!(TILE_ROWS.is_multiple_of(MR));
+/// Most groups a backward pass sums parameter gradients over (each holds a
+/// copy of the stack's parameter gradients).
+const MAX_GROUPS: usize = 8;
+
+// ------------------------------------------------------------- Weights --
+
+/// One linear layer of one network, as one half of a coupling uses it.
+struct Layer {
+    /// The Swish's `β` over the (kept) inputs.
+    beta: Vec<f32>,
+    /// `W` (kept rows and columns) and bias, for `operand · W + bias`.
+    forward: PackedMatrix<f32>,
+    /// `Wᵀ`, for the input gradient `grad · Wᵀ`.
+    backward: PackedMatrix<f32>,
+    /// The inputs kept (the first layer reads only the conditioning half).
+    rows: Option<Vec<usize>>,
+    /// The outputs kept (the last layer computes only the updated half).
+    cols: Option<Vec<usize>>,
+    /// Where the layer's parameters are.
+    params: LinearParams,
+    /// Full output width (the row stride of its weight gradient).
+    out: usize,
+}
+
+/// One half of a coupling layer: what it reads, what it updates, and its
+/// two networks.
+struct Half {
+    conditioning: Vec<usize>,
+    updated: Vec<usize>,
+    /// `1` on the conditioning positions, `0` elsewhere, `[D]`.
+    conditioning_mask: Vec<f32>,
+    /// Per network (`s`, `t`): layers per residual block.
+    nets: [Vec<Vec<Layer>>; 2],
+    /// Per network: the final scale over the updated half, and its range.
+    scales: [(Vec<f32>, std::ops::Range<usize>); 2],
+}
+
+/// The stack's weights for one step: normalised, restricted and packed per
+/// half, in the forward order (layer by layer, first half first).
+struct Weights {
+    layout: StackLayout,
+    halves: Vec<Half>,
+}
+
+impl Weights {
+    fn new(layout: StackLayout, params: &[f32]) -> Self {
+        assert_eq!(params.len(), layout.num_params(), "stack parameters are not [{}]", layout.num_params());
+        let d = layout.dim();
+        let last_block = layout.nresblocks - 1;
+        let last_layer = layout.nmlp;
+        // The normalised matrices, shared by both halves.
+        let matrices: Vec<Vec<Vec<Vec<f32>>>> = (0..layout.nlayers)
+            .flat_map(|i| [Net::S, Net::T].map(|net| (i, net)))
+            .map(|(i, net)| {
+                (0..layout.nresblocks)
+                    .map(|b| {
+                        (0..layout.linears())
+                            .map(|l| {
+                                let p = layout.linear(i, net, b, l);
+                                weight_norm(&params[p.v], &params[p.g])
+                            })
+                            .collect()
+                    })
+                    .collect()
+            })
+            .collect();
+        let mut halves = Vec::with_capacity(2 * layout.nlayers);
+        for i in 0..layout.nlayers {
+            for (conditioning, updated) in layout.halves() {
+                let net_layers = |net: Net| -> Vec<Vec<Layer>> {
+                    (0..layout.nresblocks)
+                        .map(|b| {
+                            (0..layout.linears())
+                                .map(|l| {
+                                    let params_at = layout.linear(i, net, b, l);
+                                    let (k, n) = layout.widths(l);
+                                    let rows = (b == 0 && l == 0).then(|| conditioning.clone());
+                                    let cols = (b == last_block && l == last_layer).then(|| updated.clone());
+                                    let w = &matrices[2 * i + net as usize][b][l];
+                                    Layer::new(w, params, params_at, k, n, rows, cols)
+                                })
+                                .collect()
+                        })
+                        .collect()
+                };
+                let scale = |net: Net| {
+                    let range = layout.scale(i, net);
+                    (updated.iter().map(|&c| params[range.start + c]).collect(), range)
+                };
+                let mut conditioning_mask = vec![0.0; d];
+                conditioning.iter().for_each(|&c| conditioning_mask[c] = 1.0);
+                halves.push(Half {
+                    nets: [net_layers(Net::S), net_layers(Net::T)],
+                    scales: [scale(Net::S), scale(Net::T)],
+                    conditioning,
+                    updated,
+                    conditioning_mask,
+                });
+            }
+        }
+        Self { layout, halves }
+    }
+}
+
+impl Layer {
+    fn new(
+        w: &[f32],
+        params: &[f32],
+        at: LinearParams,
+        k: usize,
+        n: usize,
+        rows: Option<Vec<usize>>,
+        cols: Option<Vec<usize>>,
+    ) -> Self {
+        let kept_rows: Vec<usize> = rows.clone().unwrap_or_else(|| (0..k).collect());
+        let kept_cols: Vec<usize> = cols.clone().unwrap_or_else(|| (0..n).collect());
+        let (kr, kc) = (kept_rows.len(), kept_cols.len());
+        let mut kept = Vec::with_capacity(kr * kc);
+        for &r in &kept_rows {
+            kept.extend(kept_cols.iter().map(|&c| w[r * n + c]));
+        }
+        let mut transposed = vec![0.0; kr * kc];
+        for (r, row) in kept.chunks_exact(kc).enumerate() {
+            for (c, &value) in row.iter().enumerate() {
+                transposed[c * kr + r] = value;
+            }
+        }
+        let bias = &params[at.bias.clone()];
+        let bias: Vec<f32> = kept_cols.iter().map(|&c| bias[c]).collect();
+        let beta = &params[at.beta.clone()];
+        let mut forward = PackedMatrix::empty();
+        forward.repack(&kept, kc, Some(&bias), kr, kc);
+        let mut backward = PackedMatrix::empty();
+        backward.repack(&transposed, kr, None, kc, kr);
+        Self { beta: kept_rows.iter().map(|&r| beta[r]).collect(), forward, backward, rows, cols, params: at, out: n }
+    }
+
+    /// Kept inputs and outputs.
+    fn kept(&self) -> (usize, usize) {
+        (self.forward.k, self.forward.n)
+    }
+}
+
+// ---------------------------------------------------------------- Tape --
+
+/// Where a tile's tape keeps each saved activation (offsets into the
+/// tile's share of the tape, for the first half; half `q` is `q · half`
+/// further on).
+struct TapeLayout {
+    rows: usize,
+    /// Values per half-coupling.
+    half: usize,
+    /// Per network: the input of each residual block after the first.
+    block_inputs: [Vec<usize>; 2],
+    /// Per network, block and linear layer `l ≥ 1`: its pre-activation
+    /// `[R, Hs]` (index `l − 1`).
+    hidden: [Vec<Vec<usize>>; 2],
+    /// Per network: its raw output over the updated half, `[R, U]`.
+    raw: [usize; 2],
+}
+
+impl TapeLayout {
+    fn new(layout: &StackLayout, rows: usize) -> Self {
+        let (d, hs) = (layout.dim(), hidden_stride(layout));
+        let u = d / 2;
+        // The state before the half-coupling comes first.
+        let mut at = rows * d;
+        let mut net = || {
+            let mut inputs = vec![usize::MAX];
+            let mut hidden = Vec::new();
+            for b in 0..layout.nresblocks {
+                if b > 0 {
+                    inputs.push(at);
+                    at += rows * d;
+                }
+                hidden.push((0..layout.nmlp).map(|l| at + l * rows * hs).collect());
+                at += layout.nmlp * rows * hs;
+            }
+            let raw = at;
+            at += rows * u;
+            (inputs, hidden, raw)
+        };
+        let (s, t) = (net(), net());
+        Self { rows, half: at, block_inputs: [s.0, t.0], hidden: [s.1, t.1], raw: [s.2, t.2] }
+    }
+
+    fn tile_len(&self, halves: usize) -> usize {
+        self.half * halves
+    }
+}
+
+fn hidden_stride(layout: &StackLayout) -> usize {
+    layout.nhidden.div_ceil(PANEL) * PANEL
+}
+
+// ------------------------------------------------------------ Workspace --
+
+/// Scratch buffers of one task, reused across its tiles.
+#[derive(Default)]
+struct Workspace {
+    gathered: Vec<f32>,
+    operand: Vec<f32>,
+    product: Vec<f32>,
+    /// Backward: the gradient of the current block's output, `[R, D]`.
+    grad_out: Vec<f32>,
+    /// Backward: the gradient of the block's input, `[R, D]`.
+    grad_in: Vec<f32>,
+    /// Backward: gradient of the current layer's output, compact `[R, N]`.
+    grad_product: Vec<f32>,
+    /// Backward: gradient of the current layer's (Swish's) output.
+    grad_operand: Vec<f32>,
+    /// Backward: the Swish's output, `[R, K]`.
+    activation: Vec<f32>,
+    /// Backward: a compact weight gradient.
+    outer: Vec<f32>,
+    /// Backward: the gradients of the networks' raw outputs, `[R, U]`.
+    grad_raw_s: Vec<f32>,
+    grad_raw_t: Vec<f32>,
+}
+
+/// `buffer` as `len` zeros.
+fn resized(buffer: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    buffer.clear();
+    buffer.resize(len, 0.0);
+    buffer
+}
+
+/// `buffer` as `len` values, stale ones kept: for outputs written in full.
+fn sized(buffer: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    buffer.resize(len, 0.0);
+    &mut buffer[..len]
+}
+
+// -------------------------------------------------------------- Forward --
+
+/// Runs the stack forward on one tile: `x: [R, D]` in place, `ldj: [R]`
+/// (summed into), saving what the backward needs into `tape`.
+fn forward_tile(
+    isa: Isa,
+    weights: &Weights,
+    tape_layout: &TapeLayout,
+    x: &mut [f32],
+    ldj: &mut [f32],
+    tape: &mut [f32],
+    ws: &mut Workspace,
+) {
+    let (d, r) = (weights.layout.dim(), tape_layout.rows);
+    for (q, half) in weights.halves.iter().enumerate() {
+        let tape = &mut tape[q * tape_layout.half..(q + 1) * tape_layout.half];
+        tape[..r * d].copy_from_slice(x);
+        for net in [Net::S, Net::T] {
+            net_forward(isa, &weights.layout, half, net, tape_layout, x, tape, ws);
+        }
+        let u = half.updated.len();
+        let (raw_s, raw_t) = (&tape[tape_layout.raw[0]..][..r * u], &tape[tape_layout.raw[1]..][..r * u]);
+        affine_forward(x, d, &half.updated, raw_s, raw_t, &half.scales[0].0, &half.scales[1].0, ldj);
+    }
+}
+
+/// One network on the tile's conditioning half, its activations into the
+/// tape and its raw output (before the final scale) at `tape[raw]`.
+#[allow(clippy::too_many_arguments)]
+fn net_forward(
+    isa: Isa,
+    layout: &StackLayout,
+    half: &Half,
+    net: Net,
+    tape_layout: &TapeLayout,
+    x: &[f32],
+    tape: &mut [f32],
+    ws: &mut Workspace,
+) {
+    let (d, r, hs) = (layout.dim(), tape_layout.rows, hidden_stride(layout));
+    let n_idx = net as usize;
+    let last_block = layout.nresblocks - 1;
+    for (b, layers) in half.nets[n_idx].iter().enumerate() {
+        for (l, layer) in layers.iter().enumerate() {
+            let (k, _) = layer.kept();
+            let operand = sized(&mut ws.operand, r * layer.forward.k_stride);
+            if l > 0 {
+                let input = &tape[tape_layout.hidden[n_idx][b][l - 1]..][..r * hs];
+                f32::swish(isa, input, hs, &layer.beta, operand, layer.forward.k_stride);
+            } else if b > 0 {
+                let input = &tape[tape_layout.block_inputs[n_idx][b]..][..r * d];
+                f32::swish(isa, input, d, &layer.beta, operand, layer.forward.k_stride);
+            } else {
+                let gathered = sized(&mut ws.gathered, r * k);
+                gather_columns(x, d, &half.conditioning, gathered);
+                f32::swish(isa, gathered, k, &layer.beta, operand, layer.forward.k_stride);
+            }
+            if l < layout.nmlp {
+                let out = &mut tape[tape_layout.hidden[n_idx][b][l]..][..r * hs];
+                f32::matmul(isa, operand, &layer.forward, r, out);
+            } else {
+                let out = sized(&mut ws.product, r * layer.forward.n_stride);
+                f32::matmul(isa, operand, &layer.forward, r, out);
+            }
+        }
+        let n_stride = layers[layout.nmlp].forward.n_stride;
+        // The residual sum; block 0's input is the masked state.
+        if b == last_block {
+            let raw = tape_layout.raw[n_idx];
+            let (before, after) = tape.split_at_mut(raw);
+            let out = &mut after[..r * half.updated.len()];
+            if b == 0 {
+                // Block 0's input is zero on the updated half.
+                residual_columns(None, d, &half.updated, &ws.product, n_stride, out);
+            } else {
+                let input = &before[tape_layout.block_inputs[n_idx][b]..][..r * d];
+                residual_columns(Some(input), d, &half.updated, &ws.product, n_stride, out);
+            }
+        } else {
+            let next = tape_layout.block_inputs[n_idx][b + 1];
+            let (before, after) = tape.split_at_mut(next);
+            let out = &mut after[..r * d];
+            if b == 0 {
+                residual_full(x, Some(&half.conditioning_mask), d, &ws.product, n_stride, out);
+            } else {
+                let input = &before[tape_layout.block_inputs[n_idx][b]..][..r * d];
+                residual_full(input, None, d, &ws.product, n_stride, out);
+            }
+        }
+    }
+}
+
+fn gather_columns(x: &[f32], d: usize, columns: &[usize], out: &mut [f32]) {
+    let k = columns.len();
+    for (x, out) in x.chunks_exact(d).zip(out.chunks_exact_mut(k)) {
+        for (&c, out) in columns.iter().zip(out) {
+            *out = x[c];
+        }
+    }
+}
+
+/// `out = (input · mask + h) / √2` over `[R, D]` (the bias is in `h`).
+#[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq+fma", "x86_64+avx2+fma"))]
+fn residual_full(input: &[f32], mask: Option<&[f32]>, d: usize, h: &[f32], h_stride: usize, out: &mut [f32]) {
+    for ((input, h), out) in input.chunks_exact(d).zip(h.chunks_exact(h_stride)).zip(out.chunks_exact_mut(d)) {
+        match mask {
+            Some(mask) => {
+                for (((o, &x), &m), &h) in out.iter_mut().zip(input).zip(mask).zip(&h[..d]) {
+                    *o = (x * m + h) * FRAC_1_SQRT_2;
+                }
+            }
+            None => {
+                for ((o, &x), &h) in out.iter_mut().zip(input).zip(&h[..d]) {
+                    *o = (x + h) * FRAC_1_SQRT_2;
+                }
+            }
+        }
+    }
+}
+
+/// The last block's sum over the updated half: `out[r, j] = (input[r,
+/// updated[j]] + h[r, j]) / √2`, with a zero input when `None`.
+fn residual_columns(input: Option<&[f32]>, d: usize, updated: &[usize], h: &[f32], h_stride: usize, out: &mut [f32]) {
+    let u = updated.len();
+    for (row, (h, out)) in h.chunks_exact(h_stride).zip(out.chunks_exact_mut(u)).enumerate() {
+        for (j, out) in out.iter_mut().enumerate() {
+            let x = input.map_or(0.0, |input| input[row * d + updated[j]]);
+            *out = (x + h[j]) * FRAC_1_SQRT_2;
+        }
+    }
+}
+
+/// `x[r, c] ← x[r, c] e^{s} + t` on the updated columns `c`, with `s =
+/// tanh(raw_s · s_scale)`, `t = raw_t · t_scale`; `ldj[r] += Σ s`.
+#[allow(clippy::too_many_arguments)]
+#[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq+fma", "x86_64+avx2+fma"))]
+fn affine_forward(
+    x: &mut [f32],
+    d: usize,
+    updated: &[usize],
+    raw_s: &[f32],
+    raw_t: &[f32],
+    s_scale: &[f32],
+    t_scale: &[f32],
+    ldj: &mut [f32],
+) {
+    const FMA: bool = target_cfg_f!(target_feature = "fma");
+    let u = updated.len();
+    for (((x, raw_s), raw_t), ldj) in
+        x.chunks_exact_mut(d).zip(raw_s.chunks_exact(u)).zip(raw_t.chunks_exact(u)).zip(ldj.iter_mut())
+    {
+        let mut sum = 0.0;
+        for j in 0..u {
+            let s = tanh::<FMA>(raw_s[j] * s_scale[j]);
+            let c = updated[j];
+            x[c] = x[c] * exp::<FMA>(s) + raw_t[j] * t_scale[j];
+            sum += s;
+        }
+        *ldj += sum;
+    }
+}
+
+// ------------------------------------------------------------- Backward --
+
+/// The backward of [`forward_tile`]: `grad_x: [R, D]` holds the gradient of
+/// the stack's output and becomes that of its input; `grad_ldj: [R]`;
+/// parameter gradients are summed into `grads` (with each weight's
+/// gradient in its `v` slot: the weight norm's backward comes later).
+#[allow(clippy::too_many_arguments)]
+fn backward_tile(
+    isa: Isa,
+    weights: &Weights,
+    tape_layout: &TapeLayout,
+    grad_x: &mut [f32],
+    grad_ldj: &[f32],
+    tape: &[f32],
+    grads: &mut [f32],
+    ws: &mut Workspace,
+) {
+    let (d, r) = (weights.layout.dim(), tape_layout.rows);
+    for (q, half) in weights.halves.iter().enumerate().rev() {
+        let tape = &tape[q * tape_layout.half..(q + 1) * tape_layout.half];
+        let x = &tape[..r * d];
+        let u = half.updated.len();
+        let (raw_s, raw_t) = (&tape[tape_layout.raw[0]..][..r * u], &tape[tape_layout.raw[1]..][..r * u]);
+        let mut grad_raw_s = std::mem::take(&mut ws.grad_raw_s);
+        let mut grad_raw_t = std::mem::take(&mut ws.grad_raw_t);
+        sized(&mut grad_raw_s, r * u);
+        sized(&mut grad_raw_t, r * u);
+        let ((s_scale, s_range), (t_scale, t_range)) = (&half.scales[0], &half.scales[1]);
+        let mut scale_grads = vec![0.0f32; 2 * u];
+        let (grad_s_scale, grad_t_scale) = scale_grads.split_at_mut(u);
+        affine_backward(
+            grad_x,
+            grad_ldj,
+            x,
+            d,
+            &half.updated,
+            [raw_s, raw_t],
+            [s_scale, t_scale],
+            [&mut grad_raw_s, &mut grad_raw_t],
+            [grad_s_scale, grad_t_scale],
+        );
+        for (j, &c) in half.updated.iter().enumerate() {
+            grads[s_range.start + c] += scale_grads[j];
+            grads[t_range.start + c] += scale_grads[u + j];
+        }
+        net_backward(isa, &weights.layout, half, Net::S, tape_layout, tape, &grad_raw_s, grad_x, grads, ws);
+        net_backward(isa, &weights.layout, half, Net::T, tape_layout, tape, &grad_raw_t, grad_x, grads, ws);
+        ws.grad_raw_s = grad_raw_s;
+        ws.grad_raw_t = grad_raw_t;
+    }
+}
+
+/// The affine update's backward: on the updated columns `grad_x ← grad_x ·
+/// e^s`; the raw outputs' gradients and the scales' (summed over rows).
+#[allow(clippy::too_many_arguments)]
+#[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq+fma", "x86_64+avx2+fma"))]
+fn affine_backward(
+    grad_x: &mut [f32],
+    grad_ldj: &[f32],
+    x: &[f32],
+    d: usize,
+    updated: &[usize],
+    [raw_s, raw_t]: [&[f32]; 2],
+    [s_scale, t_scale]: [&[f32]; 2],
+    [grad_raw_s, grad_raw_t]: [&mut [f32]; 2],
+    [grad_s_scale, grad_t_scale]: [&mut [f32]; 2],
+) {
+    const FMA: bool = target_cfg_f!(target_feature = "fma");
+    let u = updated.len();
+    for (row, (grad_x, x)) in grad_x.chunks_exact_mut(d).zip(x.chunks_exact(d)).enumerate() {
+        for j in 0..u {
+            let at = row * u + j;
+            let c = updated[j];
+            let s = tanh::<FMA>(raw_s[at] * s_scale[j]);
+            let e = exp::<FMA>(s);
+            let gy = grad_x[c];
+            // ∂/∂s of `x e^s + t`, plus the log-determinant's `Σ s`.
+            let grad_s = gy * x[c] * e + grad_ldj[row];
+            let grad_pre = grad_s * (1.0 - s * s);
+            grad_raw_s[at] = grad_pre * s_scale[j];
+            grad_s_scale[j] += grad_pre * raw_s[at];
+            grad_raw_t[at] = gy * t_scale[j];
+            grad_t_scale[j] += gy * raw_t[at];
+            grad_x[c] = gy * e;
+        }
+    }
+}
+
+/// One network's backward on the tile: `grad_raw: [R, U]` is the gradient
+/// of its raw output; adds the gradient of its input (the conditioning
+/// half of the state) into `grad_x` and its parameters' into `grads`.
+#[allow(clippy::too_many_arguments)]
+fn net_backward(
+    isa: Isa,
+    layout: &StackLayout,
+    half: &Half,
+    net: Net,
+    tape_layout: &TapeLayout,
+    tape: &[f32],
+    grad_raw: &[f32],
+    grad_x: &mut [f32],
+    grads: &mut [f32],
+    ws: &mut Workspace,
+) {
+    let (d, r, hs) = (layout.dim(), tape_layout.rows, hidden_stride(layout));
+    let n_idx = net as usize;
+    let last_block = layout.nresblocks - 1;
+    let x = &tape[..r * d];
+    let u = half.updated.len();
+    // The gradient of the last block's output: only its updated half.
+    let mut grad_out = std::mem::take(&mut ws.grad_out);
+    resized(&mut grad_out, r * d);
+    for (grad_out, grad_raw) in grad_out.chunks_exact_mut(d).zip(grad_raw.chunks_exact(u)) {
+        for (&c, &g) in half.updated.iter().zip(grad_raw) {
+            grad_out[c] = g;
+        }
+    }
+    let mut grad_in = std::mem::take(&mut ws.grad_in);
+    for b in (0..=last_block).rev() {
+        let layers = &half.nets[n_idx][b];
+        // (input + h + bias) / √2: both terms get grad / √2.
+        grad_out.iter_mut().for_each(|g| *g *= FRAC_1_SQRT_2);
+        let last = &layers[layout.nmlp];
+        let (_, n) = last.kept();
+        let grad_product = sized(&mut ws.grad_product, r * n);
+        match &last.cols {
+            Some(cols) => gather_columns(&grad_out, d, cols, grad_product),
+            None => grad_product.copy_from_slice(&grad_out),
+        }
+        // The block's input gets the skip connection's share now.
+        sized(&mut grad_in, r * d).copy_from_slice(&grad_out);
+        for l in (0..layers.len()).rev() {
+            let layer = &layers[l];
+            let (k, n) = layer.kept();
+            add_column_sums(&ws.grad_product, n, layer.cols.as_deref(), &mut grads[layer.params.bias.clone()]);
+            // grad_operand = grad_product · Wᵀ: [R, K] at the stride `k_out`.
+            let k_out = layer.backward.n_stride;
+            f32::matmul(isa, &ws.grad_product, &layer.backward, r, sized(&mut ws.grad_operand, r * k_out));
+            // The layer's input u (before the Swish).
+            let (input, stride): (&[f32], usize) = if l > 0 {
+                (&tape[tape_layout.hidden[n_idx][b][l - 1]..][..r * hs], hs)
+            } else if b > 0 {
+                (&tape[tape_layout.block_inputs[n_idx][b]..][..r * d], d)
+            } else {
+                gather_columns(x, d, &half.conditioning, sized(&mut ws.gathered, r * k));
+                (&ws.gathered[..], k)
+            };
+            // The Swish's output (for the weight gradient), and its backward:
+            // `grad_operand` becomes the gradient of u.
+            let mut grad_beta = vec![0.0f32; k];
+            swish_backward_rows(
+                input,
+                stride,
+                &layer.beta,
+                &mut ws.grad_operand,
+                k_out,
+                sized(&mut ws.activation, r * k),
+                &mut grad_beta,
+            );
+            scatter_add(&grad_beta, layer.rows.as_deref(), &mut grads[layer.params.beta.clone()]);
+            // grad W += activationᵀ · grad_product.
+            add_weight_grad(isa, ws, [k, n, r], layer, &mut grads[layer.params.v.clone()]);
+            if l > 0 {
+                // The previous layer's output gradient (its bias is in u).
+                let next = sized(&mut ws.grad_product, r * k);
+                for (dst, src) in next.chunks_exact_mut(k).zip(ws.grad_operand.chunks_exact(k_out)) {
+                    dst.copy_from_slice(&src[..k]);
+                }
+            } else if b > 0 {
+                for (dst, src) in grad_in.chunks_exact_mut(d).zip(ws.grad_operand.chunks_exact(k_out)) {
+                    dst.iter_mut().zip(&src[..d]).for_each(|(g, s)| *g += s);
+                }
+            } else {
+                // Block 0 reads the state through the conditioning mask.
+                for ((gx, gi), src) in
+                    grad_x.chunks_exact_mut(d).zip(grad_in.chunks_exact(d)).zip(ws.grad_operand.chunks_exact(k_out))
+                {
+                    for (j, &c) in half.conditioning.iter().enumerate() {
+                        gx[c] += gi[c] + src[j];
+                    }
+                }
+            }
+        }
+        std::mem::swap(&mut grad_out, &mut grad_in);
+    }
+    ws.grad_out = grad_out;
+    ws.grad_in = grad_in;
+}
+
+/// `sums[cols[j]] += Σ_r grad[r, j]` over a compact `[R, N]` (all columns
+/// when `cols` is `None`).
+fn add_column_sums(grad: &[f32], n: usize, cols: Option<&[usize]>, sums: &mut [f32]) {
+    let mut acc = vec![0.0f32; n];
+    for row in grad.chunks_exact(n) {
+        acc.iter_mut().zip(row).for_each(|(a, g)| *a += g);
+    }
+    scatter_add(&acc, cols, sums);
+}
+
+/// `out[index[j]] += values[j]` (`index[j] = j` when `None`).
+fn scatter_add(values: &[f32], index: Option<&[usize]>, out: &mut [f32]) {
+    match index {
+        Some(index) => index.iter().zip(values).for_each(|(&i, v)| out[i] += v),
+        None => out.iter_mut().zip(values).for_each(|(o, v)| *o += v),
+    }
+}
+
+/// The Swish's backward on `[R, K]`: with `u = input[r, j]`, `σ = σ(β u)`,
+/// writes `activation = u σ`, turns `grad[r, j]` (the output's gradient)
+/// into u's, `grad · (σ + β u σ(1 − σ))`, and sums `grad · u² σ(1 − σ)`
+/// into `grad_beta`.
+#[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq+fma", "x86_64+avx2+fma"))]
+fn swish_backward_rows(
+    input: &[f32],
+    stride: usize,
+    beta: &[f32],
+    grad: &mut [f32],
+    grad_stride: usize,
+    activation: &mut [f32],
+    grad_beta: &mut [f32],
+) {
+    const FMA: bool = target_cfg_f!(target_feature = "fma");
+    let k = beta.len();
+    let rows = input.chunks_exact(stride).zip(grad.chunks_exact_mut(grad_stride)).zip(activation.chunks_exact_mut(k));
+    for ((u, g), a) in rows {
+        // Zipped slices of one length: no bounds checks, so it vectorises.
+        let lanes = u[..k].iter().zip(beta).zip(&mut g[..k]).zip(a.iter_mut()).zip(grad_beta.iter_mut());
+        for ((((&u, &b), g), a), grad_beta) in lanes {
+            let bu = b * u;
+            let s = sigmoid::<FMA>(bu);
+            let ds = s * (1.0 - s);
+            *a = u * s;
+            *grad_beta += *g * u * u * ds;
+            *g *= s + bu * ds;
+        }
+    }
+}
+
+/// `grad_w[rows[i], cols[j]] += Σ_r activation[r, i] · grad_product[r, j]`
+/// (the kept rows and columns of a `[in, out]` weight gradient), with the
+/// tile's rows as the product's inner dimension. `[k, n, r]` are the kept
+/// inputs, kept outputs and tile rows.
+fn add_weight_grad(isa: Isa, ws: &mut Workspace, [k, n, r]: [usize; 3], layer: &Layer, grad_w: &mut [f32]) {
+    let a = (&ws.activation[..], k);
+    let b = (&ws.grad_product[..], n);
+    if layer.rows.is_none() && layer.cols.is_none() {
+        outer_accumulate(isa, a, b, [r, k, n], (grad_w, layer.out));
+        return;
+    }
+    // The first and last layers keep some rows or columns: a compact
+    // product, then scattered.
+    let compact = resized(&mut ws.outer, k * n);
+    outer_accumulate(isa, a, b, [r, k, n], (compact, n));
+    for (i, row) in ws.outer.chunks_exact(n).enumerate() {
+        let at = layer.rows.as_ref().map_or(i, |rows| rows[i]) * layer.out;
+        scatter_add(row, layer.cols.as_deref(), &mut grad_w[at..at + layer.out]);
+    }
+}
+
+// -------------------------------------------------------------- Drivers --
+
+/// Tapes whose backward has run, kept for the next forward: a step's tapes
+/// are hundreds of MB, and fresh pages from the OS cost a fault each (a
+/// sixth of a step when every tape was new). At most [`SPARE_TAPES`].
+static SPARES: std::sync::Mutex<Vec<Vec<f32>>> = std::sync::Mutex::new(Vec::new());
+const SPARE_TAPES: usize = 32;
+
+/// A tape of `len` values: the smallest spare that fits, or a new one. Its
+/// contents are stale; the forward writes every value it later reads.
+fn spare_tape(len: usize) -> Vec<f32> {
+    let mut spares = SPARES.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let best = spares.iter().enumerate().filter(|(_, t)| t.capacity() >= len).min_by_key(|(_, t)| t.capacity());
+    match best.map(|(i, _)| i) {
+        Some(i) => {
+            let mut tape = spares.swap_remove(i);
+            tape.resize(len, 0.0);
+            tape.truncate(len);
+            tape
+        }
+        None => vec![0.0; len],
+    }
+}
+
+/// Hands a tape whose backward has run back for reuse.
+pub fn recycle_tape(tape: Vec<f32>) {
+    let mut spares = SPARES.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if spares.len() < SPARE_TAPES {
+        spares.push(tape);
+    }
+}
+
+/// The stack's forward on `x: [M, D]` with `params: [P]`: the output
+/// `[M, D + 1]` (each row's new state, then its log-determinant) and, when
+/// `save` is set, the tape its [`backward`] needs.
+pub fn forward(layout: &StackLayout, params: &[f32], x: &[f32], save: bool) -> (Vec<f32>, Vec<f32>) {
+    let d = layout.dim();
+    assert_eq!(x.len() % d, 0, "blocks are not [M, {d}]");
+    let m = x.len() / d;
+    let weights = Weights::new(*layout, params);
+    let tape_layout = TapeLayout::new(layout, TILE_ROWS);
+    let tile_tape = tape_layout.tile_len(weights.halves.len());
+    let tiles = m.div_ceil(TILE_ROWS);
+    let isa = Isa::detect();
+    let mut out = vec![0.0f32; m * (d + 1)];
+    let mut tape = if save { spare_tape(tiles * tile_tape) } else { Vec::new() };
+    let run = |ws: &mut (Workspace, Vec<f32>), (tile, (out, tape)): (usize, (&mut [f32], Option<&mut [f32]>))| {
+        let (ws, scratch_tape) = ws;
+        let first = tile * TILE_ROWS;
+        let rows = (m - first).min(TILE_ROWS);
+        let mut state = vec![0.0f32; TILE_ROWS * d];
+        state[..rows * d].copy_from_slice(&x[first * d..(first + rows) * d]);
+        let mut ldj = vec![0.0f32; TILE_ROWS];
+        let tape = match tape {
+            Some(tape) => tape,
+            None => sized(scratch_tape, tile_tape),
+        };
+        forward_tile(isa, &weights, &tape_layout, &mut state, &mut ldj, tape, ws);
+        for (row, out) in out.chunks_exact_mut(d + 1).enumerate() {
+            out[..d].copy_from_slice(&state[row * d..(row + 1) * d]);
+            out[d] = ldj[row];
+        }
+    };
+    #[cfg(feature = "parallel")]
+    {
+        use rayon::prelude::*;
+        let out_chunks = out.par_chunks_mut(TILE_ROWS * (d + 1));
+        if save {
+            out_chunks
+                .zip(tape.par_chunks_mut(tile_tape))
+                .map(|(o, t)| (o, Some(t)))
+                .enumerate()
+                .for_each_init(Default::default, run);
+        } else {
+            out_chunks.map(|o| (o, None)).enumerate().for_each_init(Default::default, run);
+        }
+    }
+    #[cfg(not(feature = "parallel"))]
+    {
+        let mut ws = Default::default();
+        let out_chunks = out.chunks_mut(TILE_ROWS * (d + 1));
+        if save {
+            out_chunks
+                .zip(tape.chunks_mut(tile_tape))
+                .map(|(o, t)| (o, Some(t)))
+                .enumerate()
+                .for_each(|item| run(&mut ws, item));
+        } else {
+            out_chunks.map(|o| (o, None)).enumerate().for_each(|item| run(&mut ws, item));
+        }
+    }
+    (out, tape)
+}
+
+/// The backward of [`forward`] given the gradient of its output, `grad:
+/// [M, D + 1]`: the gradients of `x` (`[M, D]`) and of `params` (`[P]`).
+pub fn backward(layout: &StackLayout, params: &[f32], tape: &[f32], grad: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    let d = layout.dim();
+    assert_eq!(grad.len() % (d + 1), 0, "output gradient is not [M, {}]", d + 1);
+    let m = grad.len() / (d + 1);
+    let weights = Weights::new(*layout, params);
+    let tape_layout = TapeLayout::new(layout, TILE_ROWS);
+    let tile_tape = tape_layout.tile_len(weights.halves.len());
+    let tiles = m.div_ceil(TILE_ROWS);
+    assert_eq!(tape.len(), tiles * tile_tape, "the tape is not of this forward");
+    let isa = Isa::detect();
+    // Groups of consecutive tiles, a function of `m` only.
+    let tiles_per_group = tiles.div_ceil(MAX_GROUPS).max(1);
+    let group_rows = tiles_per_group * TILE_ROWS;
+    let p = layout.num_params();
+    let mut grad_x = vec![0.0f32; m * d];
+    let run = |ws: &mut Workspace, (group, grad_x): (usize, &mut [f32])| -> Vec<f32> {
+        let mut grads = vec![0.0f32; p];
+        let mut state = vec![0.0f32; TILE_ROWS * d];
+        let mut grad_ldj = vec![0.0f32; TILE_ROWS];
+        for (t, grad_x) in grad_x.chunks_mut(TILE_ROWS * d).enumerate() {
+            let tile = group * tiles_per_group + t;
+            let first = tile * TILE_ROWS;
+            let rows = grad_x.len() / d;
+            state.fill(0.0);
+            grad_ldj.fill(0.0);
+            for (row, g) in grad[first * (d + 1)..(first + rows) * (d + 1)].chunks_exact(d + 1).enumerate() {
+                state[row * d..(row + 1) * d].copy_from_slice(&g[..d]);
+                grad_ldj[row] = g[d];
+            }
+            let tape = &tape[tile * tile_tape..(tile + 1) * tile_tape];
+            backward_tile(isa, &weights, &tape_layout, &mut state, &grad_ldj, tape, &mut grads, ws);
+            grad_x.copy_from_slice(&state[..rows * d]);
+        }
+        grads
+    };
+    #[cfg(feature = "parallel")]
+    let partials: Vec<Vec<f32>> = {
+        use rayon::prelude::*;
+        grad_x.par_chunks_mut(group_rows * d).enumerate().map_init(Workspace::default, run).collect()
+    };
+    #[cfg(not(feature = "parallel"))]
+    let partials: Vec<Vec<f32>> = {
+        let mut ws = Workspace::default();
+        grad_x.chunks_mut(group_rows * d).enumerate().map(|item| run(&mut ws, item)).collect()
+    };
+    let mut grads = vec![0.0f32; p];
+    for partial in &partials {
+        grads.iter_mut().zip(partial).for_each(|(g, p)| *g += p);
+    }
+    // The weights' gradients to their directions and magnitudes.
+    for i in 0..layout.nlayers {
+        for net in [Net::S, Net::T] {
+            for b in 0..layout.nresblocks {
+                for l in 0..layout.linears() {
+                    let at = layout.linear(i, net, b, l);
+                    let (grad_v, grad_g) =
+                        weight_norm_backward(&params[at.v.clone()], &params[at.g.clone()], &grads[at.v.clone()]);
+                    grads[at.v].copy_from_slice(&grad_v);
+                    grads[at.g].copy_from_slice(&grad_g);
+                }
+            }
+        }
+    }
+    (grad_x, grads)
+}
