@@ -32,10 +32,20 @@ use super::{exp, sigmoid, tanh, weight_norm, weight_norm_backward};
 use crate::decoder::matmul::{Isa, MR, PANEL, PackedMatrix, TileKernels, outer_accumulate};
 use crate::kernels::stack::{LinearParams, Net, StackLayout};
 
-/// Block rows per tile: a tile's working set (activations of one network)
-/// stays in a core's L2.
+/// Most block rows per tile: a tile's working set (activations of one
+/// network) stays in a core's L2.
 const TILE_ROWS: usize = 64;
 const _: () = assert!(TILE_ROWS.is_multiple_of(MR));
+/// Tiles a sub-layer with few rows is cut into at least (so that the top
+/// levels, a few blocks per image, still use every core).
+const MIN_TILES: usize = 8;
+
+/// Rows per tile for `m` block rows: [`TILE_ROWS`], or fewer (a multiple
+/// of [`MR`]) to make [`MIN_TILES`] tiles. A function of `m` alone, so the
+/// gradients' summation order is too.
+fn tile_rows(m: usize) -> usize {
+    (m.div_ceil(MIN_TILES).div_ceil(MR) * MR).clamp(MR, TILE_ROWS)
+}
 /// Most groups a backward pass sums parameter gradients over (each holds a
 /// copy of the stack's parameter gradients).
 const MAX_GROUPS: usize = 8;
@@ -86,49 +96,56 @@ impl Weights {
         let d = layout.dim();
         let last_block = layout.nresblocks - 1;
         let last_layer = layout.nmlp;
-        // The normalised matrices, shared by both halves.
-        let matrices: Vec<Vec<Vec<Vec<f32>>>> = (0..layout.nlayers)
-            .flat_map(|i| [Net::S, Net::T].map(|net| (i, net)))
-            .map(|(i, net)| {
-                (0..layout.nresblocks)
-                    .map(|b| {
-                        (0..layout.linears())
-                            .map(|l| {
-                                let p = layout.linear(i, net, b, l);
-                                weight_norm(&params[p.v], &params[p.g])
-                            })
-                            .collect()
-                    })
-                    .collect()
-            })
-            .collect();
-        let mut halves = Vec::with_capacity(2 * layout.nlayers);
-        for i in 0..layout.nlayers {
-            for (conditioning, updated) in layout.halves() {
-                let net_layers = |net: Net| -> Vec<Vec<Layer>> {
-                    (0..layout.nresblocks)
-                        .map(|b| {
-                            (0..layout.linears())
-                                .map(|l| {
-                                    let params_at = layout.linear(i, net, b, l);
-                                    let (k, n) = layout.widths(l);
-                                    let rows = (b == 0 && l == 0).then(|| conditioning.clone());
-                                    let cols = (b == last_block && l == last_layer).then(|| updated.clone());
-                                    let w = &matrices[2 * i + net as usize][b][l];
-                                    Layer::new(w, params, params_at, k, n, rows, cols)
-                                })
-                                .collect()
+        // The normalised matrices (shared by both halves), then each half's
+        // packing: per coupling layer and network, in parallel.
+        let nets: Vec<(usize, Net)> = (0..layout.nlayers).flat_map(|i| [Net::S, Net::T].map(|net| (i, net))).collect();
+        let matrices: Vec<Vec<Vec<Vec<f32>>>> = par_map(&nets, |&(i, net)| {
+            (0..layout.nresblocks)
+                .map(|b| {
+                    (0..layout.linears())
+                        .map(|l| {
+                            let p = layout.linear(i, net, b, l);
+                            weight_norm(&params[p.v], &params[p.g])
                         })
                         .collect()
-                };
+                })
+                .collect()
+        });
+        let [first, second] = layout.halves();
+        let sides = [&first, &second];
+        let jobs: Vec<(usize, usize, Net)> = (0..layout.nlayers)
+            .flat_map(|i| (0..2).flat_map(move |h| [Net::S, Net::T].map(|net| (i, h, net))))
+            .collect();
+        let mut packed = par_map(&jobs, |&(i, h, net)| -> Vec<Vec<Layer>> {
+            let (conditioning, updated) = sides[h];
+            (0..layout.nresblocks)
+                .map(|b| {
+                    (0..layout.linears())
+                        .map(|l| {
+                            let params_at = layout.linear(i, net, b, l);
+                            let (k, n) = layout.widths(l);
+                            let rows = (b == 0 && l == 0).then(|| conditioning.clone());
+                            let cols = (b == last_block && l == last_layer).then(|| updated.clone());
+                            let w = &matrices[2 * i + net as usize][b][l];
+                            Layer::new(w, params, params_at, k, n, rows, cols)
+                        })
+                        .collect()
+                })
+                .collect()
+        })
+        .into_iter();
+        let mut halves = Vec::with_capacity(2 * layout.nlayers);
+        for i in 0..layout.nlayers {
+            for (conditioning, updated) in [first.clone(), second.clone()] {
                 let scale = |net: Net| {
                     let range = layout.scale(i, net);
                     (updated.iter().map(|&c| params[range.start + c]).collect(), range)
                 };
                 let mut conditioning_mask = vec![0.0; d];
                 conditioning.iter().for_each(|&c| conditioning_mask[c] = 1.0);
+                let (s, t) = (packed.next().expect("s packed"), packed.next().expect("t packed"));
                 halves.push(Half {
-                    nets: [net_layers(Net::S), net_layers(Net::T)],
+                    nets: [s, t],
                     scales: [scale(Net::S), scale(Net::T)],
                     conditioning,
                     updated,
@@ -177,6 +194,17 @@ impl Layer {
     fn kept(&self) -> (usize, usize) {
         (self.forward.k, self.forward.n)
     }
+}
+
+/// `items.map(f)`, on the thread pool when there is one (order kept).
+fn par_map<I: Sync, T: Send>(items: &[I], f: impl Fn(&I) -> T + Sync + Send) -> Vec<T> {
+    #[cfg(feature = "parallel")]
+    {
+        use rayon::prelude::*;
+        items.par_iter().map(f).collect()
+    }
+    #[cfg(not(feature = "parallel"))]
+    items.iter().map(f).collect()
 }
 
 // ---------------------------------------------------------------- Tape --
@@ -729,20 +757,21 @@ pub fn forward(layout: &StackLayout, params: &[f32], x: &[f32], save: bool) -> (
     let d = layout.dim();
     assert_eq!(x.len() % d, 0, "blocks are not [M, {d}]");
     let m = x.len() / d;
+    let tile_rows = tile_rows(m);
     let weights = Weights::new(*layout, params);
-    let tape_layout = TapeLayout::new(layout, TILE_ROWS);
+    let tape_layout = TapeLayout::new(layout, tile_rows);
     let tile_tape = tape_layout.tile_len(weights.halves.len());
-    let tiles = m.div_ceil(TILE_ROWS);
+    let tiles = m.div_ceil(tile_rows);
     let isa = Isa::detect();
     let mut out = vec![0.0f32; m * (d + 1)];
     let mut tape = if save { spare_tape(tiles * tile_tape) } else { Vec::new() };
     let run = |ws: &mut (Workspace, Vec<f32>), (tile, (out, tape)): (usize, (&mut [f32], Option<&mut [f32]>))| {
         let (ws, scratch_tape) = ws;
-        let first = tile * TILE_ROWS;
-        let rows = (m - first).min(TILE_ROWS);
-        let mut state = vec![0.0f32; TILE_ROWS * d];
+        let first = tile * tile_rows;
+        let rows = (m - first).min(tile_rows);
+        let mut state = vec![0.0f32; tile_rows * d];
         state[..rows * d].copy_from_slice(&x[first * d..(first + rows) * d]);
-        let mut ldj = vec![0.0f32; TILE_ROWS];
+        let mut ldj = vec![0.0f32; tile_rows];
         let tape = match tape {
             Some(tape) => tape,
             None => sized(scratch_tape, tile_tape),
@@ -756,7 +785,7 @@ pub fn forward(layout: &StackLayout, params: &[f32], x: &[f32], save: bool) -> (
     #[cfg(feature = "parallel")]
     {
         use rayon::prelude::*;
-        let out_chunks = out.par_chunks_mut(TILE_ROWS * (d + 1));
+        let out_chunks = out.par_chunks_mut(tile_rows * (d + 1));
         if save {
             out_chunks
                 .zip(tape.par_chunks_mut(tile_tape))
@@ -770,7 +799,7 @@ pub fn forward(layout: &StackLayout, params: &[f32], x: &[f32], save: bool) -> (
     #[cfg(not(feature = "parallel"))]
     {
         let mut ws = Default::default();
-        let out_chunks = out.chunks_mut(TILE_ROWS * (d + 1));
+        let out_chunks = out.chunks_mut(tile_rows * (d + 1));
         if save {
             out_chunks
                 .zip(tape.chunks_mut(tile_tape))
@@ -790,24 +819,25 @@ pub fn backward(layout: &StackLayout, params: &[f32], tape: &[f32], grad: &[f32]
     let d = layout.dim();
     assert_eq!(grad.len() % (d + 1), 0, "output gradient is not [M, {}]", d + 1);
     let m = grad.len() / (d + 1);
+    let tile_rows = tile_rows(m);
     let weights = Weights::new(*layout, params);
-    let tape_layout = TapeLayout::new(layout, TILE_ROWS);
+    let tape_layout = TapeLayout::new(layout, tile_rows);
     let tile_tape = tape_layout.tile_len(weights.halves.len());
-    let tiles = m.div_ceil(TILE_ROWS);
+    let tiles = m.div_ceil(tile_rows);
     assert_eq!(tape.len(), tiles * tile_tape, "the tape is not of this forward");
     let isa = Isa::detect();
     // Groups of consecutive tiles, a function of `m` only.
     let tiles_per_group = tiles.div_ceil(MAX_GROUPS).max(1);
-    let group_rows = tiles_per_group * TILE_ROWS;
+    let group_rows = tiles_per_group * tile_rows;
     let p = layout.num_params();
     let mut grad_x = vec![0.0f32; m * d];
     let run = |ws: &mut Workspace, (group, grad_x): (usize, &mut [f32])| -> Vec<f32> {
         let mut grads = vec![0.0f32; p];
-        let mut state = vec![0.0f32; TILE_ROWS * d];
-        let mut grad_ldj = vec![0.0f32; TILE_ROWS];
-        for (t, grad_x) in grad_x.chunks_mut(TILE_ROWS * d).enumerate() {
+        let mut state = vec![0.0f32; tile_rows * d];
+        let mut grad_ldj = vec![0.0f32; tile_rows];
+        for (t, grad_x) in grad_x.chunks_mut(tile_rows * d).enumerate() {
             let tile = group * tiles_per_group + t;
-            let first = tile * TILE_ROWS;
+            let first = tile * tile_rows;
             let rows = grad_x.len() / d;
             state.fill(0.0);
             grad_ldj.fill(0.0);
