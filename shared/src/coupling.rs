@@ -4,6 +4,7 @@
 use burn::module::Module;
 use burn::prelude::*;
 
+use crate::decoder::Precision;
 use crate::kernels::{self, CouplingParams, StackLayout};
 use crate::nn::MlpResNet;
 
@@ -43,6 +44,10 @@ pub struct CouplingStack {
     /// it (the default; off, it composes per-op kernels, for comparison).
     #[module(skip)]
     pub fused: bool,
+    /// The fused stack's matrix products: f32 (the default), or bf16
+    /// operands with f32 accumulation (see [`crate::decoder::Precision`]).
+    #[module(skip)]
+    pub precision: Precision,
 }
 
 impl CouplingStack {
@@ -66,6 +71,7 @@ impl CouplingStack {
             mask_right: Tensor::<1>::from_floats(right.as_slice(), device).unsqueeze(),
             layout: StackLayout { channels, kernel_size, nlayers, nresblocks, nmlp, nhidden },
             fused: true,
+            precision: Precision::F32,
         }
     }
 
@@ -79,7 +85,7 @@ impl CouplingStack {
     pub fn forward(&self, x: Tensor<2>) -> (Tensor<2>, Tensor<1>) {
         if self.fused
             && kernels::has_fused_stack(&x.device())
-            && let Some(out) = kernels::coupling_stack(x.clone(), self.flat_params(), self.layout())
+            && let Some(out) = kernels::coupling_stack(x.clone(), self.flat_params(), self.layout(), self.precision)
         {
             return out;
         }
@@ -190,6 +196,7 @@ mod tests {
     use burn::tensor::Distribution;
 
     use crate::config::RgFlowConfig;
+    use crate::decoder::Precision;
     use crate::testing::jitter_parameters;
 
     fn max_rel_diff<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
@@ -238,20 +245,34 @@ mod tests {
             let x = Tensor::<2>::random([rows, d], Distribution::Normal(0.0, 1.5), &device);
             let w = Tensor::<2>::random([rows, d], Distribution::Normal(0.0, 1.0), &device);
             let w_ldj = Tensor::<1>::random([rows], Distribution::Normal(0.0, 1.0), &device);
-            let run = |fused: bool| {
+            let run = |fused: Option<Precision>| {
                 let x = x.clone().require_grad();
-                let (y, ldj) = if fused {
-                    crate::kernels::coupling_stack(x.clone(), stack.flat_params(), stack.layout())
-                        .expect("burn-flex has the fused stack")
-                } else {
-                    stack.forward_composed(x.clone())
+                let (y, ldj) = match fused {
+                    Some(precision) => {
+                        crate::kernels::coupling_stack(x.clone(), stack.flat_params(), stack.layout(), precision)
+                            .expect("burn-flex has the fused stack")
+                    }
+                    None => stack.forward_composed(x.clone()),
                 };
                 let grads = ((y.clone() * w.clone()).sum() + (ldj.clone() * w_ldj.clone()).sum()).backward();
                 let params = parameter_grads(stack, &grads);
                 (y, ldj, x.grad(&grads).unwrap(), params)
             };
-            let (y, ldj, grad_x, grad_params) = run(true);
-            let (y_ref, ldj_ref, grad_x_ref, grad_params_ref) = run(false);
+            let (y_ref, ldj_ref, grad_x_ref, grad_params_ref) = run(None);
+            if crate::CpuDecoder::native_bf16() {
+                // bf16 products: the same within bf16's precision.
+                let (y, ldj, grad_x, grad_params) = run(Some(Precision::Bf16));
+                let case = format!("bf16, C{channels} {nlayers}/{nres}/{nmlp}/{nhidden}");
+                let y_err = max_rel_diff(y, y_ref.clone());
+                assert!(y_err < 2e-2 && y_err > 1e-6, "{case}: output {y_err}");
+                assert!(max_rel_diff(ldj, ldj_ref.clone()) < 5e-2, "{case}: log-determinant");
+                assert!(max_rel_diff(grad_x, grad_x_ref.clone()) < 5e-2, "{case}: input gradient");
+                for (i, (g, r)) in grad_params.into_iter().zip(grad_params_ref.clone()).enumerate() {
+                    let err = max_rel_diff(g, r);
+                    assert!(err < 1e-1, "{case}: parameter tensor {i}: {err}");
+                }
+            }
+            let (y, ldj, grad_x, grad_params) = run(Some(Precision::F32));
             let case = format!("C{channels} {nlayers}/{nres}/{nmlp}/{nhidden}, {rows} rows");
             assert!(max_rel_diff(y, y_ref) < 1e-5, "{case}: output");
             assert!(max_rel_diff(ldj, ldj_ref) < 1e-5, "{case}: log-determinant");

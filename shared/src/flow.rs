@@ -95,6 +95,13 @@ impl RgFlow {
         self.layers.iter_mut().for_each(|layer| layer.fused = fused);
     }
 
+    /// The precision of the fused stacks' matrix products (f32 by default;
+    /// bf16 rounds their operands and accumulates in f32, on CPUs with
+    /// AVX512-BF16 — elsewhere they stay f32).
+    pub fn set_stack_precision(&mut self, precision: crate::decoder::Precision) {
+        self.layers.iter_mut().for_each(|layer| layer.precision = precision);
+    }
+
     /// Multiply-adds of the coupling stacks' matrix products per image,
     /// forward (see [`StackLayout::forward_macs_per_row`](crate::kernels::StackLayout::forward_macs_per_row)).
     pub fn stack_macs_per_image(&self) -> usize {

@@ -243,6 +243,7 @@ pub fn load_reference(state: &StateDict, config: &RgFlowConfig, device: &Device)
                 nhidden: config.nhidden[k],
             },
             fused: true,
+            precision: crate::decoder::Precision::F32,
         });
     }
 

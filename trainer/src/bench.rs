@@ -14,6 +14,7 @@ use rgflow::{CpuDecoder, LevelTemperatures};
 use crate::backend::{BackendChoice, select};
 use crate::model_args::ModelArgs;
 use crate::optim::{adamw, clip_global_norm};
+use crate::sample::PrecisionArg;
 
 /// Arguments of `trainer bench`.
 #[derive(Debug, Args)]
@@ -39,6 +40,10 @@ pub struct BenchArgs {
     /// before the fused one, for comparison). Other backends always compose.
     #[arg(long, value_enum, default_value_t = StackPath::Fused)]
     pub stack: StackPath,
+    /// Number type of the fused stacks' matrix products in training (as
+    /// `train --precision`).
+    #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
+    pub precision: PrecisionArg,
 }
 
 /// See [`BenchArgs::stack`].
@@ -62,10 +67,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     // coupling the identity, which is not what training runs through.
     model = rgflow::testing::jitter_parameters(model, 0.02, 7);
     model.set_fused_stacks(args.stack == StackPath::Fused);
+    model.set_stack_precision(rgflow::kernels::cpu::stack::ran(args.precision.into()));
     let mut optim = adamw(5e-2);
     let dims = [args.batch, config.channels, config.image_size, config.image_size];
     println!(
-        "config: L {} C {} nlayers {:?} nresblocks {:?} nmlp {:?} nhidden {:?}; {} parameters; batch {}; backend {backend_name}; {} rayon threads; {:?} coupling stacks",
+        "config: L {} C {} nlayers {:?} nresblocks {:?} nmlp {:?} nhidden {:?}; {} parameters; batch {}; backend {backend_name}; {} rayon threads; {:?} coupling stacks, {:?} products",
         config.image_size,
         config.channels,
         config.nlayers,
@@ -76,6 +82,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         args.batch,
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         args.stack,
+        rgflow::kernels::cpu::stack::ran(args.precision.into()),
     );
 
     let (mut t_fwd, mut t_bwd, mut t_opt) = (0.0, 0.0, 0.0);

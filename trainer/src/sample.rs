@@ -45,20 +45,28 @@ pub struct SampleArgs {
     pub precision: PrecisionArg,
 }
 
-/// `--precision` values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+/// `--precision` values (of `sample`, `train` and `bench`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum PrecisionArg {
+    #[default]
     F32,
     Bf16,
+}
+
+impl From<PrecisionArg> for Precision {
+    fn from(arg: PrecisionArg) -> Self {
+        match arg {
+            PrecisionArg::F32 => Precision::F32,
+            PrecisionArg::Bf16 => Precision::Bf16,
+        }
+    }
 }
 
 pub fn run(args: SampleArgs) -> anyhow::Result<()> {
     let (device, backend_name) = select(args.backend)?;
     let model = load_model_with(&resolve_model_path(args.model)?, &device, args.weights)?;
-    let precision = match args.precision {
-        PrecisionArg::F32 => Precision::F32,
-        PrecisionArg::Bf16 => Precision::Bf16,
-    };
+    let precision = Precision::from(args.precision);
     // On the CPU the packed decoder gives the same images (f32) faster.
     let decoder = if CpuDecoder::suits(&device) {
         let decoder = CpuDecoder::new(&model, precision);

@@ -25,6 +25,7 @@ use crate::model_args::ModelArgs;
 use crate::model_io::save_grid;
 use crate::optim::{Decay, LrSchedule, adamw, clip_global_norm};
 use crate::parallel::{self, StepGradients};
+use crate::sample::PrecisionArg;
 
 /// Arguments of `trainer train`.
 #[derive(Debug, Args)]
@@ -108,6 +109,13 @@ pub struct TrainArgs {
     /// Image decoding threads.
     #[arg(long, default_value_t = 1)]
     pub workers: usize,
+    /// Number type of the coupling stacks' matrix products on the CPU
+    /// (forward and backward): `bf16` rounds their operands and accumulates
+    /// in f32 (weights, updates and optimiser state stay f32), ~1.3× faster
+    /// training on CPUs with AVX512-BF16 (f32 elsewhere). Part of the run's
+    /// settings.
+    #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
+    pub precision: PrecisionArg,
     /// No progress bar (logs only).
     #[arg(long)]
     pub quiet: bool,
@@ -136,6 +144,9 @@ pub struct Settings {
     pub weight_decay: f64,
     pub clip_grad: f64,
     pub seed: u64,
+    /// Runs from before bf16 products were f32.
+    #[serde(default)]
+    pub precision: PrecisionArg,
 }
 
 fn constant_schedule() -> LrSchedule {
@@ -195,6 +206,7 @@ impl TrainArgs {
             weight_decay: self.weight_decay,
             clip_grad: self.clip_grad,
             seed: self.seed,
+            precision: self.precision,
         })
     }
 }
@@ -428,6 +440,11 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let _lock = lock_run_folder(&args.out)?;
     let checkpoint_path = args.out.join(CHECKPOINT);
     let mut run = Run::open(fresh, args.resume, args.init_from.as_deref(), &checkpoint_path, &devices[0])?;
+    let precision = run.settings.precision.into();
+    if precision != rgflow::kernels::cpu::stack::ran(precision) {
+        eprintln!("note: this CPU has no AVX512-BF16, so bf16 products would only be slower; training in f32");
+    }
+    run.model.set_stack_precision(precision);
     if args.resume {
         eprintln!("resuming {} at step {} (epoch {})", args.out.display(), run.state.step, run.state.epoch);
     }
@@ -633,6 +650,7 @@ mod tests {
             weight_decay: 0.0,
             clip_grad: 1.0,
             seed: 3,
+            precision: PrecisionArg::F32,
         };
         let ckpt = dir.path().join(CHECKPOINT);
         let run = Run::open(settings.clone(), false, None, &ckpt, &device).unwrap();

@@ -16,10 +16,24 @@ pub trait Operand: Copy + Default + Send + Sync + 'static {
     fn from_f32(x: f32) -> Self;
     /// The value as f32 (exact).
     fn to_f32(self) -> f32;
+    /// Rows of `cols` values as a left operand with rows `k_stride` apart
+    /// (padding zero): `src` itself for f32, else rounded into `scratch`.
+    fn operand_rows<'a>(src: &'a [f32], cols: usize, k_stride: usize, scratch: &'a mut Vec<Self>) -> &'a [Self] {
+        scratch.clear();
+        for row in src.chunks_exact(cols) {
+            scratch.extend(row.iter().map(|&x| Self::from_f32(x)));
+            scratch.resize(scratch.len() + k_stride - cols, Self::default());
+        }
+        scratch
+    }
 }
 
 impl Operand for f32 {
     const K_STEP: usize = 1;
+    fn operand_rows<'a>(src: &'a [f32], cols: usize, k_stride: usize, _: &'a mut Vec<Self>) -> &'a [Self] {
+        debug_assert_eq!(cols, k_stride, "f32 operands are not padded");
+        src
+    }
     #[inline(always)]
     fn from_f32(x: f32) -> Self {
         x

@@ -10,6 +10,7 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::tensor::FloatTensor;
 
 use super::{FusedKernels, StackLayout};
+use crate::decoder::Precision;
 
 /// Registers `grad` for a parent, if it is tracked.
 fn register<B: FusedKernels>(grads: &mut Gradients, parent: Option<NodeId>, grad: FloatTensor<B>) {
@@ -209,10 +210,12 @@ impl<B: FusedKernels, C: CheckpointStrategy> FusedKernels for Autodiff<B, C> {
         x: FloatTensor<Self>,
         params: FloatTensor<Self>,
         layout: StackLayout,
+        precision: Precision,
     ) -> Option<FloatTensor<Self>> {
         #[derive(Debug)]
         struct StackBackward {
             layout: StackLayout,
+            precision: Precision,
         }
 
         impl<B: FusedKernels> Backward<B, 2> for StackBackward {
@@ -223,7 +226,7 @@ impl<B: FusedKernels, C: CheckpointStrategy> FusedKernels for Autodiff<B, C> {
                 let [node_x, node_params] = ops.parents;
                 let grad = grads.consume::<B>(&ops.node);
                 let (params, tape) = ops.state;
-                let (grad_x, grad_params) = B::coupling_stack_backward(params, tape, grad, self.layout);
+                let (grad_x, grad_params) = B::coupling_stack_backward(params, tape, grad, self.layout, self.precision);
                 register::<B>(grads, node_x.map(|n| n.id), grad_x);
                 register::<B>(grads, node_params.map(|n| n.id), grad_params);
             }
@@ -233,13 +236,13 @@ impl<B: FusedKernels, C: CheckpointStrategy> FusedKernels for Autodiff<B, C> {
         let (params, node_params) = params.into_parts();
         // An op whose backend has no kernel is never recorded (the
         // preparation is dropped unfinished): the caller composes it instead.
-        let prep = StackBackward { layout }.prepare::<C>([node_x, node_params]);
+        let prep = StackBackward { layout, precision }.prepare::<C>([node_x, node_params]);
         match prep.compute_bound().stateful() {
             OpsKind::Tracked(prep) => {
-                let (output, tape) = B::coupling_stack_taped(x, params.clone(), layout)?;
+                let (output, tape) = B::coupling_stack_taped(x, params.clone(), layout, precision)?;
                 Some(prep.finish((params, tape), output))
             }
-            OpsKind::UnTracked(prep) => Some(prep.finish(B::coupling_stack(x, params, layout)?)),
+            OpsKind::UnTracked(prep) => Some(prep.finish(B::coupling_stack(x, params, layout, precision)?)),
         }
     }
 }

@@ -6,6 +6,7 @@ use burn::backend::flex::FlexTensor;
 use burn::tensor::{DType, Shape, TensorData};
 
 use super::{FusedKernels, StackLayout, cpu, reference};
+use crate::decoder::Precision;
 
 /// Runs `kernel` on the inputs as contiguous f32 tensors, or `reference` on
 /// them as they are when one is of another dtype.
@@ -216,16 +217,22 @@ impl FusedKernels for Flex {
         )
     }
 
-    fn coupling_stack(x: FlexTensor, params: FlexTensor, layout: StackLayout) -> Option<FlexTensor> {
-        coupling_stack_with(x, params, layout, false).map(|(output, _)| output)
+    fn coupling_stack(
+        x: FlexTensor,
+        params: FlexTensor,
+        layout: StackLayout,
+        precision: Precision,
+    ) -> Option<FlexTensor> {
+        coupling_stack_with(x, params, layout, precision, false).map(|(output, _)| output)
     }
 
     fn coupling_stack_taped(
         x: FlexTensor,
         params: FlexTensor,
         layout: StackLayout,
+        precision: Precision,
     ) -> Option<(FlexTensor, FlexTensor)> {
-        coupling_stack_with(x, params, layout, true)
+        coupling_stack_with(x, params, layout, precision, true)
     }
 
     fn coupling_stack_backward(
@@ -233,10 +240,11 @@ impl FusedKernels for Flex {
         tape: FlexTensor,
         grad: FlexTensor,
         layout: StackLayout,
+        precision: Precision,
     ) -> (FlexTensor, FlexTensor) {
         let [params, tape, grad] = [params, tape, grad].map(|t| if t.is_contiguous() { t } else { t.to_contiguous() });
         let m = grad.shape()[0];
-        let (grad_x, grad_params) = cpu::stack::backward(&layout, f32s(&params), f32s(&tape), f32s(&grad));
+        let (grad_x, grad_params) = cpu::stack::backward(&layout, f32s(&params), f32s(&tape), f32s(&grad), precision);
         // The tape is read once: its memory serves the next step's forward.
         if tape.is_unique()
             && let Ok(values) = tape.into_data().try_into_vec::<f32>()
@@ -277,6 +285,7 @@ fn coupling_stack_with(
     x: FlexTensor,
     params: FlexTensor,
     layout: StackLayout,
+    precision: Precision,
     taped: bool,
 ) -> Option<(FlexTensor, FlexTensor)> {
     if x.dtype() != DType::F32 || params.dtype() != DType::F32 {
@@ -284,7 +293,7 @@ fn coupling_stack_with(
     }
     let [x, params] = [x, params].map(|t| if t.is_contiguous() { t } else { t.to_contiguous() });
     let m = x.shape()[0];
-    let (output, tape) = cpu::stack::forward(&layout, f32s(&params), f32s(&x), taped);
+    let (output, tape) = cpu::stack::forward(&layout, f32s(&params), f32s(&x), taped, precision);
     let tape_len = tape.len();
     Some((tensor(output, Shape::new([m, layout.dim() + 1])), tensor(tape, Shape::new([tape_len]))))
 }

@@ -9,6 +9,12 @@
 //! zero-fill. Each has hand-written CPU kernels on burn-flex ([`cpu`]), a
 //! composition of burn's own ops everywhere else (the GPU backends fuse those
 //! themselves), and a hand-written backward step under autodiff.
+//!
+//! On burn-flex a sub-layer's whole coupling stack is also one op
+//! ([`coupling_stack`], kernels in [`cpu::stack`]): tiles of block rows run
+//! every coupling in cache and keep a tape for a hand-written backward.
+//! Other backends answer `None` for it, and the model composes the stack
+//! from the ops above instead.
 
 // burn-ndarray is deprecated but still one of our CPU backends; the
 // extension macro names it in code it generates outside the trait.
@@ -27,6 +33,8 @@ use burn::backend::{Dispatch, backend_extension};
 use burn::prelude::*;
 
 pub use stack::StackLayout;
+
+use crate::decoder::Precision;
 
 /// Fused operations with a custom implementation per backend.
 #[backend_extension(
@@ -150,12 +158,15 @@ pub trait FusedKernels: burn::backend::Backend {
     /// `layout` says) -> `[M, D + 1]`, each row's output followed by its
     /// log-determinant. `None` where the backend has no such kernel: the
     /// model then composes the stack from the ops above (the GPU does).
+    /// `precision` is that of the matrix products (bf16: operands rounded,
+    /// f32 accumulation, on CPUs with AVX512-BF16; f32 elsewhere).
     fn coupling_stack(
         x: FloatTensor<Self>,
         params: FloatTensor<Self>,
         layout: StackLayout,
+        precision: Precision,
     ) -> Option<FloatTensor<Self>> {
-        let _ = (x, params, layout);
+        let _ = (x, params, layout, precision);
         None
     }
 
@@ -165,8 +176,9 @@ pub trait FusedKernels: burn::backend::Backend {
         x: FloatTensor<Self>,
         params: FloatTensor<Self>,
         layout: StackLayout,
+        precision: Precision,
     ) -> Option<(FloatTensor<Self>, FloatTensor<Self>)> {
-        let _ = (x, params, layout);
+        let _ = (x, params, layout, precision);
         None
     }
 
@@ -178,8 +190,9 @@ pub trait FusedKernels: burn::backend::Backend {
         tape: FloatTensor<Self>,
         grad: FloatTensor<Self>,
         layout: StackLayout,
+        precision: Precision,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        let _ = (params, tape, grad, layout);
+        let _ = (params, tape, grad, layout, precision);
         unreachable!("a coupling stack's backward without its backend's tape")
     }
 }
@@ -289,10 +302,15 @@ pub fn has_fused_stack(device: &Device) -> bool {
 /// `x: [M, D]`, `params: [P]` -> `Some((y: [M, D], log|det J|: [M]))`,
 /// differentiable in both; `None` elsewhere (see
 /// [`FusedKernels::coupling_stack`]).
-pub fn coupling_stack(x: Tensor<2>, params: Tensor<1>, layout: StackLayout) -> Option<(Tensor<2>, Tensor<1>)> {
+pub fn coupling_stack(
+    x: Tensor<2>,
+    params: Tensor<1>,
+    layout: StackLayout,
+    precision: Precision,
+) -> Option<(Tensor<2>, Tensor<1>)> {
     let [m, d] = x.dims();
     assert_eq!(d, layout.dim(), "blocks are not [M, {}]", layout.dim());
-    let out = <Dispatch as FusedKernels>::coupling_stack(x.into_dispatch(), params.into_dispatch(), layout)?;
+    let out = <Dispatch as FusedKernels>::coupling_stack(x.into_dispatch(), params.into_dispatch(), layout, precision)?;
     let out = Tensor::<2>::from_dispatch(out);
     Some((out.clone().slice([0..m, 0..d]), out.slice([0..m, d..d + 1]).squeeze_dim(1)))
 }

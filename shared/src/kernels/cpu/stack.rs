@@ -29,7 +29,8 @@ use multiversion::multiversion;
 use multiversion::target::target_cfg_f;
 
 use super::{exp, sigmoid, tanh, weight_norm, weight_norm_backward};
-use crate::decoder::matmul::{Isa, MR, PANEL, PackedMatrix, TileKernels, outer_accumulate};
+use crate::decoder::Precision;
+use crate::decoder::matmul::{Bf16, Isa, MR, Operand, PANEL, PackedMatrix, TileKernels, outer_accumulate};
 use crate::kernels::stack::{LinearParams, Net, StackLayout};
 
 /// Most block rows per tile: a tile's working set (activations of one
@@ -53,13 +54,13 @@ const MAX_GROUPS: usize = 8;
 // ------------------------------------------------------------- Weights --
 
 /// One linear layer of one network, as one half of a coupling uses it.
-struct Layer {
+struct Layer<E: Operand> {
     /// The Swish's `β` over the (kept) inputs.
     beta: Vec<f32>,
     /// `W` (kept rows and columns) and bias, for `operand · W + bias`.
-    forward: PackedMatrix<f32>,
+    forward: PackedMatrix<E>,
     /// `Wᵀ`, for the input gradient `grad · Wᵀ`.
-    backward: PackedMatrix<f32>,
+    backward: PackedMatrix<E>,
     /// The inputs kept (the first layer reads only the conditioning half).
     rows: Option<Vec<usize>>,
     /// The outputs kept (the last layer computes only the updated half).
@@ -72,25 +73,25 @@ struct Layer {
 
 /// One half of a coupling layer: what it reads, what it updates, and its
 /// two networks.
-struct Half {
+struct Half<E: Operand> {
     conditioning: Vec<usize>,
     updated: Vec<usize>,
     /// `1` on the conditioning positions, `0` elsewhere, `[D]`.
     conditioning_mask: Vec<f32>,
     /// Per network (`s`, `t`): layers per residual block.
-    nets: [Vec<Vec<Layer>>; 2],
+    nets: [Vec<Vec<Layer<E>>>; 2],
     /// Per network: the final scale over the updated half, and its range.
     scales: [(Vec<f32>, std::ops::Range<usize>); 2],
 }
 
 /// The stack's weights for one step: normalised, restricted and packed per
 /// half, in the forward order (layer by layer, first half first).
-struct Weights {
+struct Weights<E: Operand> {
     layout: StackLayout,
-    halves: Vec<Half>,
+    halves: Vec<Half<E>>,
 }
 
-impl Weights {
+impl<E: Operand> Weights<E> {
     fn new(layout: StackLayout, params: &[f32]) -> Self {
         assert_eq!(params.len(), layout.num_params(), "stack parameters are not [{}]", layout.num_params());
         let d = layout.dim();
@@ -116,7 +117,7 @@ impl Weights {
         let jobs: Vec<(usize, usize, Net)> = (0..layout.nlayers)
             .flat_map(|i| (0..2).flat_map(move |h| [Net::S, Net::T].map(|net| (i, h, net))))
             .collect();
-        let mut packed = par_map(&jobs, |&(i, h, net)| -> Vec<Vec<Layer>> {
+        let mut packed = par_map(&jobs, |&(i, h, net)| -> Vec<Vec<Layer<E>>> {
             let (conditioning, updated) = sides[h];
             (0..layout.nresblocks)
                 .map(|b| {
@@ -157,7 +158,7 @@ impl Weights {
     }
 }
 
-impl Layer {
+impl<E: Operand> Layer<E> {
     fn new(
         w: &[f32],
         params: &[f32],
@@ -262,10 +263,9 @@ fn hidden_stride(layout: &StackLayout) -> usize {
 // ------------------------------------------------------------ Workspace --
 
 /// Scratch buffers of one task, reused across its tiles.
-#[derive(Default)]
-struct Workspace {
+struct Workspace<E: Operand> {
     gathered: Vec<f32>,
-    operand: Vec<f32>,
+    operand: Vec<E>,
     product: Vec<f32>,
     /// Backward: the gradient of the current block's output, `[R, D]`.
     grad_out: Vec<f32>,
@@ -279,12 +279,38 @@ struct Workspace {
     activation: Vec<f32>,
     /// Backward: a compact weight gradient.
     outer: Vec<f32>,
+    /// Backward, products in bf16: the gradient operand, the Swish's output
+    /// transposed `[K, R]`, and the output gradient packed.
+    grad_product_operand: Vec<E>,
+    activation_t: Vec<E>,
+    packed: PackedMatrix<E>,
     /// Backward: the gradients of the networks' raw outputs, `[R, U]`.
     grad_raw_s: Vec<f32>,
     grad_raw_t: Vec<f32>,
 }
 
 /// `buffer` as `len` zeros.
+impl<E: Operand> Default for Workspace<E> {
+    fn default() -> Self {
+        Self {
+            gathered: Vec::new(),
+            operand: Vec::new(),
+            product: Vec::new(),
+            grad_out: Vec::new(),
+            grad_in: Vec::new(),
+            grad_product: Vec::new(),
+            grad_operand: Vec::new(),
+            activation: Vec::new(),
+            outer: Vec::new(),
+            grad_raw_s: Vec::new(),
+            grad_raw_t: Vec::new(),
+            grad_product_operand: Vec::new(),
+            activation_t: Vec::new(),
+            packed: PackedMatrix::empty(),
+        }
+    }
+}
+
 fn resized(buffer: &mut Vec<f32>, len: usize) -> &mut [f32] {
     buffer.clear();
     buffer.resize(len, 0.0);
@@ -292,8 +318,8 @@ fn resized(buffer: &mut Vec<f32>, len: usize) -> &mut [f32] {
 }
 
 /// `buffer` as `len` values, stale ones kept: for outputs written in full.
-fn sized(buffer: &mut Vec<f32>, len: usize) -> &mut [f32] {
-    buffer.resize(len, 0.0);
+fn sized<T: Copy + Default>(buffer: &mut Vec<T>, len: usize) -> &mut [T] {
+    buffer.resize(len, T::default());
     &mut buffer[..len]
 }
 
@@ -301,14 +327,14 @@ fn sized(buffer: &mut Vec<f32>, len: usize) -> &mut [f32] {
 
 /// Runs the stack forward on one tile: `x: [R, D]` in place, `ldj: [R]`
 /// (summed into), saving what the backward needs into `tape`.
-fn forward_tile(
+fn forward_tile<E: TileKernels>(
     isa: Isa,
-    weights: &Weights,
+    weights: &Weights<E>,
     tape_layout: &TapeLayout,
     x: &mut [f32],
     ldj: &mut [f32],
     tape: &mut [f32],
-    ws: &mut Workspace,
+    ws: &mut Workspace<E>,
 ) {
     let (d, r) = (weights.layout.dim(), tape_layout.rows);
     for (q, half) in weights.halves.iter().enumerate() {
@@ -326,15 +352,15 @@ fn forward_tile(
 /// One network on the tile's conditioning half, its activations into the
 /// tape and its raw output (before the final scale) at `tape[raw]`.
 #[allow(clippy::too_many_arguments)]
-fn net_forward(
+fn net_forward<E: TileKernels>(
     isa: Isa,
     layout: &StackLayout,
-    half: &Half,
+    half: &Half<E>,
     net: Net,
     tape_layout: &TapeLayout,
     x: &[f32],
     tape: &mut [f32],
-    ws: &mut Workspace,
+    ws: &mut Workspace<E>,
 ) {
     let (d, r, hs) = (layout.dim(), tape_layout.rows, hidden_stride(layout));
     let n_idx = net as usize;
@@ -345,21 +371,21 @@ fn net_forward(
             let operand = sized(&mut ws.operand, r * layer.forward.k_stride);
             if l > 0 {
                 let input = &tape[tape_layout.hidden[n_idx][b][l - 1]..][..r * hs];
-                f32::swish(isa, input, hs, &layer.beta, operand, layer.forward.k_stride);
+                E::swish(isa, input, hs, &layer.beta, operand, layer.forward.k_stride);
             } else if b > 0 {
                 let input = &tape[tape_layout.block_inputs[n_idx][b]..][..r * d];
-                f32::swish(isa, input, d, &layer.beta, operand, layer.forward.k_stride);
+                E::swish(isa, input, d, &layer.beta, operand, layer.forward.k_stride);
             } else {
                 let gathered = sized(&mut ws.gathered, r * k);
                 gather_columns(x, d, &half.conditioning, gathered);
-                f32::swish(isa, gathered, k, &layer.beta, operand, layer.forward.k_stride);
+                E::swish(isa, gathered, k, &layer.beta, operand, layer.forward.k_stride);
             }
             if l < layout.nmlp {
                 let out = &mut tape[tape_layout.hidden[n_idx][b][l]..][..r * hs];
-                f32::matmul(isa, operand, &layer.forward, r, out);
+                E::matmul(isa, operand, &layer.forward, r, out);
             } else {
                 let out = sized(&mut ws.product, r * layer.forward.n_stride);
-                f32::matmul(isa, operand, &layer.forward, r, out);
+                E::matmul(isa, operand, &layer.forward, r, out);
             }
         }
         let n_stride = layers[layout.nmlp].forward.n_stride;
@@ -466,15 +492,15 @@ fn affine_forward(
 /// parameter gradients are summed into `grads` (with each weight's
 /// gradient in its `v` slot: the weight norm's backward comes later).
 #[allow(clippy::too_many_arguments)]
-fn backward_tile(
+fn backward_tile<E: TileKernels>(
     isa: Isa,
-    weights: &Weights,
+    weights: &Weights<E>,
     tape_layout: &TapeLayout,
     grad_x: &mut [f32],
     grad_ldj: &[f32],
     tape: &[f32],
     grads: &mut [f32],
-    ws: &mut Workspace,
+    ws: &mut Workspace<E>,
 ) {
     let (d, r) = (weights.layout.dim(), tape_layout.rows);
     for (q, half) in weights.halves.iter().enumerate().rev() {
@@ -551,17 +577,17 @@ fn affine_backward(
 /// of its raw output; adds the gradient of its input (the conditioning
 /// half of the state) into `grad_x` and its parameters' into `grads`.
 #[allow(clippy::too_many_arguments)]
-fn net_backward(
+fn net_backward<E: TileKernels>(
     isa: Isa,
     layout: &StackLayout,
-    half: &Half,
+    half: &Half<E>,
     net: Net,
     tape_layout: &TapeLayout,
     tape: &[f32],
     grad_raw: &[f32],
     grad_x: &mut [f32],
     grads: &mut [f32],
-    ws: &mut Workspace,
+    ws: &mut Workspace<E>,
 ) {
     let (d, r, hs) = (layout.dim(), tape_layout.rows, hidden_stride(layout));
     let n_idx = net as usize;
@@ -596,7 +622,8 @@ fn net_backward(
             add_column_sums(&ws.grad_product, n, layer.cols.as_deref(), &mut grads[layer.params.bias.clone()]);
             // grad_operand = grad_product · Wᵀ: [R, K] at the stride `k_out`.
             let k_out = layer.backward.n_stride;
-            f32::matmul(isa, &ws.grad_product, &layer.backward, r, sized(&mut ws.grad_operand, r * k_out));
+            let operand = E::operand_rows(&ws.grad_product, n, layer.backward.k_stride, &mut ws.grad_product_operand);
+            E::matmul(isa, operand, &layer.backward, r, sized(&mut ws.grad_operand, r * k_out));
             // The layer's input u (before the Swish).
             let (input, stride): (&[f32], usize) = if l > 0 {
                 (&tape[tape_layout.hidden[n_idx][b][l - 1]..][..r * hs], hs)
@@ -701,17 +728,46 @@ fn swish_backward_rows(
 /// (the kept rows and columns of a `[in, out]` weight gradient), with the
 /// tile's rows as the product's inner dimension. `[k, n, r]` are the kept
 /// inputs, kept outputs and tile rows.
-fn add_weight_grad(isa: Isa, ws: &mut Workspace, [k, n, r]: [usize; 3], layer: &Layer, grad_w: &mut [f32]) {
-    let a = (&ws.activation[..], k);
-    let b = (&ws.grad_product[..], n);
-    if layer.rows.is_none() && layer.cols.is_none() {
-        outer_accumulate(isa, a, b, [r, k, n], (grad_w, layer.out));
+fn add_weight_grad<E: TileKernels>(
+    isa: Isa,
+    ws: &mut Workspace<E>,
+    [k, n, r]: [usize; 3],
+    layer: &Layer<E>,
+    grad_w: &mut [f32],
+) {
+    let whole = layer.rows.is_none() && layer.cols.is_none();
+    if E::K_STEP == 1 && whole {
+        // f32: straight from the row-major tiles into the gradient.
+        outer_accumulate(isa, (&ws.activation, k), (&ws.grad_product, n), [r, k, n], (grad_w, layer.out));
         return;
     }
-    // The first and last layers keep some rows or columns: a compact
-    // product, then scattered.
     let compact = resized(&mut ws.outer, k * n);
-    outer_accumulate(isa, a, b, [r, k, n], (compact, n));
+    if E::K_STEP == 1 {
+        outer_accumulate(isa, (&ws.activation, k), (&ws.grad_product, n), [r, k, n], (compact, n));
+    } else {
+        // bf16: `activationᵀ: [K, R]` times the packed `grad_product: [R, N]`
+        // (the rows pair up along the inner dimension).
+        let k_rows = k.div_ceil(MR) * MR;
+        let transposed = sized(&mut ws.activation_t, k_rows * r);
+        transposed[k * r..].fill(E::default());
+        for (row, a) in ws.activation.chunks_exact(k).enumerate() {
+            for (i, &value) in a.iter().enumerate() {
+                transposed[i * r + row] = E::from_f32(value);
+            }
+        }
+        ws.packed.repack(&ws.grad_product, n, None, r, n);
+        let n_stride = ws.packed.n_stride;
+        let product = sized(&mut ws.product, k_rows * n_stride);
+        E::matmul(isa, &ws.activation_t, &ws.packed, k_rows, product);
+        for (compact, product) in ws.outer.chunks_exact_mut(n).zip(ws.product.chunks_exact(n_stride)) {
+            compact.copy_from_slice(&product[..n]);
+        }
+    }
+    if whole {
+        grad_w.iter_mut().zip(&ws.outer).for_each(|(g, o)| *g += o);
+        return;
+    }
+    // The first and last layers keep some rows or columns: scattered.
     for (i, row) in ws.outer.chunks_exact(n).enumerate() {
         let at = layer.rows.as_ref().map_or(i, |rows| rows[i]) * layer.out;
         scatter_add(row, layer.cols.as_deref(), &mut grad_w[at..at + layer.out]);
@@ -753,19 +809,38 @@ pub fn recycle_tape(tape: Vec<f32>) {
 /// The stack's forward on `x: [M, D]` with `params: [P]`: the output
 /// `[M, D + 1]` (each row's new state, then its log-determinant) and, when
 /// `save` is set, the tape its [`backward`] needs.
-pub fn forward(layout: &StackLayout, params: &[f32], x: &[f32], save: bool) -> (Vec<f32>, Vec<f32>) {
+pub fn forward(
+    layout: &StackLayout,
+    params: &[f32],
+    x: &[f32],
+    save: bool,
+    precision: Precision,
+) -> (Vec<f32>, Vec<f32>) {
+    match ran(precision) {
+        Precision::F32 => forward_with::<f32>(layout, params, x, save),
+        Precision::Bf16 => forward_with::<Bf16>(layout, params, x, save),
+    }
+}
+
+/// The precision the products run in: bf16 only where the CPU multiplies
+/// it natively (elsewhere it would only be slower than f32).
+pub fn ran(precision: Precision) -> Precision {
+    if Isa::detect().native_bf16() { precision } else { Precision::F32 }
+}
+
+fn forward_with<E: TileKernels>(layout: &StackLayout, params: &[f32], x: &[f32], save: bool) -> (Vec<f32>, Vec<f32>) {
     let d = layout.dim();
     assert_eq!(x.len() % d, 0, "blocks are not [M, {d}]");
     let m = x.len() / d;
     let tile_rows = tile_rows(m);
-    let weights = Weights::new(*layout, params);
+    let weights = Weights::<E>::new(*layout, params);
     let tape_layout = TapeLayout::new(layout, tile_rows);
     let tile_tape = tape_layout.tile_len(weights.halves.len());
     let tiles = m.div_ceil(tile_rows);
     let isa = Isa::detect();
     let mut out = vec![0.0f32; m * (d + 1)];
     let mut tape = if save { spare_tape(tiles * tile_tape) } else { Vec::new() };
-    let run = |ws: &mut (Workspace, Vec<f32>), (tile, (out, tape)): (usize, (&mut [f32], Option<&mut [f32]>))| {
+    let run = |ws: &mut (Workspace<E>, Vec<f32>), (tile, (out, tape)): (usize, (&mut [f32], Option<&mut [f32]>))| {
         let (ws, scratch_tape) = ws;
         let first = tile * tile_rows;
         let rows = (m - first).min(tile_rows);
@@ -815,12 +890,30 @@ pub fn forward(layout: &StackLayout, params: &[f32], x: &[f32], save: bool) -> (
 
 /// The backward of [`forward`] given the gradient of its output, `grad:
 /// [M, D + 1]`: the gradients of `x` (`[M, D]`) and of `params` (`[P]`).
-pub fn backward(layout: &StackLayout, params: &[f32], tape: &[f32], grad: &[f32]) -> (Vec<f32>, Vec<f32>) {
+pub fn backward(
+    layout: &StackLayout,
+    params: &[f32],
+    tape: &[f32],
+    grad: &[f32],
+    precision: Precision,
+) -> (Vec<f32>, Vec<f32>) {
+    match ran(precision) {
+        Precision::F32 => backward_with::<f32>(layout, params, tape, grad),
+        Precision::Bf16 => backward_with::<Bf16>(layout, params, tape, grad),
+    }
+}
+
+fn backward_with<E: TileKernels>(
+    layout: &StackLayout,
+    params: &[f32],
+    tape: &[f32],
+    grad: &[f32],
+) -> (Vec<f32>, Vec<f32>) {
     let d = layout.dim();
     assert_eq!(grad.len() % (d + 1), 0, "output gradient is not [M, {}]", d + 1);
     let m = grad.len() / (d + 1);
     let tile_rows = tile_rows(m);
-    let weights = Weights::new(*layout, params);
+    let weights = Weights::<E>::new(*layout, params);
     let tape_layout = TapeLayout::new(layout, tile_rows);
     let tile_tape = tape_layout.tile_len(weights.halves.len());
     let tiles = m.div_ceil(tile_rows);
@@ -831,7 +924,7 @@ pub fn backward(layout: &StackLayout, params: &[f32], tape: &[f32], grad: &[f32]
     let group_rows = tiles_per_group * tile_rows;
     let p = layout.num_params();
     let mut grad_x = vec![0.0f32; m * d];
-    let run = |ws: &mut Workspace, (group, grad_x): (usize, &mut [f32])| -> Vec<f32> {
+    let run = |ws: &mut Workspace<E>, (group, grad_x): (usize, &mut [f32])| -> Vec<f32> {
         let mut grads = vec![0.0f32; p];
         let mut state = vec![0.0f32; tile_rows * d];
         let mut grad_ldj = vec![0.0f32; tile_rows];
@@ -854,11 +947,11 @@ pub fn backward(layout: &StackLayout, params: &[f32], tape: &[f32], grad: &[f32]
     #[cfg(feature = "parallel")]
     let partials: Vec<Vec<f32>> = {
         use rayon::prelude::*;
-        grad_x.par_chunks_mut(group_rows * d).enumerate().map_init(Workspace::default, run).collect()
+        grad_x.par_chunks_mut(group_rows * d).enumerate().map_init(Workspace::<E>::default, run).collect()
     };
     #[cfg(not(feature = "parallel"))]
     let partials: Vec<Vec<f32>> = {
-        let mut ws = Workspace::default();
+        let mut ws = Workspace::<E>::default();
         grad_x.chunks_mut(group_rows * d).enumerate().map(|item| run(&mut ws, item)).collect()
     };
     let mut grads = vec![0.0f32; p];
