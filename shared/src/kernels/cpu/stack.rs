@@ -341,7 +341,7 @@ fn forward_tile<E: TileKernels>(
         let tape = &mut tape[q * tape_layout.half..(q + 1) * tape_layout.half];
         tape[..r * d].copy_from_slice(x);
         for net in [Net::S, Net::T] {
-            net_forward(isa, &weights.layout, half, net, tape_layout, x, tape, ws);
+            TileNet::new(isa, weights, half, net, tape_layout).forward(x, tape, ws);
         }
         let u = half.updated.len();
         let (raw_s, raw_t) = (&tape[tape_layout.raw[0]..][..r * u], &tape[tape_layout.raw[1]..][..r * u]);
@@ -349,67 +349,82 @@ fn forward_tile<E: TileKernels>(
     }
 }
 
-/// One network on the tile's conditioning half, its activations into the
-/// tape and its raw output (before the final scale) at `tape[raw]`.
-#[allow(clippy::too_many_arguments)]
-fn net_forward<E: TileKernels>(
+/// One s or t network of one half-coupling, as a tile runs it.
+struct TileNet<'a, E: Operand> {
     isa: Isa,
-    layout: &StackLayout,
-    half: &Half<E>,
-    net: Net,
-    tape_layout: &TapeLayout,
-    x: &[f32],
-    tape: &mut [f32],
-    ws: &mut Workspace<E>,
-) {
-    let (d, r, hs) = (layout.dim(), tape_layout.rows, hidden_stride(layout));
-    let n_idx = net as usize;
-    let last_block = layout.nresblocks - 1;
-    for (b, layers) in half.nets[n_idx].iter().enumerate() {
-        for (l, layer) in layers.iter().enumerate() {
-            let (k, _) = layer.kept();
-            let operand = sized(&mut ws.operand, r * layer.forward.k_stride);
-            if l > 0 {
-                let input = &tape[tape_layout.hidden[n_idx][b][l - 1]..][..r * hs];
-                E::swish(isa, input, hs, &layer.beta, operand, layer.forward.k_stride);
-            } else if b > 0 {
-                let input = &tape[tape_layout.block_inputs[n_idx][b]..][..r * d];
-                E::swish(isa, input, d, &layer.beta, operand, layer.forward.k_stride);
-            } else {
-                let gathered = sized(&mut ws.gathered, r * k);
-                gather_columns(x, d, &half.conditioning, gathered);
-                E::swish(isa, gathered, k, &layer.beta, operand, layer.forward.k_stride);
-            }
-            if l < layout.nmlp {
-                let out = &mut tape[tape_layout.hidden[n_idx][b][l]..][..r * hs];
-                E::matmul(isa, operand, &layer.forward, r, out);
-            } else {
-                let out = sized(&mut ws.product, r * layer.forward.n_stride);
-                E::matmul(isa, operand, &layer.forward, r, out);
-            }
-        }
-        let n_stride = layers[layout.nmlp].forward.n_stride;
-        // The residual sum; block 0's input is the masked state.
-        if b == last_block {
-            let raw = tape_layout.raw[n_idx];
-            let (before, after) = tape.split_at_mut(raw);
-            let out = &mut after[..r * half.updated.len()];
-            if b == 0 {
-                // Block 0's input is zero on the updated half.
-                residual_columns(None, d, &half.updated, &ws.product, n_stride, out);
-            } else {
-                let input = &before[tape_layout.block_inputs[n_idx][b]..][..r * d];
-                residual_columns(Some(input), d, &half.updated, &ws.product, n_stride, out);
-            }
+    layout: &'a StackLayout,
+    half: &'a Half<E>,
+    /// `Net::S` or `Net::T` as an index.
+    net: usize,
+    tape: &'a TapeLayout,
+}
+
+impl<E: TileKernels> TileNet<'_, E> {
+    fn new<'a>(isa: Isa, weights: &'a Weights<E>, half: &'a Half<E>, net: Net, tape: &'a TapeLayout) -> TileNet<'a, E> {
+        TileNet { isa, layout: &weights.layout, half, net: net as usize, tape }
+    }
+
+    /// Linear layer `l` of block `b`'s input before its Swish, and that
+    /// input's row stride: a hidden pre-activation or a block's input from
+    /// the tape, or for block 0 the conditioning half of the state `x`,
+    /// gathered (its `k` columns) into `gathered`.
+    fn input<'t>(
+        &self,
+        tape: &'t [f32],
+        x: &[f32],
+        [b, l, k]: [usize; 3],
+        gathered: &'t mut Vec<f32>,
+    ) -> (&'t [f32], usize) {
+        let (d, r, hs) = (self.layout.dim(), self.tape.rows, hidden_stride(self.layout));
+        if l > 0 {
+            (&tape[self.tape.hidden[self.net][b][l - 1]..][..r * hs], hs)
+        } else if b > 0 {
+            (&tape[self.tape.block_inputs[self.net][b]..][..r * d], d)
         } else {
-            let next = tape_layout.block_inputs[n_idx][b + 1];
-            let (before, after) = tape.split_at_mut(next);
-            let out = &mut after[..r * d];
-            if b == 0 {
-                residual_full(x, Some(&half.conditioning_mask), d, &ws.product, n_stride, out);
+            let gathered = sized(gathered, r * k);
+            gather_columns(x, d, &self.half.conditioning, gathered);
+            (gathered, k)
+        }
+    }
+
+    /// The network on the tile's conditioning half (of `x: [R, D]`), its
+    /// activations into the tape and its raw output (before the final
+    /// scale) at `tape[raw]`.
+    fn forward(&self, x: &[f32], tape: &mut [f32], ws: &mut Workspace<E>) {
+        let (isa, layout, half) = (self.isa, self.layout, self.half);
+        let (d, r, hs) = (layout.dim(), self.tape.rows, hidden_stride(layout));
+        let last_block = layout.nresblocks - 1;
+        for (b, layers) in half.nets[self.net].iter().enumerate() {
+            for (l, layer) in layers.iter().enumerate() {
+                let (k, _) = layer.kept();
+                let operand = sized(&mut ws.operand, r * layer.forward.k_stride);
+                let (input, stride) = self.input(tape, x, [b, l, k], &mut ws.gathered);
+                E::swish(isa, input, stride, &layer.beta, operand, layer.forward.k_stride);
+                if l < layout.nmlp {
+                    let out = &mut tape[self.tape.hidden[self.net][b][l]..][..r * hs];
+                    E::matmul(isa, operand, &layer.forward, r, out);
+                } else {
+                    let out = sized(&mut ws.product, r * layer.forward.n_stride);
+                    E::matmul(isa, operand, &layer.forward, r, out);
+                }
+            }
+            let n_stride = layers[layout.nmlp].forward.n_stride;
+            // The residual sum; block 0's input is the masked state.
+            let input_at = self.tape.block_inputs[self.net][b];
+            if b == last_block {
+                let (before, after) = tape.split_at_mut(self.tape.raw[self.net]);
+                let out = &mut after[..r * half.updated.len()];
+                // Block 0's input is zero on the updated half.
+                let input = (b > 0).then(|| &before[input_at..][..r * d]);
+                residual_columns(input, d, &half.updated, &ws.product, n_stride, out);
             } else {
-                let input = &before[tape_layout.block_inputs[n_idx][b]..][..r * d];
-                residual_full(input, None, d, &ws.product, n_stride, out);
+                let (before, after) = tape.split_at_mut(self.tape.block_inputs[self.net][b + 1]);
+                let out = &mut after[..r * d];
+                if b == 0 {
+                    residual_full(x, Some(&half.conditioning_mask), d, &ws.product, n_stride, out);
+                } else {
+                    residual_full(&before[input_at..][..r * d], None, d, &ws.product, n_stride, out);
+                }
             }
         }
     }
@@ -530,8 +545,8 @@ fn backward_tile<E: TileKernels>(
             grads[s_range.start + c] += scale_grads[j];
             grads[t_range.start + c] += scale_grads[u + j];
         }
-        net_backward(isa, &weights.layout, half, Net::S, tape_layout, tape, &grad_raw_s, grad_x, grads, ws);
-        net_backward(isa, &weights.layout, half, Net::T, tape_layout, tape, &grad_raw_t, grad_x, grads, ws);
+        TileNet::new(isa, weights, half, Net::S, tape_layout).backward(tape, &grad_raw_s, grad_x, grads, ws);
+        TileNet::new(isa, weights, half, Net::T, tape_layout).backward(tape, &grad_raw_t, grad_x, grads, ws);
         ws.grad_raw_s = grad_raw_s;
         ws.grad_raw_t = grad_raw_t;
     }
@@ -576,103 +591,87 @@ fn affine_backward(
 /// One network's backward on the tile: `grad_raw: [R, U]` is the gradient
 /// of its raw output; adds the gradient of its input (the conditioning
 /// half of the state) into `grad_x` and its parameters' into `grads`.
-#[allow(clippy::too_many_arguments)]
-fn net_backward<E: TileKernels>(
-    isa: Isa,
-    layout: &StackLayout,
-    half: &Half<E>,
-    net: Net,
-    tape_layout: &TapeLayout,
-    tape: &[f32],
-    grad_raw: &[f32],
-    grad_x: &mut [f32],
-    grads: &mut [f32],
-    ws: &mut Workspace<E>,
-) {
-    let (d, r, hs) = (layout.dim(), tape_layout.rows, hidden_stride(layout));
-    let n_idx = net as usize;
-    let last_block = layout.nresblocks - 1;
-    let x = &tape[..r * d];
-    let u = half.updated.len();
-    // The gradient of the last block's output: only its updated half.
-    let mut grad_out = std::mem::take(&mut ws.grad_out);
-    resized(&mut grad_out, r * d);
-    for (grad_out, grad_raw) in grad_out.chunks_exact_mut(d).zip(grad_raw.chunks_exact(u)) {
-        for (&c, &g) in half.updated.iter().zip(grad_raw) {
-            grad_out[c] = g;
+impl<E: TileKernels> TileNet<'_, E> {
+    fn backward(&self, tape: &[f32], grad_raw: &[f32], grad_x: &mut [f32], grads: &mut [f32], ws: &mut Workspace<E>) {
+        let (isa, layout, half) = (self.isa, self.layout, self.half);
+        let (d, r) = (layout.dim(), self.tape.rows);
+        let last_block = layout.nresblocks - 1;
+        let x = &tape[..r * d];
+        let u = half.updated.len();
+        // The gradient of the last block's output: only its updated half.
+        let mut grad_out = std::mem::take(&mut ws.grad_out);
+        resized(&mut grad_out, r * d);
+        for (grad_out, grad_raw) in grad_out.chunks_exact_mut(d).zip(grad_raw.chunks_exact(u)) {
+            for (&c, &g) in half.updated.iter().zip(grad_raw) {
+                grad_out[c] = g;
+            }
         }
-    }
-    let mut grad_in = std::mem::take(&mut ws.grad_in);
-    for b in (0..=last_block).rev() {
-        let layers = &half.nets[n_idx][b];
-        // (input + h + bias) / √2: both terms get grad / √2.
-        grad_out.iter_mut().for_each(|g| *g *= FRAC_1_SQRT_2);
-        let last = &layers[layout.nmlp];
-        let (_, n) = last.kept();
-        let grad_product = sized(&mut ws.grad_product, r * n);
-        match &last.cols {
-            Some(cols) => gather_columns(&grad_out, d, cols, grad_product),
-            None => grad_product.copy_from_slice(&grad_out),
-        }
-        // The block's input gets the skip connection's share now.
-        sized(&mut grad_in, r * d).copy_from_slice(&grad_out);
-        for l in (0..layers.len()).rev() {
-            let layer = &layers[l];
-            let (k, n) = layer.kept();
-            add_column_sums(&ws.grad_product, n, layer.cols.as_deref(), &mut grads[layer.params.bias.clone()]);
-            // grad_operand = grad_product · Wᵀ: [R, K] at the stride `k_out`.
-            let k_out = layer.backward.n_stride;
-            let operand = E::operand_rows(&ws.grad_product, n, layer.backward.k_stride, &mut ws.grad_product_operand);
-            E::matmul(isa, operand, &layer.backward, r, sized(&mut ws.grad_operand, r * k_out));
-            // The layer's input u (before the Swish).
-            let (input, stride): (&[f32], usize) = if l > 0 {
-                (&tape[tape_layout.hidden[n_idx][b][l - 1]..][..r * hs], hs)
-            } else if b > 0 {
-                (&tape[tape_layout.block_inputs[n_idx][b]..][..r * d], d)
-            } else {
-                gather_columns(x, d, &half.conditioning, sized(&mut ws.gathered, r * k));
-                (&ws.gathered[..], k)
-            };
-            // The Swish's output (for the weight gradient), and its backward:
-            // `grad_operand` becomes the gradient of u.
-            let mut grad_beta = vec![0.0f32; k];
-            swish_backward_rows(
-                input,
-                stride,
-                &layer.beta,
-                &mut ws.grad_operand,
-                k_out,
-                sized(&mut ws.activation, r * k),
-                &mut grad_beta,
-            );
-            scatter_add(&grad_beta, layer.rows.as_deref(), &mut grads[layer.params.beta.clone()]);
-            // grad W += activationᵀ · grad_product.
-            add_weight_grad(isa, ws, [k, n, r], layer, &mut grads[layer.params.v.clone()]);
-            if l > 0 {
-                // The previous layer's output gradient (its bias is in u).
-                let next = sized(&mut ws.grad_product, r * k);
-                for (dst, src) in next.chunks_exact_mut(k).zip(ws.grad_operand.chunks_exact(k_out)) {
-                    dst.copy_from_slice(&src[..k]);
-                }
-            } else if b > 0 {
-                for (dst, src) in grad_in.chunks_exact_mut(d).zip(ws.grad_operand.chunks_exact(k_out)) {
-                    dst.iter_mut().zip(&src[..d]).for_each(|(g, s)| *g += s);
-                }
-            } else {
-                // Block 0 reads the state through the conditioning mask.
-                for ((gx, gi), src) in
-                    grad_x.chunks_exact_mut(d).zip(grad_in.chunks_exact(d)).zip(ws.grad_operand.chunks_exact(k_out))
-                {
-                    for (j, &c) in half.conditioning.iter().enumerate() {
-                        gx[c] += gi[c] + src[j];
+        let mut grad_in = std::mem::take(&mut ws.grad_in);
+        for b in (0..=last_block).rev() {
+            let layers = &half.nets[self.net][b];
+            // (input + h + bias) / √2: both terms get grad / √2.
+            grad_out.iter_mut().for_each(|g| *g *= FRAC_1_SQRT_2);
+            let last = &layers[layout.nmlp];
+            let (_, n) = last.kept();
+            let grad_product = sized(&mut ws.grad_product, r * n);
+            match &last.cols {
+                Some(cols) => gather_columns(&grad_out, d, cols, grad_product),
+                None => grad_product.copy_from_slice(&grad_out),
+            }
+            // The block's input gets the skip connection's share now.
+            sized(&mut grad_in, r * d).copy_from_slice(&grad_out);
+            for l in (0..layers.len()).rev() {
+                let layer = &layers[l];
+                let (k, n) = layer.kept();
+                add_column_sums(&ws.grad_product, n, layer.cols.as_deref(), &mut grads[layer.params.bias.clone()]);
+                // grad_operand = grad_product · Wᵀ: [R, K] at the stride `k_out`.
+                let k_out = layer.backward.n_stride;
+                let operand =
+                    E::operand_rows(&ws.grad_product, n, layer.backward.k_stride, &mut ws.grad_product_operand);
+                E::matmul(isa, operand, &layer.backward, r, sized(&mut ws.grad_operand, r * k_out));
+                // The layer's input u (before the Swish).
+                let (input, stride) = self.input(tape, x, [b, l, k], &mut ws.gathered);
+                // The Swish's output (for the weight gradient), and its backward:
+                // `grad_operand` becomes the gradient of u.
+                let mut grad_beta = vec![0.0f32; k];
+                swish_backward_rows(
+                    input,
+                    stride,
+                    &layer.beta,
+                    &mut ws.grad_operand,
+                    k_out,
+                    sized(&mut ws.activation, r * k),
+                    &mut grad_beta,
+                );
+                scatter_add(&grad_beta, layer.rows.as_deref(), &mut grads[layer.params.beta.clone()]);
+                // grad W += activationᵀ · grad_product.
+                add_weight_grad(isa, ws, [k, n, r], layer, &mut grads[layer.params.v.clone()]);
+                if l > 0 {
+                    // The previous layer's output gradient (its bias is in u).
+                    let next = sized(&mut ws.grad_product, r * k);
+                    for (dst, src) in next.chunks_exact_mut(k).zip(ws.grad_operand.chunks_exact(k_out)) {
+                        dst.copy_from_slice(&src[..k]);
+                    }
+                } else if b > 0 {
+                    for (dst, src) in grad_in.chunks_exact_mut(d).zip(ws.grad_operand.chunks_exact(k_out)) {
+                        dst.iter_mut().zip(&src[..d]).for_each(|(g, s)| *g += s);
+                    }
+                } else {
+                    // Block 0 reads the state through the conditioning mask.
+                    for ((gx, gi), src) in
+                        grad_x.chunks_exact_mut(d).zip(grad_in.chunks_exact(d)).zip(ws.grad_operand.chunks_exact(k_out))
+                    {
+                        for (j, &c) in half.conditioning.iter().enumerate() {
+                            gx[c] += gi[c] + src[j];
+                        }
                     }
                 }
             }
+            std::mem::swap(&mut grad_out, &mut grad_in);
         }
-        std::mem::swap(&mut grad_out, &mut grad_in);
+        ws.grad_out = grad_out;
+        ws.grad_in = grad_in;
     }
-    ws.grad_out = grad_out;
-    ws.grad_in = grad_in;
 }
 
 /// `sums[cols[j]] += Σ_r grad[r, j]` over a compact `[R, N]` (all columns
