@@ -263,6 +263,55 @@ pub fn outer_accumulate(
     portable_outer((a, a_stride), (b, b_stride), (rows, 0..k, n), (c, c_stride));
 }
 
+/// [`outer_accumulate`] with the operands rounded to bf16 and multiplied
+/// by `vdpbf16ps` (f32 accumulation), two rows of the tile per step: both
+/// tiles are first interleaved by row pairs into `pairs` (`[rows/2, k, 2]`
+/// and `[rows/2, n, 2]`). Needs AVX512-BF16 ([`Isa::native_bf16`]); rows of
+/// `c` past the last multiple of [`MR`] are summed in f32.
+pub fn outer_accumulate_bf16(
+    isa: Isa,
+    (a, k): (&[f32], usize),
+    (b, n): (&[f32], usize),
+    rows: usize,
+    (c, c_stride): (&mut [f32], usize),
+    pairs: &mut (Vec<Bf16>, Vec<Bf16>),
+) {
+    assert!(isa.native_bf16(), "bf16 outer products need AVX512-BF16");
+    assert!(a.len() >= rows * k && b.len() >= rows * n && c_stride >= n, "outer_accumulate_bf16: shapes");
+    assert!(k == 0 || c.len() >= (k - 1) * c_stride + n, "outer_accumulate_bf16: output shorter than [{k}, {n}]");
+    let interleave = |src: &[f32], width: usize, out: &mut Vec<Bf16>| {
+        let pairs = rows.div_ceil(2);
+        out.resize(pairs * width * 2, Bf16::default());
+        for (p, dst) in out.chunks_exact_mut(width * 2).take(pairs).enumerate() {
+            let first = &src[2 * p * width..][..width];
+            if 2 * p + 1 < rows {
+                let second = &src[(2 * p + 1) * width..][..width];
+                for ((d, &x0), &x1) in dst.chunks_exact_mut(2).zip(first).zip(second) {
+                    d[0] = Bf16::from_f32(x0);
+                    d[1] = Bf16::from_f32(x1);
+                }
+            } else {
+                // An odd last row pairs with zeros.
+                for (d, &x0) in dst.chunks_exact_mut(2).zip(first) {
+                    d[0] = Bf16::from_f32(x0);
+                    d[1] = Bf16::default();
+                }
+            }
+        }
+    };
+    interleave(a, k, &mut pairs.0);
+    interleave(b, n, &mut pairs.1);
+    let full = k / MR * MR;
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: AVX512-BF16 was detected (asserted above); the pair buffers
+    // hold `rows/2` rounded up pairs of `k` and `n` columns, and `c` holds
+    // rows `0..full` of `n` values at `c_stride` (checked above).
+    unsafe {
+        avx512::outer_bf16(&pairs.0, &pairs.1, [rows.div_ceil(2), full, k, n], (c, c_stride))
+    };
+    portable_outer((a, k), (b, n), (rows, full..k, n), (c, c_stride));
+}
+
 /// [`outer_accumulate`] over the rows `i ∈ range` of `c`, in plain loops.
 #[multiversion::multiversion(targets("x86_64+avx2+fma"))]
 fn portable_outer(
@@ -527,6 +576,62 @@ mod avx512 {
         }
     }
 
+    /// `c[i, j] += Σ_p Σ_lane a[p, i, lane] · b[p, j, lane]` for `i < k`
+    /// (a multiple of [`MR`]), `j < n`, over row pairs `p` interleaved as
+    /// `a: [pairs, a_width, 2]`, `b: [pairs, n, 2]` (bf16): per pair, 8
+    /// broadcast pairs of `a` and two (masked) vectors of 16 column pairs
+    /// of `b` feed 16 `vdpbf16ps` accumulators.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub(super) unsafe fn outer_bf16(
+        a: &[Bf16],
+        b: &[Bf16],
+        [pairs, k, a_width, n]: [usize; 4],
+        (c, c_stride): (&mut [f32], usize),
+    ) {
+        for j0 in (0..n).step_by(PANEL) {
+            let cols = (n - j0).min(PANEL);
+            let m0: __mmask16 = if cols >= 16 { 0xFFFF } else { (1u16 << cols) - 1 };
+            let m1: __mmask16 = if cols >= 32 {
+                0xFFFF
+            } else if cols > 16 {
+                (1u16 << (cols - 16)) - 1
+            } else {
+                0
+            };
+            for i0 in (0..k).step_by(MR) {
+                // SAFETY (whole block): the caller's buffers hold `pairs`
+                // pairs of `a_width` and `n` columns (two bf16 = one 32-bit
+                // lane), and `c` `k` rows of `n` values; masked lanes are not
+                // touched.
+                unsafe {
+                    let zero = _mm512_setzero_ps();
+                    let (mut acc0, mut acc1) = ([zero; MR], [zero; MR]);
+                    let (mut a_pair, mut b_pair) =
+                        (a.as_ptr().wrapping_add(2 * i0).cast::<i32>(), b.as_ptr().wrapping_add(2 * j0).cast::<i32>());
+                    for _ in 0..pairs {
+                        let b0 = _mm512_castsi512_bh(_mm512_maskz_loadu_epi32(m0, b_pair));
+                        let b1 = _mm512_castsi512_bh(_mm512_maskz_loadu_epi32(m1, b_pair.wrapping_add(16)));
+                        each_row!(I => {
+                            let x = _mm512_castsi512_bh(_mm512_set1_epi32(std::ptr::read_unaligned(a_pair.wrapping_add(I))));
+                            acc0[I] = _mm512_dpbf16_ps(acc0[I], x, b0);
+                            acc1[I] = _mm512_dpbf16_ps(acc1[I], x, b1);
+                        });
+                        a_pair = a_pair.wrapping_add(a_width);
+                        b_pair = b_pair.wrapping_add(n);
+                    }
+                    let c_tile = c.as_mut_ptr().wrapping_add(i0 * c_stride + j0);
+                    each_row!(I => {
+                        let at = c_tile.wrapping_add(I * c_stride);
+                        let c0 = _mm512_maskz_loadu_ps(m0, at);
+                        _mm512_mask_storeu_ps(at, m0, _mm512_add_ps(c0, acc0[I]));
+                        let c1 = _mm512_maskz_loadu_ps(m1, at.wrapping_add(16));
+                        _mm512_mask_storeu_ps(at.wrapping_add(16), m1, _mm512_add_ps(c1, acc1[I]));
+                    });
+                }
+            }
+        }
+    }
+
     /// Reinterprets 32 bf16 values (no conversion).
     #[inline(always)]
     fn _mm512_castsi512_bh(v: __m512i) -> __m512bh {
@@ -612,6 +717,43 @@ mod tests {
                         };
                         assert!((f64::from(c[at]) - want).abs() < 1e-4 * (1.0 + want.abs()), "{isa:?} [{i}, {j}]");
                     }
+                }
+            }
+        }
+    }
+
+    /// The bf16 weight-gradient product against f64 sums of the rounded
+    /// operands (odd rows, column and row tails).
+    #[test]
+    fn bf16_outer_products_match_f64_sums_of_the_rounded_operands() {
+        if !Isa::detect().native_bf16() {
+            return;
+        }
+        let round = |x: f32| f64::from(Bf16::from_f32(x).to_f32());
+        for (rows, k, n) in [(64, 128, 128), (63, 24, 48), (16, 13, 7), (8, 40, 33)] {
+            let (a, b) = (values(rows * k, 1), values(rows * n, 2));
+            let c_stride = n + 5;
+            let start = values(k * c_stride, 3);
+            let mut c = start.clone();
+            let mut pairs = (Vec::new(), Vec::new());
+            outer_accumulate_bf16(Isa::detect(), (&a, k), (&b, n), rows, (&mut c, c_stride), &mut pairs);
+            for i in 0..k {
+                for j in 0..c_stride {
+                    let at = i * c_stride + j;
+                    let exact = |r: usize| f64::from(a[r * k + i]) * f64::from(b[r * n + j]);
+                    let rounded = |r: usize| round(a[r * k + i]) * round(b[r * n + j]);
+                    let want = f64::from(start[at])
+                        + if j >= n {
+                            0.0
+                        } else if i < k / MR * MR {
+                            (0..rows).map(rounded).sum::<f64>()
+                        } else {
+                            (0..rows).map(exact).sum::<f64>()
+                        };
+                    assert!(
+                        (f64::from(c[at]) - want).abs() < 1e-4 * (1.0 + want.abs()),
+                        "[{i}, {j}] of {rows}x{k}x{n}"
+                    );
                 }
             }
         }

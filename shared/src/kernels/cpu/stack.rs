@@ -30,7 +30,9 @@ use multiversion::target::target_cfg_f;
 
 use super::{exp, sigmoid, tanh, weight_norm, weight_norm_backward};
 use crate::decoder::Precision;
-use crate::decoder::matmul::{Bf16, Isa, MR, Operand, PANEL, PackedMatrix, TileKernels, outer_accumulate};
+use crate::decoder::matmul::{
+    Bf16, Isa, MR, Operand, PANEL, PackedMatrix, TileKernels, outer_accumulate, outer_accumulate_bf16,
+};
 use crate::kernels::stack::{LinearParams, Net, StackLayout};
 
 /// Most block rows per tile: a tile's working set (activations of one
@@ -279,11 +281,10 @@ struct Workspace<E: Operand> {
     activation: Vec<f32>,
     /// Backward: a compact weight gradient.
     outer: Vec<f32>,
-    /// Backward, products in bf16: the gradient operand, the Swish's output
-    /// transposed `[K, R]`, and the output gradient packed.
+    /// Backward, products in bf16: the gradient operand, and both tiles of
+    /// a weight-gradient product interleaved by row pairs.
     grad_product_operand: Vec<E>,
-    activation_t: Vec<E>,
-    packed: PackedMatrix<E>,
+    pairs: (Vec<Bf16>, Vec<Bf16>),
     /// Backward: the gradients of the networks' raw outputs, `[R, U]`.
     grad_raw_s: Vec<f32>,
     grad_raw_t: Vec<f32>,
@@ -305,8 +306,7 @@ impl<E: Operand> Default for Workspace<E> {
             grad_raw_s: Vec::new(),
             grad_raw_t: Vec::new(),
             grad_product_operand: Vec::new(),
-            activation_t: Vec::new(),
-            packed: PackedMatrix::empty(),
+            pairs: (Vec::new(), Vec::new()),
         }
     }
 }
@@ -734,38 +734,22 @@ fn add_weight_grad<E: TileKernels>(
     layer: &Layer<E>,
     grad_w: &mut [f32],
 ) {
-    let whole = layer.rows.is_none() && layer.cols.is_none();
-    if E::K_STEP == 1 && whole {
-        // f32: straight from the row-major tiles into the gradient.
-        outer_accumulate(isa, (&ws.activation, k), (&ws.grad_product, n), [r, k, n], (grad_w, layer.out));
+    let (a, b) = ((&ws.activation[..], k), (&ws.grad_product[..], n));
+    let pairs = &mut ws.pairs;
+    let mut product = |c: &mut [f32], c_stride: usize| {
+        if E::K_STEP == 1 {
+            outer_accumulate(isa, a, b, [r, k, n], (c, c_stride));
+        } else {
+            // bf16 operands pair up along the inner dimension (the rows).
+            outer_accumulate_bf16(isa, a, b, r, (c, c_stride), pairs);
+        }
+    };
+    if layer.rows.is_none() && layer.cols.is_none() {
+        // Straight from the row-major tiles into the gradient.
+        product(grad_w, layer.out);
         return;
     }
-    let compact = resized(&mut ws.outer, k * n);
-    if E::K_STEP == 1 {
-        outer_accumulate(isa, (&ws.activation, k), (&ws.grad_product, n), [r, k, n], (compact, n));
-    } else {
-        // bf16: `activationᵀ: [K, R]` times the packed `grad_product: [R, N]`
-        // (the rows pair up along the inner dimension).
-        let k_rows = k.div_ceil(MR) * MR;
-        let transposed = sized(&mut ws.activation_t, k_rows * r);
-        transposed[k * r..].fill(E::default());
-        for (row, a) in ws.activation.chunks_exact(k).enumerate() {
-            for (i, &value) in a.iter().enumerate() {
-                transposed[i * r + row] = E::from_f32(value);
-            }
-        }
-        ws.packed.repack(&ws.grad_product, n, None, r, n);
-        let n_stride = ws.packed.n_stride;
-        let product = sized(&mut ws.product, k_rows * n_stride);
-        E::matmul(isa, &ws.activation_t, &ws.packed, k_rows, product);
-        for (compact, product) in ws.outer.chunks_exact_mut(n).zip(ws.product.chunks_exact(n_stride)) {
-            compact.copy_from_slice(&product[..n]);
-        }
-    }
-    if whole {
-        grad_w.iter_mut().zip(&ws.outer).for_each(|(g, o)| *g += o);
-        return;
-    }
+    product(resized(&mut ws.outer, k * n), n);
     // The first and last layers keep some rows or columns: scattered.
     for (i, row) in ws.outer.chunks_exact(n).enumerate() {
         let at = layer.rows.as_ref().map_or(i, |rows| rows[i]) * layer.out;
