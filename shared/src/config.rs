@@ -117,6 +117,18 @@ impl RgFlowConfig {
         2 * self.levels()
     }
 
+    /// The sizes of sub-layer `k`'s coupling stack (its config).
+    pub fn stack_layout(&self, k: usize) -> crate::kernels::StackLayout {
+        crate::kernels::StackLayout {
+            channels: self.channels,
+            kernel_size: self.kernel_size,
+            nlayers: self.nlayers[k],
+            nresblocks: self.nresblocks[k],
+            nmlp: self.nmlp[k],
+            nhidden: self.nhidden[k],
+        }
+    }
+
     /// Values per RG block, `C·K²`.
     pub fn block_dim(&self) -> usize {
         self.channels * self.kernel_size * self.kernel_size

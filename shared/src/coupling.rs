@@ -51,25 +51,18 @@ pub struct CouplingStack {
 }
 
 impl CouplingStack {
-    /// `nlayers` couplings on blocks of `channels × kernel_size²` values.
-    pub fn new(
-        channels: usize,
-        kernel_size: usize,
-        nlayers: usize,
-        nresblocks: usize,
-        nmlp: usize,
-        nhidden: usize,
-        device: &Device,
-    ) -> Self {
-        let dim = channels * kernel_size * kernel_size;
-        let net = |tanh| MlpResNet::new(nresblocks, dim, nmlp, nhidden, tanh, device);
-        let (left, right) = checkerboard_masks(channels, kernel_size);
+    /// A stack of `layout.nlayers` couplings on blocks of `C·K²` values,
+    /// each network of `layout.nresblocks` blocks of the layout's widths.
+    pub fn new(layout: StackLayout, device: &Device) -> Self {
+        let widths = layout.layer_widths();
+        let net = |tanh| MlpResNet::new(layout.nresblocks, &widths, tanh, device);
+        let (left, right) = checkerboard_masks(layout.channels, layout.kernel_size);
         Self {
-            s_layers: (0..nlayers).map(|_| net(true)).collect(),
-            t_layers: (0..nlayers).map(|_| net(false)).collect(),
+            s_layers: (0..layout.nlayers).map(|_| net(true)).collect(),
+            t_layers: (0..layout.nlayers).map(|_| net(false)).collect(),
             mask_left: Tensor::<1>::from_floats(left.as_slice(), device).unsqueeze(),
             mask_right: Tensor::<1>::from_floats(right.as_slice(), device).unsqueeze(),
-            layout: StackLayout { channels, kernel_size, nlayers, nresblocks, nmlp, nhidden },
+            layout,
             fused: true,
             precision: Precision::F32,
         }

@@ -48,19 +48,7 @@ pub struct RgFlow {
 
 impl RgFlow {
     pub(crate) fn new(config: &RgFlowConfig, device: &Device) -> Self {
-        let layers = (0..config.depth())
-            .map(|k| {
-                CouplingStack::new(
-                    config.channels,
-                    config.kernel_size,
-                    config.nlayers[k],
-                    config.nresblocks[k],
-                    config.nmlp[k],
-                    config.nhidden[k],
-                    device,
-                )
-            })
-            .collect();
+        let layers = (0..config.depth()).map(|k| CouplingStack::new(config.stack_layout(k), device)).collect();
         Self::from_layers(config, layers, device)
     }
 

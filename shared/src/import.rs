@@ -21,7 +21,6 @@ use crate::config::{PriorKind, RgFlowConfig};
 use crate::coupling::{CouplingStack, checkerboard_masks};
 use crate::error::{Error, Result};
 use crate::flow::RgFlow;
-use crate::kernels::StackLayout;
 use crate::nn::{MlpResNet, ResBlock, Scale, Swish, WeightNormLinear};
 
 /// One tensor of a state dict, widened to `f64` (integers are exact up to 2⁵³).
@@ -191,10 +190,8 @@ pub fn load_reference(state: &StateDict, config: &RgFlowConfig, device: &Device)
                 ));
             }
         }
-        let widths: Vec<usize> = std::iter::once(dim)
-            .chain(std::iter::repeat_n(config.nhidden[k], config.nmlp[k]))
-            .chain(std::iter::once(dim))
-            .collect();
+        let layout = config.stack_layout(k);
+        let widths = layout.layer_widths();
         let mut nets = |kind: &str, final_tanh: bool| -> Result<Vec<MlpResNet>> {
             (0..config.nlayers[k])
                 .map(|l| {
@@ -234,14 +231,7 @@ pub fn load_reference(state: &StateDict, config: &RgFlowConfig, device: &Device)
             t_layers,
             mask_left: Tensor::<1>::from_floats(left.as_slice(), device).unsqueeze(),
             mask_right: Tensor::<1>::from_floats(right.as_slice(), device).unsqueeze(),
-            layout: StackLayout {
-                channels: config.channels,
-                kernel_size: config.kernel_size,
-                nlayers: config.nlayers[k],
-                nresblocks: config.nresblocks[k],
-                nmlp: config.nmlp[k],
-                nhidden: config.nhidden[k],
-            },
+            layout,
             fused: true,
             precision: crate::decoder::Precision::F32,
         });

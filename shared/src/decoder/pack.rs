@@ -62,24 +62,20 @@ pub(super) struct PackedStack<E: Operand> {
 
 impl<E: Operand> PackedStack<E> {
     pub fn new(stack: &CouplingStack) -> Self {
-        let left = host(stack.mask_left.clone());
-        let dim = left.len();
-        let positions = |on: bool| (0..dim).filter(|&i| (left[i] == 1.0) == on).collect::<Vec<_>>();
-        let (left, right) = (positions(true), positions(false));
+        let layout = stack.layout();
         let mut halves = Vec::new();
-        // The inverse undoes the forward's (condition on left, update right)
-        // then (condition on right, update left), last layer first.
+        // The inverse undoes the forward's halves in reverse, last layer first.
         for (s_net, t_net) in stack.s_layers.iter().zip(&stack.t_layers).rev() {
-            for (conditioning, updated) in [(&right, &left), (&left, &right)] {
+            for (conditioning, updated) in layout.halves().into_iter().rev() {
                 halves.push(PackedHalf {
-                    conditioning: conditioning.clone(),
-                    updated: updated.clone(),
-                    s: PackedNet::new(s_net, conditioning, updated),
-                    t: PackedNet::new(t_net, conditioning, updated),
+                    s: PackedNet::new(s_net, &conditioning, &updated),
+                    t: PackedNet::new(t_net, &conditioning, &updated),
+                    conditioning,
+                    updated,
                 });
             }
         }
-        Self { dim, halves }
+        Self { dim: layout.dim(), halves }
     }
 }
 

@@ -67,12 +67,17 @@ impl StackLayout {
         self.nmlp + 1
     }
 
+    /// The widths a residual block's activations pass through, `[D, H
+    /// (nmlp times), D]` (the authors' `build_res_block`).
+    pub fn layer_widths(&self) -> Vec<usize> {
+        let d = self.dim();
+        std::iter::once(d).chain(std::iter::repeat_n(self.nhidden, self.nmlp)).chain(std::iter::once(d)).collect()
+    }
+
     /// `(in, out)` widths of linear layer `l` of a residual block.
     pub fn widths(&self, l: usize) -> (usize, usize) {
-        let d = self.dim();
-        let input = if l == 0 { d } else { self.nhidden };
-        let output = if l == self.nmlp { d } else { self.nhidden };
-        (input, output)
+        let widths = self.layer_widths();
+        (widths[l], widths[l + 1])
     }
 
     fn linear_len(&self, l: usize) -> usize {

@@ -64,19 +64,13 @@ pub struct MlpResNet {
 }
 
 impl MlpResNet {
-    /// `num_res_blocks` blocks over `dim → hidden (× nmlp) → dim`.
-    pub fn new(
-        num_res_blocks: usize,
-        dim: usize,
-        nmlp: usize,
-        hidden: usize,
-        final_tanh: bool,
-        device: &Device,
-    ) -> Self {
-        let widths: Vec<usize> =
-            std::iter::once(dim).chain(std::iter::repeat_n(hidden, nmlp)).chain(std::iter::once(dim)).collect();
+    /// `num_res_blocks` blocks over `widths` (`[D, H, …, H, D]`, see
+    /// [`StackLayout::layer_widths`](crate::kernels::StackLayout::layer_widths)).
+    pub fn new(num_res_blocks: usize, widths: &[usize], final_tanh: bool, device: &Device) -> Self {
+        let dim = widths[0];
+        assert!(widths.len() >= 2 && widths.last() == Some(&dim), "a residual block maps [D, …, D], got {widths:?}");
         Self {
-            res_blocks: (0..num_res_blocks).map(|_| ResBlock::new(&widths, device)).collect(),
+            res_blocks: (0..num_res_blocks).map(|_| ResBlock::new(widths, device)).collect(),
             scale: Scale::new(dim, device),
             final_tanh,
         }
