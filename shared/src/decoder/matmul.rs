@@ -250,9 +250,9 @@ pub fn outer_accumulate(
     assert!(a_stride >= k && b_stride >= n && c_stride >= n, "outer_accumulate: strides below widths");
     assert!(rows == 0 || (a.len() >= (rows - 1) * a_stride + k && b.len() >= (rows - 1) * b_stride + n));
     assert!(k == 0 || c.len() >= (k - 1) * c_stride + n, "outer_accumulate: output shorter than [{k}, {n}]");
-    let full = k / MR * MR;
     #[cfg(target_arch = "x86_64")]
     if isa != Isa::Portable {
+        let full = k / MR * MR;
         // SAFETY: AVX-512F was detected (`isa`); the bounds were checked above
         // and the kernel stays inside rows `0..full` of `c`.
         unsafe { avx512::outer_f32((a, a_stride), (b, b_stride), [rows, full, n], (c, c_stride)) };
