@@ -64,9 +64,6 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     if let Some(limit) = args.limit {
         items.truncate(limit);
     }
-    if args.draws == 0 {
-        anyhow::bail!("--draws must be at least 1");
-    }
     let loader = Loader::new(items, c.image_size, c.channels, args.seed, 1);
     let options = EpochOptions { shuffle: false, flip: false, dequantize: false, batch_size: args.batch };
     let mut per_image = Vec::new();
