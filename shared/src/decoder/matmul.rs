@@ -655,7 +655,7 @@ mod tests {
             .into_iter()
             .filter(|&i| i == Isa::Portable || i == Isa::Avx512 && Isa::detect() != Isa::Portable || i == Isa::detect())
             .collect();
-        for (k, n) in [(24, 128), (128, 48), (7, 24), (128, 128), (1, 33)] {
+        for (k, n) in [(24, 128), (128, 48), (7, 24), (128, 128), (1, 33), (300, 40)] {
             let rows = 2 * MR;
             let (w, bias) = (values(k * n, 1), values(n, 2));
             let packed = PackedMatrix::<E>::new(&w, &bias, k, n);
