@@ -523,6 +523,38 @@ mod avx512 {
         }
     }
 
+    /// Lane masks of a panel's two vectors when only its first `cols` (≤
+    /// [`PANEL`]) columns are real.
+    fn panel_masks(cols: usize) -> (__mmask16, __mmask16) {
+        let mask = |n: usize| if n >= 16 { 0xFFFF } else { (1u16 << n) - 1 };
+        (mask(cols), mask(cols.saturating_sub(16)))
+    }
+
+    /// `c[I, ..] += (acc0[I], acc1[I])` for the micro-tile's [`MR`] rows
+    /// from `c_tile`, `c_stride` apart, the columns `masks` select.
+    ///
+    /// # Safety
+    /// `c_tile` must point at [`MR`] rows of the masked columns, writable.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn add_tile(
+        c_tile: *mut f32,
+        c_stride: usize,
+        (m0, m1): (__mmask16, __mmask16),
+        acc0: &[__m512; MR],
+        acc1: &[__m512; MR],
+    ) {
+        // SAFETY: the caller's contract; masked lanes are not touched.
+        unsafe {
+            each_row!(I => {
+                let at = c_tile.wrapping_add(I * c_stride);
+                let c0 = _mm512_maskz_loadu_ps(m0, at);
+                _mm512_mask_storeu_ps(at, m0, _mm512_add_ps(c0, acc0[I]));
+                let c1 = _mm512_maskz_loadu_ps(m1, at.wrapping_add(16));
+                _mm512_mask_storeu_ps(at.wrapping_add(16), m1, _mm512_add_ps(c1, acc1[I]));
+            });
+        }
+    }
+
     /// `c[i, j] += Σ_r a[r, i] · b[r, j]` for `i < k` (a multiple of
     /// [`MR`]), `j < n`: per row `r`, 8 broadcasts from `a` and two (masked
     /// at the last columns) loads from `b` feed 16 accumulators.
@@ -534,15 +566,7 @@ mod avx512 {
         (c, c_stride): (&mut [f32], usize),
     ) {
         for j0 in (0..n).step_by(PANEL) {
-            let cols = (n - j0).min(PANEL);
-            let m0: __mmask16 = if cols >= 16 { 0xFFFF } else { (1u16 << cols) - 1 };
-            let m1: __mmask16 = if cols >= 32 {
-                0xFFFF
-            } else if cols > 16 {
-                (1u16 << (cols - 16)) - 1
-            } else {
-                0
-            };
+            let masks = panel_masks((n - j0).min(PANEL));
             for i0 in (0..k).step_by(MR) {
                 // SAFETY (whole block): `outer_accumulate` checked that `a`
                 // and `b` hold `rows` rows of `k` and `n` values at their
@@ -553,8 +577,8 @@ mod avx512 {
                     let (mut acc0, mut acc1) = ([zero; MR], [zero; MR]);
                     let (mut a_row, mut b_row) = (a.as_ptr().wrapping_add(i0), b.as_ptr().wrapping_add(j0));
                     for _ in 0..rows {
-                        let b0 = _mm512_maskz_loadu_ps(m0, b_row);
-                        let b1 = _mm512_maskz_loadu_ps(m1, b_row.wrapping_add(16));
+                        let b0 = _mm512_maskz_loadu_ps(masks.0, b_row);
+                        let b1 = _mm512_maskz_loadu_ps(masks.1, b_row.wrapping_add(16));
                         each_row!(I => {
                             let x = _mm512_set1_ps(_mm_cvtss_f32(_mm_load_ss(a_row.wrapping_add(I))));
                             acc0[I] = _mm512_fmadd_ps(x, b0, acc0[I]);
@@ -563,14 +587,7 @@ mod avx512 {
                         a_row = a_row.wrapping_add(a_stride);
                         b_row = b_row.wrapping_add(b_stride);
                     }
-                    let c_tile = c.as_mut_ptr().wrapping_add(i0 * c_stride + j0);
-                    each_row!(I => {
-                        let at = c_tile.wrapping_add(I * c_stride);
-                        let c0 = _mm512_maskz_loadu_ps(m0, at);
-                        _mm512_mask_storeu_ps(at, m0, _mm512_add_ps(c0, acc0[I]));
-                        let c1 = _mm512_maskz_loadu_ps(m1, at.wrapping_add(16));
-                        _mm512_mask_storeu_ps(at.wrapping_add(16), m1, _mm512_add_ps(c1, acc1[I]));
-                    });
+                    add_tile(c.as_mut_ptr().wrapping_add(i0 * c_stride + j0), c_stride, masks, &acc0, &acc1);
                 }
             }
         }
@@ -589,15 +606,7 @@ mod avx512 {
         (c, c_stride): (&mut [f32], usize),
     ) {
         for j0 in (0..n).step_by(PANEL) {
-            let cols = (n - j0).min(PANEL);
-            let m0: __mmask16 = if cols >= 16 { 0xFFFF } else { (1u16 << cols) - 1 };
-            let m1: __mmask16 = if cols >= 32 {
-                0xFFFF
-            } else if cols > 16 {
-                (1u16 << (cols - 16)) - 1
-            } else {
-                0
-            };
+            let masks = panel_masks((n - j0).min(PANEL));
             for i0 in (0..k).step_by(MR) {
                 // SAFETY (whole block): the caller's buffers hold `pairs`
                 // pairs of `a_width` and `n` columns (two bf16 = one 32-bit
@@ -609,8 +618,8 @@ mod avx512 {
                     let (mut a_pair, mut b_pair) =
                         (a.as_ptr().wrapping_add(2 * i0).cast::<i32>(), b.as_ptr().wrapping_add(2 * j0).cast::<i32>());
                     for _ in 0..pairs {
-                        let b0 = _mm512_castsi512_bh(_mm512_maskz_loadu_epi32(m0, b_pair));
-                        let b1 = _mm512_castsi512_bh(_mm512_maskz_loadu_epi32(m1, b_pair.wrapping_add(16)));
+                        let b0 = _mm512_castsi512_bh(_mm512_maskz_loadu_epi32(masks.0, b_pair));
+                        let b1 = _mm512_castsi512_bh(_mm512_maskz_loadu_epi32(masks.1, b_pair.wrapping_add(16)));
                         each_row!(I => {
                             let x = _mm512_castsi512_bh(_mm512_set1_epi32(std::ptr::read_unaligned(a_pair.wrapping_add(I))));
                             acc0[I] = _mm512_dpbf16_ps(acc0[I], x, b0);
@@ -619,14 +628,7 @@ mod avx512 {
                         a_pair = a_pair.wrapping_add(a_width);
                         b_pair = b_pair.wrapping_add(n);
                     }
-                    let c_tile = c.as_mut_ptr().wrapping_add(i0 * c_stride + j0);
-                    each_row!(I => {
-                        let at = c_tile.wrapping_add(I * c_stride);
-                        let c0 = _mm512_maskz_loadu_ps(m0, at);
-                        _mm512_mask_storeu_ps(at, m0, _mm512_add_ps(c0, acc0[I]));
-                        let c1 = _mm512_maskz_loadu_ps(m1, at.wrapping_add(16));
-                        _mm512_mask_storeu_ps(at.wrapping_add(16), m1, _mm512_add_ps(c1, acc1[I]));
-                    });
+                    add_tile(c.as_mut_ptr().wrapping_add(i0 * c_stride + j0), c_stride, masks, &acc0, &acc1);
                 }
             }
         }
