@@ -70,14 +70,18 @@ impl StackLayout {
     /// The widths a residual block's activations pass through, `[D, H
     /// (nmlp times), D]` (the authors' `build_res_block`).
     pub fn layer_widths(&self) -> Vec<usize> {
-        let d = self.dim();
-        std::iter::once(d).chain(std::iter::repeat_n(self.nhidden, self.nmlp)).chain(std::iter::once(d)).collect()
+        let mut widths: Vec<usize> = (0..self.linears()).map(|l| self.widths(l).0).collect();
+        widths.push(self.dim());
+        widths
     }
 
-    /// `(in, out)` widths of linear layer `l` of a residual block.
+    /// `(in, out)` widths of linear layer `l` of a residual block (called
+    /// per parameter lookup, so computed without building the list).
     pub fn widths(&self, l: usize) -> (usize, usize) {
-        let widths = self.layer_widths();
-        (widths[l], widths[l + 1])
+        let d = self.dim();
+        let input = if l == 0 { d } else { self.nhidden };
+        let output = if l == self.nmlp { d } else { self.nhidden };
+        (input, output)
     }
 
     fn linear_len(&self, l: usize) -> usize {

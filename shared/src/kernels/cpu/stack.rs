@@ -773,8 +773,8 @@ fn spare_tape(len: usize) -> Vec<f32> {
     match best.map(|(i, _)| i) {
         Some(i) => {
             let mut tape = spares.swap_remove(i);
+            // Shrinks or grows it (within its capacity) to `len`.
             tape.resize(len, 0.0);
-            tape.truncate(len);
             tape
         }
         None => vec![0.0; len],
