@@ -8,6 +8,12 @@ use crate::decoder::Precision;
 use crate::kernels::{self, CouplingParams, StackLayout};
 use crate::nn::MlpResNet;
 
+/// Rows from which the fused stack runs: it packs the weights and sets up
+/// per-thread workspaces on every call, which a local update of a few blocks
+/// (one image, tens of rows) does not amortise — there the composed ops are
+/// 4–6× faster (`trainer bench-local`), while training batches have far more.
+pub const FUSED_MIN_ROWS: usize = 256;
+
 /// Checkerboard masks over a `[C, K, K]` block flattened to `C·K²`:
 /// `left` is 1 where `row + col` is even, `right = 1 - left`.
 pub fn checkerboard_masks(channels: usize, kernel_size: usize) -> (Vec<f32>, Vec<f32>) {
@@ -73,10 +79,11 @@ impl CouplingStack {
     /// `x: [M, C·K²]` (one row per block) `-> (z: [M, C·K²], log|det J|: [M])`.
     ///
     /// On the CPU (burn-flex) the whole stack is one fused op
-    /// ([`kernels::coupling_stack`]); elsewhere it is composed from the
-    /// per-op kernels, with the same values.
+    /// ([`kernels::coupling_stack`]) for at least [`FUSED_MIN_ROWS`] rows;
+    /// otherwise it is composed from the per-op kernels, with the same values.
     pub fn forward(&self, x: Tensor<2>) -> (Tensor<2>, Tensor<1>) {
         if self.fused
+            && x.dims()[0] >= FUSED_MIN_ROWS
             && kernels::has_fused_stack(&x.device())
             && let Some(out) = kernels::coupling_stack(x.clone(), self.flat_params(), self.layout(), self.precision)
         {

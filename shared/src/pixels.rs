@@ -117,7 +117,7 @@ pub fn flip_horizontal(chw: &mut [u8], size: usize) {
 
 /// `[C, L, L]` values in `[0, 1]` to bytes, rounding and clamping.
 pub fn unit_to_u8(values: &[f32]) -> Vec<u8> {
-    values.iter().map(|&v| (v.clamp(0.0, 1.0) * 255.0).round() as u8).collect()
+    values.iter().map(|&v| crate::preprocess::to_level(v) as u8).collect()
 }
 
 /// `[C, L, L]` bytes (C = 1 or 3) to an RGB image (gray is repeated).

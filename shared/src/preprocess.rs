@@ -13,6 +13,17 @@ pub fn dequantize(x01: Tensor<4>) -> Tensor<4> {
     (x01.mul_scalar(255.0) + noise).div_scalar(256.0)
 }
 
+/// [`dequantize`] of one value on the host: the 8-bit level `k` (0–255) with
+/// uniform noise `u ∈ [0, 1)` becomes `(k + u)/256`.
+pub fn dequantize_level(k: f32, u: f32) -> f32 {
+    (k + u) / 256.0
+}
+
+/// The 8-bit level (0–255, as `f32`) a `[0, 1]` value is stored as.
+pub fn to_level(v: f32) -> f32 {
+    (v.clamp(0.0, 1.0) * 255.0).round()
+}
+
 /// `log(1 + e^{-|l|})` summed with `|l|`: `softplus(l) + softplus(-l)`, stably.
 fn softplus_pair<const D: usize>(l: Tensor<D>) -> Tensor<D> {
     let a = l.abs();

@@ -23,8 +23,16 @@ impl LevelTemperatures {
         Self(vec![temperature; levels])
     }
 
-    /// Parses `"0.8"` (every level) or `"0.2,0.2,0.8,0.8"` (one per level, finest first).
+    /// Parses `"0.8"` (every level), `"0.2,0.2,0.8,0.8"` (one per level,
+    /// finest first) or `"0.4..1"` (linear from the finest level to the
+    /// coarsest, for a model of any depth).
     pub fn parse(text: &str, levels: usize) -> Result<Self> {
+        let number = |v: &str| v.trim().parse::<f64>().map_err(|e| Error::Config(format!("temperature `{v}`: {e}")));
+        if let Some((fine, coarse)) = text.split_once("..") {
+            let (fine, coarse) = (number(fine)?, number(coarse)?);
+            let step = if levels > 1 { (coarse - fine) / (levels - 1) as f64 } else { 0.0 };
+            return Self::new((0..levels).map(|l| fine + step * l as f64).collect(), levels);
+        }
         let values = text
             .split(',')
             .map(|v| v.trim().parse::<f64>().map_err(|e| Error::Config(format!("temperature `{v}`: {e}"))))
@@ -110,6 +118,10 @@ mod tests {
             assert_eq!(v == 0.0, !top, "site {site}");
         }
         assert!(LevelTemperatures::parse("1,2,3", 2).is_err());
+        let ramp = LevelTemperatures::parse("0.4..1", 4).unwrap().0;
+        assert!(ramp.iter().zip([0.4, 0.6, 0.8, 1.0]).all(|(a, b)| (a - b).abs() < 1e-12), "{ramp:?}");
+        assert_eq!(LevelTemperatures::parse("0.5..0.9", 1).unwrap().0, vec![0.5]);
+        assert!(LevelTemperatures::parse("0.4..x", 4).is_err() && LevelTemperatures::parse("-1..1", 3).is_err());
         assert!(LevelTemperatures::parse("-1", 2).is_err());
         let again = flow.sample_latents(3, &temps, 1, &device).unwrap().into_data().try_to_vec::<f32>().unwrap();
         assert_eq!(z, again);

@@ -7,6 +7,8 @@ use clap::Args;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use rgflow::preprocess::{dequantize_level, to_level};
+
 use crate::backend::{BackendChoice, select};
 use crate::data::{self, EpochOptions, Loader, SourceSpec, Split, images_tensor};
 use crate::model_io::{WeightsChoice, load_model_with, resolve_model_path};
@@ -74,7 +76,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         for draw in 0..args.draws {
             // x01 = k/255 here; dequantise as (k + u)/256 with seeded noise.
             let mut rng = StdRng::seed_from_u64(args.seed ^ ((b as u64) << 20) ^ draw as u64);
-            let x: Vec<f32> = batch.x01.iter().map(|&v| ((v * 255.0).round() + rng.random::<f32>()) / 256.0).collect();
+            let x: Vec<f32> = batch.x01.iter().map(|&v| dequantize_level(to_level(v), rng.random::<f32>())).collect();
             let x = images_tensor(x, batch.len, &c, &device);
             let bpd = model.bits_per_dim(x).into_data().try_to_vec::<f32>().expect("f32");
             for (s, v) in sums.iter_mut().zip(bpd) {

@@ -48,8 +48,10 @@ enum Command {
     Walk(explore::walk::WalkArgs),
     /// Receptive fields of latents, a row per level.
     Receptive(explore::receptive::ReceptiveArgs),
-    /// Fill a masked region (local O(log L) updates).
+    /// Fill masked regions: completions drawn in the hole's causal cone, or the MAP fill.
     Inpaint(explore::inpaint::InpaintArgs),
+    /// Inpainting quality on held-out images, beside classical fills.
+    BenchInpaint(explore::bench_inpaint::BenchInpaintArgs),
     /// Cost of a local edit against a full pass, for several L.
     BenchLocal(explore::bench_local::BenchLocalArgs),
 }
@@ -88,6 +90,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Walk(a) => explore::walk::run(a),
         Command::Receptive(a) => explore::receptive::run(a),
         Command::Inpaint(a) => explore::inpaint::run(a),
+        Command::BenchInpaint(a) => explore::bench_inpaint::run(a),
         Command::BenchLocal(a) => explore::bench_local::run(a),
     }
 }

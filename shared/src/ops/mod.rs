@@ -8,6 +8,6 @@ pub mod levels;
 pub mod receptive;
 
 pub use factors::{LatentSite, random_walk, vary_latent};
-pub use inpaint::{InpaintOptions, InpaintResult, Inpainter, inpaint};
+pub use inpaint::{ConeSampler, Hole, InpaintOptions, InpaintResult, Inpainter, SampleOptions, inpaint};
 pub use levels::{level_values, mix_levels, with_level_values};
 pub use receptive::{receptive_field, receptive_field_tensor};

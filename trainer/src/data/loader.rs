@@ -231,7 +231,9 @@ impl Worker {
                 pixels::flip_horizontal(&mut pixels, self.size);
             }
             if options.dequantize {
-                x01.extend(pixels.iter().map(|&k| (k as f32 + noise.random::<f32>()) / 256.0));
+                x01.extend(
+                    pixels.iter().map(|&k| rgflow::preprocess::dequantize_level(k as f32, noise.random::<f32>())),
+                );
             } else {
                 x01.extend(pixels.iter().map(|&k| k as f32 / 255.0));
             }

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use rgflow::pixels::Crop;
 
-pub use loader::{Batch, EpochOptions, Loader, images_tensor};
+pub use loader::{Batch, EpochOptions, Loader, images_tensor, load_item};
 
 /// One image of a dataset, decoded lazily by the loader.
 #[derive(Debug, Clone)]

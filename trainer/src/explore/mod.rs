@@ -1,6 +1,7 @@
 //! The scale-aware subcommands: each calls one operation of `rgflow::ops`
 //! and writes a PNG.
 
+pub mod bench_inpaint;
 pub mod bench_local;
 pub mod factor;
 pub mod inpaint;
@@ -49,13 +50,13 @@ pub struct ImageChoice {
     pub image: String,
     /// Sampling temperature of a `seed:N` image (one value, or one per level).
     #[arg(long, default_value = "0.8")]
-    pub temperature: String,
+    pub image_temperature: String,
 }
 
 impl ImageChoice {
     /// The image, `[1, C, L, L]` in `[0, 1]`.
     pub fn load(&self, flow: &RgFlow, device: &Device) -> anyhow::Result<Tensor<4>> {
-        input_image(flow, "--image", &self.image, &self.temperature, device)
+        input_image(flow, "--image", &self.image, &self.image_temperature, device)
     }
 }
 
@@ -74,7 +75,7 @@ pub fn input_image(
         let seed: u64 =
             seed.parse().with_context(|| format!("{flag} {spec}: expected seed:N with N a whole number"))?;
         let temps = LevelTemperatures::parse(temperature, flow.lattice().levels())
-            .with_context(|| format!("--temperature {temperature}"))?;
+            .with_context(|| format!("{flag} {spec}: temperature {temperature}"))?;
         return Ok(flow.sample(1, &temps, seed, device)?);
     }
     let bytes = std::fs::read(spec).with_context(|| format!("{flag}: reading image {spec}"))?;

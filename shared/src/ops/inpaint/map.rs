@@ -1,5 +1,4 @@
-//! Inpainting: fill the unknown pixels so the image is likely under the
-//! model while the known pixels stay exactly as given.
+//! [`Inpainter`]: the most likely fill (MAP) rather than a sample.
 //!
 //! Gradient ascent (Adam) on `log p(x01)` — the flow's density of the logit
 //! image plus the logit transform's log-det — over the unknown pixels in
@@ -14,6 +13,7 @@
 use burn::prelude::*;
 use burn::tensor::Int;
 
+use super::Hole;
 use crate::error::{Error, Result};
 use crate::flow::RgFlow;
 use crate::gather::{index_tensor, pick_columns};
@@ -80,21 +80,17 @@ impl Inpainter {
         let config = flow.config().clone();
         let [b, c, h, w] = x01.dims();
         let (l, plane) = (config.image_size, config.image_size * config.image_size);
-        if b != 1 || c != config.channels || h != l || w != l || unknown.len() != plane {
+        if b != 1 || c != config.channels || h != l || w != l {
             return Err(Error::Shape(format!(
-                "inpaint takes one {}×{l}×{l} image and an {l}×{l} mask, got {b}×{c}×{h}×{w} and {} mask entries",
-                config.channels,
-                unknown.len()
+                "inpaint takes one {}×{l}×{l} image, got {b}×{c}×{h}×{w}",
+                config.channels
             )));
         }
+        let hole = Hole::new(flow, unknown)?;
         let device = x01.device();
         let n = c * plane;
-        let elements: Vec<usize> =
-            (0..c).flat_map(|ch| (0..plane).filter(|s| unknown[*s]).map(move |s| ch * plane + s)).collect();
+        let elements = hole.elements().to_vec();
         let m = elements.len();
-        if m == 0 {
-            return Err(Error::Shape("the mask marks no unknown pixel".into()));
-        }
         let mut source: Vec<usize> = (0..n).collect();
         for (j, &e) in elements.iter().enumerate() {
             source[e] = n + j;
@@ -116,8 +112,7 @@ impl Inpainter {
             base: None,
             blocks_per_step: 0,
         };
-        let (dirty, _) = flow.lattice().cone(unknown, false);
-        inpainter.blocks_per_step = if local { dirty.iter().map(Vec::len).sum() } else { inpainter.blocks_total() };
+        inpainter.blocks_per_step = if local { hole.cone_block_count() } else { inpainter.blocks_total() };
         if local {
             inpainter.base = Some(flow.run_cached(Direction::Forward, inpainter.assemble(inpainter.u.clone())));
         }
