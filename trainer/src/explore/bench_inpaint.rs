@@ -18,7 +18,7 @@ use rgflow::ops::{ConeSampler, InpaintOptions, inpaint};
 use rgflow::preprocess::{dequantize_level, to_level};
 
 use super::ModelChoice;
-use super::inpaint::{Accept, NoiseSteps, brush_strokes, parse_noise, sample_options};
+use super::inpaint::{SamplerArgs, brush_strokes};
 use crate::data::{self, SourceSpec, Split, load_item};
 
 /// The holes the benchmark cuts.
@@ -63,25 +63,11 @@ pub struct BenchInpaintArgs {
     /// Completions per image for `sample` (the mean of these is scored too).
     #[arg(long, default_value_t = 8, value_parser = crate::at_least_one::<usize>())]
     pub samples: usize,
-    /// Sampling: temperature of the cone's latents: one value, one per level
-    /// (finest first), or `fine..coarse` (linear over the levels).
-    #[arg(long, default_value = "0.4..1")]
-    pub temperature: String,
-    /// Sampling rounds.
-    #[arg(long, default_value_t = 16, value_parser = crate::at_least_one::<usize>())]
-    pub rounds: usize,
-    /// Sampling: the redraw step β of the first and the last round.
-    #[arg(long, default_value = "1,0.1", value_parser = parse_noise)]
-    pub noise: NoiseSteps,
-    /// Sampling: which rounds' moves a completion keeps — `always`: every one;
-    /// `metropolis`: as often as the known pixels agree with them (smoother).
-    #[arg(long, value_enum, default_value_t = Accept::Always)]
-    pub accept: Accept,
+    #[command(flatten)]
+    pub sampler: SamplerArgs,
     /// MAP: Adam steps.
     #[arg(long, default_value_t = 200, value_parser = crate::at_least_one::<usize>())]
     pub map_steps: usize,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
     /// Also write the figures as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -166,19 +152,16 @@ pub fn run(args: BenchInpaintArgs) -> anyhow::Result<()> {
     let dataset = data::open(&args.data)?;
     let items = dataset.split(Split::Test)?;
     let count = args.images.min(items.len());
-    let options = sample_options(
-        flow.lattice().levels(),
-        &args.temperature,
-        args.samples,
-        args.rounds,
-        args.noise,
-        args.seed,
-        true,
-    )?;
-    let options = rgflow::ops::SampleOptions { metropolis: args.accept == Accept::Metropolis, ..options };
+    let options = args.sampler.options(flow.lattice().levels(), args.samples, true)?;
+    let seed = args.sampler.seed;
     println!(
         "{count} held-out images; sample: {} completions, T {}, {} rounds, β {:?}, moves kept: {:?}; map: {} Adam steps",
-        args.samples, args.temperature, args.rounds, args.noise.0, args.accept, args.map_steps
+        args.samples,
+        args.sampler.temperature,
+        args.sampler.rounds,
+        args.sampler.noise.0,
+        args.sampler.accept,
+        args.map_steps
     );
     let mut table: Vec<(HoleKind, Option<FillMethod>, Scores)> = Vec::new();
     for &kind in &args.holes {
@@ -191,9 +174,9 @@ pub fn run(args: BenchInpaintArgs) -> anyhow::Result<()> {
             let unknown = match kind {
                 HoleKind::Centre8 => super::inpaint::MaskSpec::Centre(8).sites(l)?,
                 HoleKind::Centre16 => super::inpaint::MaskSpec::Centre(16).sites(l)?,
-                HoleKind::Strokes => brush_strokes(l, 3, 10, 1.5, args.seed ^ (i as u64) << 8),
+                HoleKind::Strokes => brush_strokes(l, 3, 10, 1.5, seed ^ (i as u64) << 8),
             };
-            let bpd_seed = args.seed ^ (i as u64) << 16;
+            let bpd_seed = seed ^ (i as u64) << 16;
             let x01 = Tensor::<4>::from_data(TensorData::new(truth.clone(), [1, c.channels, l, l]), &device);
             let itself = std::slice::from_ref(&truth);
             truth_scores.add(&truth, itself, &unknown, completed_bpd(&flow, itself, bpd_seed, &device), 0.0);
@@ -201,8 +184,7 @@ pub fn run(args: BenchInpaintArgs) -> anyhow::Result<()> {
                 let start = Instant::now();
                 let fills = match method {
                     FillMethod::Sample => {
-                        let seeded =
-                            rgflow::ops::SampleOptions { seed: args.seed ^ (i as u64) << 24, ..options.clone() };
+                        let seeded = rgflow::ops::SampleOptions { seed: seed ^ (i as u64) << 24, ..options.clone() };
                         let mut sampler = ConeSampler::new(&flow, &truth, &unknown, seeded, &device)?;
                         sampler.run();
                         acceptance[m] += sampler.acceptance();
@@ -221,7 +203,7 @@ pub fn run(args: BenchInpaintArgs) -> anyhow::Result<()> {
             }
         }
         for (m, a) in args.methods.iter().zip(&acceptance) {
-            if *m == FillMethod::Sample && args.accept == Accept::Metropolis {
+            if *m == FillMethod::Sample && options.metropolis {
                 println!("{kind:?}: {:.0}% of the sampler's moves kept", 100.0 * a / count as f64);
             }
         }
@@ -262,8 +244,8 @@ pub fn run(args: BenchInpaintArgs) -> anyhow::Result<()> {
         std::fs::write(
             &path,
             serde_json::to_string_pretty(&serde_json::json!({
-                "images": count, "samples": args.samples, "temperature": args.temperature, "rounds": args.rounds,
-                "noise": args.noise.0, "accept": format!("{:?}", args.accept).to_lowercase(), "map_steps": args.map_steps, "results": json,
+                "images": count, "samples": args.samples, "temperature": args.sampler.temperature, "rounds": args.sampler.rounds,
+                "noise": args.sampler.noise.0, "accept": format!("{:?}", args.sampler.accept).to_lowercase(), "map_steps": args.map_steps, "results": json,
             }))?,
         )
         .with_context(|| format!("writing {}", path.display()))?;

@@ -45,13 +45,31 @@ pub struct InpaintArgs {
     pub mask: Vec<MaskSpec>,
     #[arg(long, value_enum, default_value_t = Method::Sample)]
     pub method: Method,
+    /// Sampling: completions per mask.
+    #[arg(long, default_value_t = 4, value_parser = crate::at_least_one::<usize>())]
+    pub samples: usize,
+    #[command(flatten)]
+    pub sampler: SamplerArgs,
+    /// MAP: Adam steps.
+    #[arg(long, default_value_t = 200, value_parser = crate::at_least_one::<usize>())]
+    pub steps: usize,
+    /// MAP: Adam step size.
+    #[arg(long, default_value_t = 0.05)]
+    pub lr: f64,
+    /// Recompute whole images instead of the causal cone (same result, slower).
+    #[arg(long)]
+    pub full: bool,
+    #[arg(long, short)]
+    pub out: PathBuf,
+}
+
+/// The sampler's settings (`inpaint` and `bench-inpaint`).
+#[derive(Debug, Args)]
+pub struct SamplerArgs {
     /// Sampling: temperature of the cone's latents: one value, one per level
     /// (finest first), or `fine..coarse` (linear over the levels).
     #[arg(long, default_value = "0.4..1")]
     pub temperature: String,
-    /// Sampling: completions per mask.
-    #[arg(long, default_value_t = 4, value_parser = crate::at_least_one::<usize>())]
-    pub samples: usize,
     /// Sampling: rounds of redraw, decode, paste.
     #[arg(long, default_value_t = 16, value_parser = crate::at_least_one::<usize>())]
     pub rounds: usize,
@@ -65,17 +83,23 @@ pub struct InpaintArgs {
     /// Sampling: seed of the redraws.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// MAP: Adam steps.
-    #[arg(long, default_value_t = 200, value_parser = crate::at_least_one::<usize>())]
-    pub steps: usize,
-    /// MAP: Adam step size.
-    #[arg(long, default_value_t = 0.05)]
-    pub lr: f64,
-    /// Recompute whole images instead of the causal cone (same result, slower).
-    #[arg(long)]
-    pub full: bool,
-    #[arg(long, short)]
-    pub out: PathBuf,
+}
+
+impl SamplerArgs {
+    /// [`SampleOptions`] for a model with `levels` levels.
+    pub fn options(&self, levels: usize, samples: usize, local: bool) -> anyhow::Result<SampleOptions> {
+        let temperatures = LevelTemperatures::parse(&self.temperature, levels)
+            .with_context(|| format!("--temperature {}", self.temperature))?;
+        Ok(SampleOptions {
+            samples,
+            rounds: self.rounds,
+            temperatures,
+            noise: self.noise.0,
+            seed: self.seed,
+            local,
+            metropolis: self.accept == Accept::Metropolis,
+        })
+    }
 }
 
 /// A hole's shape, as `--mask` gives it.
@@ -164,21 +188,6 @@ pub fn parse_noise(text: &str) -> Result<NoiseSteps, String> {
     Ok(NoiseSteps(steps))
 }
 
-/// The sampler's settings from the shared flags.
-pub fn sample_options(
-    levels: usize,
-    temperature: &str,
-    samples: usize,
-    rounds: usize,
-    noise: NoiseSteps,
-    seed: u64,
-    local: bool,
-) -> anyhow::Result<SampleOptions> {
-    let temperatures =
-        LevelTemperatures::parse(temperature, levels).with_context(|| format!("--temperature {temperature}"))?;
-    Ok(SampleOptions { samples, rounds, temperatures, noise: noise.0, seed, local, metropolis: false })
-}
-
 /// `x01` with the hole painted mid-grey, as the grid shows it: `[1, C, L, L]`.
 pub fn masked(x01: Tensor<4>, unknown: &[bool]) -> Tensor<4> {
     let l = x01.dims()[2];
@@ -191,16 +200,7 @@ pub fn run(args: InpaintArgs) -> anyhow::Result<()> {
     let (flow, device) = args.model.load()?;
     let l = flow.config().image_size;
     let x01 = args.input.load(&flow, &device)?;
-    let options = sample_options(
-        flow.lattice().levels(),
-        &args.temperature,
-        args.samples,
-        args.rounds,
-        args.noise,
-        args.seed,
-        !args.full,
-    )?;
-    let options = SampleOptions { metropolis: args.accept == Accept::Metropolis, ..options };
+    let options = args.sampler.options(flow.lattice().levels(), args.samples, !args.full)?;
     let mut rows = Vec::new();
     let mut columns = 0;
     for spec in &args.mask {
@@ -213,7 +213,7 @@ pub fn run(args: InpaintArgs) -> anyhow::Result<()> {
                 sampler.run();
                 let images = sampler.images();
                 let _ = images.clone().into_data();
-                let kept = if args.accept == Accept::Metropolis {
+                let kept = if options.metropolis {
                     format!(", {:.0}% of moves kept", 100.0 * sampler.acceptance())
                 } else {
                     String::new()
@@ -222,7 +222,7 @@ pub fn run(args: InpaintArgs) -> anyhow::Result<()> {
                     "{spec:?}: {} completions in {:.2}s, {} rounds of {} of {} blocks (encode + decode){kept}",
                     args.samples,
                     start.elapsed().as_secs_f64(),
-                    args.rounds,
+                    args.sampler.rounds,
                     sampler.blocks_per_round(),
                     2 * sampler.blocks_total(),
                 );
