@@ -80,7 +80,7 @@ async function panels(browser, base) {
   console.log('  mix:', await settle('mix-status', /mixtures in/));
   await page.click('#tab-inpaint');
   await page.click('#inpaint-erase');
-  console.log('  inpaint:', await settle('inpaint-status', /steps in/));
+  console.log('  inpaint:', await settle('inpaint-status', /rounds in/));
   await page.click('#tab-explore');
   console.log('  explore:', await settle('explore-status', /Decoded in/));
   // Play, then Stop while the walk is still being computed: no animation may start.

@@ -8,8 +8,8 @@ use crate::ui::now;
 
 /// Timed repetitions after one warm-up.
 const REPEATS: usize = 3;
-/// Adam steps of one stroke (as the Inpaint panel's default).
-pub const STROKE_STEPS: usize = 40;
+/// Sampler rounds of one stroke (as the Inpaint panel's default).
+pub const STROKE_ROUNDS: usize = 8;
 
 pub async fn run(engine: &Engine, first_face_ms: f64) {
     show(&format!("backend: {}", engine.backend().label()), false);
@@ -62,11 +62,11 @@ async fn measure(engine: &Engine) -> Result<()> {
         }
     }
     let stroke = || async {
-        let mut inpainter = engine.inpainter(&face, &mask, 0.08)?;
-        for _ in 0..STROKE_STEPS {
-            inpainter.step();
+        let mut sampler = engine.cone_sampler(&face, &mask, engine.stroke_options(0.8, STROKE_ROUNDS, 1)?)?;
+        for _ in 0..STROKE_ROUNDS {
+            engine.sampler_round(&mut sampler).await?;
         }
-        engine.inpainted(&inpainter).await
+        engine.sampled(&sampler).await
     };
     stroke().await?;
     let t = now();
@@ -76,7 +76,7 @@ async fn measure(engine: &Engine) -> Result<()> {
     let per_stroke = (now() - t) / REPEATS as f64;
     show(
         &format!(
-            "ms per inpainting stroke ({STROKE_STEPS} Adam steps, 6×6 pixels, after one warm-up stroke): {per_stroke:.0}"
+            "ms per inpainting stroke ({STROKE_ROUNDS} sampler rounds, 6×6 pixels, after one warm-up stroke): {per_stroke:.0}"
         ),
         false,
     );

@@ -8,7 +8,7 @@ use burn::prelude::*;
 use burn::tensor::TensorData;
 use rgflow::decoder::Precision;
 use rgflow::ops::factors::{LatentSite, random_walk};
-use rgflow::ops::inpaint::Inpainter;
+use rgflow::ops::inpaint::{ConeSampler, SampleOptions};
 use rgflow::ops::levels::{level_values, mix_levels, with_level_values};
 use rgflow::ops::receptive::receptive_field_tensor;
 use rgflow::{CpuDecoder, LevelTemperatures, RgFlow, RgFlowConfig};
@@ -188,15 +188,29 @@ impl Engine {
         read(field).await
     }
 
-    /// Starts filling the sites marked in `unknown` (`[L·L]`) of a face; the
-    /// values there are the starting point.
-    pub fn inpainter(&self, face: &Face, unknown: &[bool], learning_rate: f64) -> Result<Inpainter> {
-        Ok(Inpainter::new(&self.flow, self.tensor(face.x01.clone(), 1)?, unknown, learning_rate, true)?)
+    /// The Inpaint panel's sampler settings: one completion, `rounds` rounds,
+    /// temperature `temperature` at the coarsest level falling linearly to
+    /// 0.4 of it at the finest (fine levels colder, as the benchmark's
+    /// `0.4..1`), drawn from `seed`.
+    pub fn stroke_options(&self, temperature: f64, rounds: usize, seed: u64) -> Result<SampleOptions> {
+        let temperatures = LevelTemperatures::parse(&format!("{}..{temperature}", 0.4 * temperature), self.levels())?;
+        Ok(SampleOptions { samples: 1, rounds, temperatures, seed, ..SampleOptions::new(self.levels(), temperature) })
     }
 
-    /// Current image of an inpainting, `[C, L, L]` in `[0, 1]`.
-    pub async fn inpainted(&self, inpainter: &Inpainter) -> Result<Vec<f32>> {
-        read(inpainter.image()).await
+    /// Starts drawing completions of the sites marked in `unknown` (`[L·L]`) of a face.
+    pub fn cone_sampler(&self, face: &Face, unknown: &[bool], options: SampleOptions) -> Result<ConeSampler> {
+        Ok(ConeSampler::new(&self.flow, &face.x01, unknown, options, &self.device)?)
+    }
+
+    /// One round of a sampler (its one read-back is asynchronous).
+    pub async fn sampler_round(&self, sampler: &mut ConeSampler) -> Result<()> {
+        let values = read(sampler.readout()).await?;
+        Ok(sampler.redraw(&values)?)
+    }
+
+    /// A sampler's completions as they stand, `[K, C, L, L]` flattened, in `[0, 1]`.
+    pub async fn sampled(&self, sampler: &ConeSampler) -> Result<Vec<f32>> {
+        read(sampler.images()).await
     }
 
     fn check_level(&self, level: usize) -> Result<()> {

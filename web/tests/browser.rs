@@ -51,11 +51,11 @@ async fn inpainting_keeps_known_pixels(kind: BackendKind) {
     let face = engine.sample(1, &temperatures(engine.levels()), 3).await.unwrap().remove(0);
     let size = engine.config().image_size;
     let mask = centre_mask(size);
-    let mut inpainter = engine.inpainter(&face, &mask, 0.08).unwrap();
-    for _ in 0..5 {
-        inpainter.step();
+    let mut sampler = engine.cone_sampler(&face, &mask, engine.stroke_options(0.8, 3, 1).unwrap()).unwrap();
+    for _ in 0..3 {
+        engine.sampler_round(&mut sampler).await.unwrap();
     }
-    let out = engine.inpainted(&inpainter).await.unwrap();
+    let out = engine.sampled(&sampler).await.unwrap();
     assert_inpainted(&face.x01, &out, &mask, &format!("{kind:?}"));
 }
 

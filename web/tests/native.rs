@@ -44,13 +44,18 @@ fn inpainting_keeps_known_pixels_and_changes_the_hole() {
     let face = pollster::block_on(engine.sample(1, &temperatures(engine.levels()), 3)).unwrap().remove(0);
     let size = engine.config().image_size;
     let mask = centre_mask(size);
-    let mut inpainter = engine.inpainter(&face, &mask, 0.08).unwrap();
-    for _ in 0..10 {
-        inpainter.step();
-    }
-    assert!(inpainter.blocks_per_step() < inpainter.blocks_total());
-    let out = pollster::block_on(engine.inpainted(&inpainter)).unwrap();
+    let draw = |seed| {
+        let mut sampler = engine.cone_sampler(&face, &mask, engine.stroke_options(0.8, 4, seed).unwrap()).unwrap();
+        for _ in 0..4 {
+            pollster::block_on(engine.sampler_round(&mut sampler)).unwrap();
+        }
+        assert!(sampler.blocks_per_round() < 2 * sampler.blocks_total());
+        pollster::block_on(engine.sampled(&sampler)).unwrap()
+    };
+    let out = draw(1);
     assert_inpainted(&face.x01, &out, &mask, "native");
+    assert_eq!(out, draw(1), "the same seed draws the same completion");
+    assert_ne!(out, draw(2), "another seed draws another completion");
 }
 
 #[test]

@@ -1,21 +1,19 @@
 //! Inpaint panel: paint over a face (mouse, pen or finger) and watch the
-//! model fill the painted pixels in, re-running only the O(log L) blocks in
-//! their causal cone at every Adam step.
+//! model draw a completion of the painted pixels, round by round, re-running
+//! only the O(log L) blocks in their causal cone.
 
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use web_sys::{HtmlCanvasElement, HtmlElement, MouseEvent, PointerEvent};
+use web_sys::{Event, HtmlCanvasElement, HtmlElement, MouseEvent, PointerEvent};
 
 use super::live::Live;
 use super::{App, by_id, canvas_pixel, draw_image, input_value, ms, now, on, report};
 use crate::engine::Face;
 use crate::error::Result;
 
-/// Adam step size in logit units.
-const LEARNING_RATE: f64 = 0.08;
-/// Steps between two redraws.
-const SHOW_EVERY: usize = 5;
+/// Rounds between two redraws.
+const SHOW_EVERY: usize = 2;
 
 /// The face being edited.
 struct Canvas {
@@ -29,6 +27,8 @@ struct Canvas {
     /// Sites painted while a fill was running (they stay grey until the next).
     painted_since: Vec<bool>,
     drawing: bool,
+    /// Seed of the completion shown ("Another completion" moves it on).
+    seed: u64,
 }
 
 impl Canvas {
@@ -42,6 +42,7 @@ impl Canvas {
             mask: vec![false; plane],
             painted_since: vec![false; plane],
             drawing: false,
+            seed: 1,
         }
     }
 
@@ -150,27 +151,42 @@ pub fn init(app: &Rc<App>) -> Result<Rc<Live>> {
             l.trigger();
         });
     }
+    {
+        let (st, l) = (state.clone(), live.clone());
+        let another: HtmlElement = by_id("inpaint-another")?;
+        on(&another, "click", move |_: MouseEvent| {
+            st.borrow_mut().seed += 1;
+            l.trigger();
+        });
+    }
+    // A new temperature or round count redraws the completion.
+    for id in ["inpaint-temperature", "inpaint-rounds"] {
+        let l = live.clone();
+        let slider: HtmlElement = by_id(id)?;
+        on(&slider, "input", move |_: Event| l.trigger());
+    }
     Ok(live)
 }
 
-/// Runs the Adam steps for everything painted so far, redrawing as it goes.
+/// Draws a completion of everything painted so far, redrawing as it goes.
 async fn fill(app: &App, state: &RefCell<Canvas>, redraw: &impl Fn(&Canvas)) -> Result<String> {
-    let steps = input_value("inpaint-steps").and_then(|v| v.parse::<usize>().ok()).unwrap_or(40).max(1);
+    let rounds = input_value("inpaint-rounds").and_then(|v| v.parse::<usize>().ok()).unwrap_or(8).max(1);
+    let temperature = input_value("inpaint-temperature").and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.8);
     let plane = state.borrow().mask.len();
-    let (face, mask) = {
+    let (face, mask, seed) = {
         let mut s = state.borrow_mut();
         s.painted_since = vec![false; plane];
-        (Face { x01: s.image.clone(), z: s.base.z.clone() }, s.mask.clone())
+        (s.base.clone(), s.mask.clone(), s.seed)
     };
     let t = now();
-    let mut inpainter = app.engine.inpainter(&face, &mask, LEARNING_RATE)?;
-    let mut done = 0;
-    while done < steps {
-        for _ in 0..SHOW_EVERY.min(steps - done) {
-            inpainter.step();
-            done += 1;
+    let options = app.engine.stroke_options(temperature, rounds, seed)?;
+    let mut sampler = app.engine.cone_sampler(&face, &mask, options)?;
+    for round in 1..=rounds {
+        app.engine.sampler_round(&mut sampler).await?;
+        if round % SHOW_EVERY != 0 && round != rounds {
+            continue;
         }
-        let image = app.engine.inpainted(&inpainter).await?;
+        let image = app.engine.sampled(&sampler).await?;
         let mut s = state.borrow_mut();
         // Pixels painted meanwhile stay grey until the next run fills them.
         for (e, v) in image.into_iter().enumerate() {
@@ -182,11 +198,11 @@ async fn fill(app: &App, state: &RefCell<Canvas>, redraw: &impl Fn(&Canvas)) -> 
     }
     let elapsed = now() - t;
     Ok(format!(
-        "{steps} steps in {} ({} per step) on {}; each step re-ran {} of {} blocks",
+        "{rounds} rounds in {} ({} per round) on {}; each round re-ran {} of {} blocks (encode + decode of the cone)",
         ms(elapsed),
-        ms(elapsed / steps as f64),
+        ms(elapsed / rounds as f64),
         app.backend_label(),
-        inpainter.blocks_per_step(),
-        inpainter.blocks_total()
+        sampler.blocks_per_round(),
+        2 * sampler.blocks_total()
     ))
 }
