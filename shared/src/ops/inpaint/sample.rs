@@ -20,7 +20,7 @@
 //! the same completions.
 
 use burn::prelude::*;
-use burn::tensor::Int;
+use burn::tensor::{IndexingUpdateOp, Int};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
@@ -28,7 +28,7 @@ use super::Hole;
 use crate::config::PriorKind;
 use crate::error::{Error, Result};
 use crate::flow::RgFlow;
-use crate::gather::{index_tensor, pick_columns};
+use crate::gather::index_tensor;
 use crate::local::{Direction, FlowCache};
 use crate::preprocess;
 use crate::prior::Prior;
@@ -133,6 +133,8 @@ pub struct ConeSampler {
     read: Option<(Vec<f32>, Vec<f32>)>,
     /// Canonical element indices of the cone's latents, and their temperatures.
     cone_elements: Vec<usize>,
+    /// `cone_elements` on the device, built once.
+    cone_index: Tensor<1, Int>,
     cone_temperatures: Vec<f64>,
     /// Per cone latent, the share of its receptive field inside the hole: a
     /// round's move has variance `β²·share` for it, so latents the known
@@ -210,6 +212,7 @@ impl ConeSampler {
             current,
             pending: None,
             read: None,
+            cone_index: index_tensor(cone_elements.clone(), device),
             cone_elements,
             cone_temperatures,
             cone_share,
@@ -224,8 +227,7 @@ impl ConeSampler {
     /// log-det. Read it and hand it to [`Self::redraw`] or [`Self::settle`].
     pub fn readout(&self) -> Tensor<2> {
         let chain = self.pending.as_ref().map_or(&self.current, |(p, _)| p);
-        let device = chain.latents.device();
-        let cone = chain.latents.clone().select(1, index_tensor(self.cone_elements.clone(), &device));
+        let cone = chain.latents.clone().select(1, self.cone_index.clone());
         Tensor::cat(vec![cone, chain.log_det.clone().unsqueeze_dim(1)], 1)
     }
 
@@ -313,12 +315,13 @@ impl ConeSampler {
         let [_, n] = z.dims();
         let device = z.device();
         let moved_tensor = Tensor::<2>::from_data(TensorData::new(moved.clone(), [k, m]), &device);
-        let mut source: Vec<usize> = (0..n).collect();
-        for (j, &e) in self.cone_elements.iter().enumerate() {
-            source[e] = n + j;
-        }
         let c = self.flow.config();
-        let z = pick_columns(vec![z, moved_tensor], source).reshape([k, c.channels, c.image_size, c.image_size]);
+        let z = z.select_assign(1, self.cone_index.clone(), moved_tensor, IndexingUpdateOp::Assign).reshape([
+            k,
+            c.channels,
+            c.image_size,
+            c.image_size,
+        ]);
         let decoded = if self.options.local {
             self.flow.inverse_blocks(z, self.hole.cone_blocks())
         } else {
