@@ -50,5 +50,6 @@ pub use decoder::CpuDecoder;
 pub use error::{Error, Result};
 pub use flow::RgFlow;
 pub use lattice::{MeraLattice, SubLayerKind};
+pub use local::PackedFlow;
 pub use prior::Prior;
 pub use sampling::LevelTemperatures;

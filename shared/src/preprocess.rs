@@ -60,6 +60,15 @@ pub fn logit_log_det(logit: Tensor<4>, constraint: f64) -> Tensor<1> {
     logit_ldj(logit, constraint)
 }
 
+/// [`logit_log_det`] of one image's logits on the host (summed in f64).
+pub fn logit_log_det_host(logit: &[f32], constraint: f64) -> f64 {
+    let pair = |l: f32| {
+        let a = f64::from(l.abs());
+        a + 2.0 * (-a).exp().ln_1p()
+    };
+    logit.iter().map(|&l| pair(l)).sum::<f64>() + logit.len() as f64 * constraint.ln()
+}
+
 /// `log|d logit / d x01|` summed per image: `softplus(l) + softplus(-l) + log c`.
 fn logit_ldj(logit: Tensor<4>, constraint: f64) -> Tensor<1> {
     let [b, c, h, w] = logit.dims();

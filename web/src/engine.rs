@@ -6,12 +6,11 @@
 
 use burn::prelude::*;
 use burn::tensor::TensorData;
-use rgflow::decoder::Precision;
 use rgflow::ops::factors::{LatentSite, random_walk};
 use rgflow::ops::inpaint::{ConeSampler, SampleOptions};
 use rgflow::ops::levels::{level_values, mix_levels, with_level_values};
 use rgflow::ops::receptive::receptive_field_tensor;
-use rgflow::{CpuDecoder, LevelTemperatures, RgFlow, RgFlowConfig};
+use rgflow::{CpuDecoder, LevelTemperatures, PackedFlow, RgFlow, RgFlowConfig};
 
 use crate::error::{Result, WebError};
 
@@ -45,9 +44,9 @@ pub struct Face {
 /// A loaded model on a device.
 pub struct Engine {
     flow: RgFlow,
-    /// On the CPU backend, the flow's inverse packed for fast decoding (the
-    /// same images in f32).
-    decoder: Option<CpuDecoder>,
+    /// On the CPU backend, the flow packed (f32) for fast decoding and for
+    /// the inpainting sampler's local passes.
+    packed: Option<PackedFlow>,
     device: Device,
     backend: BackendKind,
 }
@@ -62,14 +61,14 @@ impl Engine {
     /// Validates and loads a weight file (as written by `trainer export`).
     pub fn load(bytes: Vec<u8>, source: &str, device: Device, backend: BackendKind) -> Result<Self> {
         let flow = rgflow::store::from_bytes(bytes, source, &device)?;
-        let decoder = CpuDecoder::suits(&device).then(|| CpuDecoder::new(&flow, Precision::F32));
-        Ok(Self { flow, decoder, device, backend })
+        let packed = CpuDecoder::suits(&device).then(|| PackedFlow::new(&flow));
+        Ok(Self { flow, packed, device, backend })
     }
 
     /// Latents to `[0, 1]` images: `[B, C, L, L] -> [B, C, L, L]`.
     fn decode_tensor(&self, z: Tensor<4>) -> Tensor<4> {
-        match &self.decoder {
-            Some(decoder) => decoder.decode(z),
+        match &self.packed {
+            Some(packed) => packed.decoder().decode(z),
             None => self.flow.decode(z),
         }
     }
@@ -199,7 +198,10 @@ impl Engine {
 
     /// Starts drawing completions of the sites marked in `unknown` (`[L·L]`) of a face.
     pub fn cone_sampler(&self, face: &Face, unknown: &[bool], options: SampleOptions) -> Result<ConeSampler> {
-        Ok(ConeSampler::new(&self.flow, &face.x01, unknown, options, &self.device)?)
+        Ok(match &self.packed {
+            Some(packed) => ConeSampler::packed(packed, &face.x01, unknown, options)?,
+            None => ConeSampler::new(&self.flow, &face.x01, unknown, options, &self.device)?,
+        })
     }
 
     /// One round of a sampler (its one read-back is asynchronous).

@@ -184,7 +184,10 @@ impl Isa {
 pub trait TileKernels: Operand {
     /// `out[i, j] = bias[j] + Σ_k a[i, k] · w[k, j]` for `i < rows`, every
     /// `j < w.n_stride`: `a` is `[rows, w.k_stride]` (padding columns zero),
-    /// `out` is `[rows, w.n_stride]`; `rows` is a multiple of [`MR`].
+    /// `out` is `[rows, w.n_stride]`. Any `rows`: groups of [`MR`] run the
+    /// full micro-kernel and the rest a narrower one with the same
+    /// arithmetic, so each row's values are the same bits whatever rows
+    /// share its call.
     fn matmul(isa: Isa, a: &[Self], w: &PackedMatrix<Self>, rows: usize, out: &mut [f32]);
 
     /// `operand[r, j] = swish(h[r, j])` for the `β.len()` columns, padding
@@ -363,7 +366,6 @@ pub fn machine_gflops<E: TileKernels>(seconds: f64) -> f64 {
 }
 
 fn check<E: Operand>(a: &[E], w: &PackedMatrix<E>, rows: usize, out: &mut [f32]) {
-    assert_eq!(rows % MR, 0, "tile rows must be a multiple of {MR}");
     assert!(a.len() >= rows * w.k_stride, "left operand shorter than [{rows}, {}]", w.k_stride);
     assert!(out.len() >= rows * w.n_stride, "output shorter than [{rows}, {}]", w.n_stride);
 }
@@ -450,10 +452,17 @@ mod avx512 {
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn matmul_f32(a: &[f32], w: &PackedMatrix<f32>, rows: usize, out: &mut [f32]) {
         let (k, n_stride) = (w.k_stride, w.n_stride);
+        let (full, rest) = (rows - rows % MR, rows % MR);
         for p in 0..n_stride / PANEL {
             let panel = w.panel(p).as_ptr();
             let bias = &w.bias[p * PANEL..(p + 1) * PANEL];
-            for i0 in (0..rows).step_by(MR) {
+            if rest > 0 {
+                let a = a.as_ptr().wrapping_add(full * k);
+                let out = out.as_mut_ptr().wrapping_add(full * n_stride + p * PANEL);
+                // SAFETY: rows `full..rows` of `a` and `out`, checked by `matmul`.
+                unsafe { few_rows!(rest, rows_f32, (a, k, panel, bias.as_ptr(), out, n_stride)) };
+            }
+            for i0 in (0..full).step_by(MR) {
                 // SAFETY (whole block): `matmul` checked that `a` holds
                 // `rows · k` values and `out` `rows · n_stride`; a panel holds
                 // `k · PANEL`.
@@ -489,10 +498,17 @@ mod avx512 {
     #[target_feature(enable = "avx512f,avx512bf16")]
     pub(super) unsafe fn matmul_bf16(a: &[Bf16], w: &PackedMatrix<Bf16>, rows: usize, out: &mut [f32]) {
         let (k, n_stride) = (w.k_stride, w.n_stride);
+        let (full, rest) = (rows - rows % MR, rows % MR);
         for p in 0..n_stride / PANEL {
             let panel = w.panel(p).as_ptr();
             let bias = &w.bias[p * PANEL..(p + 1) * PANEL];
-            for i0 in (0..rows).step_by(MR) {
+            if rest > 0 {
+                let a = a.as_ptr().wrapping_add(full * k);
+                let out = out.as_mut_ptr().wrapping_add(full * n_stride + p * PANEL);
+                // SAFETY: rows `full..rows` of `a` and `out`, checked by `matmul`.
+                unsafe { few_rows!(rest, rows_bf16, (a, k, panel, bias.as_ptr(), out, n_stride)) };
+            }
+            for i0 in (0..full).step_by(MR) {
                 // SAFETY (whole block): as in `matmul_f32`, in pairs of bf16.
                 unsafe {
                     let b0 = _mm512_loadu_ps(bias.as_ptr());
@@ -519,6 +535,100 @@ mod avx512 {
                         _mm512_storeu_ps(out_tile.wrapping_add(I * n_stride + 16), acc1[I]);
                     });
                 }
+            }
+        }
+    }
+
+    /// Calls `$kernel::<R>` for the `$rest` (1 to [`MR`] − 1) rows left over.
+    macro_rules! few_rows {
+        ($rest:expr, $kernel:ident, $args:tt) => {
+            match $rest {
+                1 => $kernel::<1> $args,
+                2 => $kernel::<2> $args,
+                3 => $kernel::<3> $args,
+                4 => $kernel::<4> $args,
+                5 => $kernel::<5> $args,
+                6 => $kernel::<6> $args,
+                _ => $kernel::<7> $args,
+            }
+        };
+    }
+    use few_rows;
+
+    /// `R < MR` rows of one panel, with `matmul_f32`'s arithmetic step for
+    /// step (bias, then one FMA per input in order), so a row's values do
+    /// not depend on how many rows share its tile.
+    ///
+    /// # Safety
+    /// `a` must hold `R` rows of `k` values, `panel` `k · PANEL` values,
+    /// `bias` `PANEL`, and `out` `R` writable rows of `PANEL` values,
+    /// `n_stride` apart.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn rows_f32<const R: usize>(
+        a: *const f32,
+        k: usize,
+        panel: *const f32,
+        bias: *const f32,
+        out: *mut f32,
+        n_stride: usize,
+    ) {
+        // SAFETY: the caller's contract covers every pointer read and written.
+        unsafe {
+            let (b0, b1) = (_mm512_loadu_ps(bias), _mm512_loadu_ps(bias.wrapping_add(16)));
+            let (mut acc0, mut acc1) = ([b0; R], [b1; R]);
+            let (mut a_col, mut w_row) = (a, panel);
+            for _ in 0..k {
+                let w0 = _mm512_loadu_ps(w_row);
+                let w1 = _mm512_loadu_ps(w_row.wrapping_add(16));
+                for i in 0..R {
+                    let x = _mm512_set1_ps(_mm_cvtss_f32(_mm_load_ss(a_col.wrapping_add(i * k))));
+                    acc0[i] = _mm512_fmadd_ps(x, w0, acc0[i]);
+                    acc1[i] = _mm512_fmadd_ps(x, w1, acc1[i]);
+                }
+                a_col = a_col.wrapping_add(1);
+                w_row = w_row.wrapping_add(PANEL);
+            }
+            for i in 0..R {
+                _mm512_storeu_ps(out.wrapping_add(i * n_stride), acc0[i]);
+                _mm512_storeu_ps(out.wrapping_add(i * n_stride + 16), acc1[i]);
+            }
+        }
+    }
+
+    /// [`rows_f32`] for bf16 pairs, with `matmul_bf16`'s arithmetic.
+    ///
+    /// # Safety
+    /// As [`rows_f32`], with `a` rows of `k` bf16 values and `panel` the
+    /// pair-interleaved `k · PANEL` values.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    unsafe fn rows_bf16<const R: usize>(
+        a: *const Bf16,
+        k: usize,
+        panel: *const Bf16,
+        bias: *const f32,
+        out: *mut f32,
+        n_stride: usize,
+    ) {
+        // SAFETY: the caller's contract covers every pointer read and written.
+        unsafe {
+            let (b0, b1) = (_mm512_loadu_ps(bias), _mm512_loadu_ps(bias.wrapping_add(16)));
+            let (mut acc0, mut acc1) = ([b0; R], [b1; R]);
+            let (mut a_col, mut w_pair) = (a, panel);
+            for _ in 0..k / 2 {
+                let w0 = _mm512_castsi512_bh(_mm512_loadu_si512(w_pair.cast()));
+                let w1 = _mm512_castsi512_bh(_mm512_loadu_si512(w_pair.wrapping_add(32).cast()));
+                for i in 0..R {
+                    let pair = _mm_loadu_si32(a_col.wrapping_add(i * k).cast());
+                    let x = _mm512_castsi512_bh(_mm512_broadcastd_epi32(pair));
+                    acc0[i] = _mm512_dpbf16_ps(acc0[i], x, w0);
+                    acc1[i] = _mm512_dpbf16_ps(acc1[i], x, w1);
+                }
+                a_col = a_col.wrapping_add(2);
+                w_pair = w_pair.wrapping_add(2 * PANEL);
+            }
+            for i in 0..R {
+                _mm512_storeu_ps(out.wrapping_add(i * n_stride), acc0[i]);
+                _mm512_storeu_ps(out.wrapping_add(i * n_stride + 16), acc1[i]);
             }
         }
     }
@@ -658,7 +768,8 @@ mod tests {
             .filter(|&i| i == Isa::Portable || i == Isa::Avx512 && Isa::detect() != Isa::Portable || i == Isa::detect())
             .collect();
         for (k, n) in [(24, 128), (128, 48), (7, 24), (128, 128), (1, 33), (300, 40)] {
-            let rows = 2 * MR;
+            // Two full micro-kernel groups and a remainder.
+            let rows = 2 * MR + 5;
             let (w, bias) = (values(k * n, 1), values(n, 2));
             let packed = PackedMatrix::<E>::new(&w, &bias, k, n);
             let mut a = vec![E::default(); rows * packed.k_stride];
@@ -671,6 +782,13 @@ mod tests {
             for &isa in &isas {
                 let mut out = vec![f32::NAN; rows * packed.n_stride];
                 E::matmul(isa, &a, &packed, rows, &mut out);
+                // Rows grouped differently (3 fewer in front) give the same bits.
+                let mut shifted = vec![f32::NAN; (rows - 3) * packed.n_stride];
+                E::matmul(isa, &a[3 * packed.k_stride..], &packed, rows - 3, &mut shifted);
+                assert!(
+                    shifted.iter().zip(&out[3 * packed.n_stride..]).all(|(x, y)| x.to_bits() == y.to_bits()),
+                    "{isa:?} [{k}, {n}]: a row's values depend on its neighbours"
+                );
                 for i in 0..rows {
                     for j in 0..packed.n_stride {
                         let want: f64 = if j < n {

@@ -141,6 +141,16 @@ impl CpuDecoder {
         preprocess::logit_to_pixels(x, self.config.logit_constraint).clamp(0.0, 1.0)
     }
 
+    /// Sub-layer `k`'s coupling stack inverted on block rows `rows: [M, D]`
+    /// in place (any `M`; rows are independent, so each row's numbers are
+    /// those of a full decode). A single tile runs on the calling thread.
+    pub(crate) fn invert_rows(&self, k: usize, rows: &mut [f32]) {
+        match &self.stacks {
+            Stacks::F32(stacks) => invert_rows_with(self.isa, &stacks[k], rows),
+            Stacks::Bf16(stacks) => invert_rows_with(self.isa, &stacks[k], rows),
+        }
+    }
+
     fn inverse_with<E: TileKernels>(&self, stacks: &[PackedStack<E>], z: &[f32]) -> Vec<f32> {
         let n = self.config.num_dims();
         assert_eq!(z.len() % n, 0, "latents are not [B, {n}]");
@@ -186,6 +196,28 @@ impl CpuDecoder {
         for (b, image) in state.chunks_exact_mut(n).enumerate() {
             image[..blocks * d].copy_from_slice(&out[b * blocks * d..(b + 1) * blocks * d]);
         }
+    }
+}
+
+fn invert_rows_with<E: TileKernels>(isa: Isa, stack: &PackedStack<E>, rows: &mut [f32]) {
+    let d = stack.dim;
+    assert_eq!(rows.len() % d, 0, "blocks are not [M, {d}]");
+    let m = rows.len() / d;
+    // Tiles of up to TILE_ROWS rows, the last one short.
+    let run = |ws: &mut Workspace<E>, chunk: &mut [f32]| tile::invert_tile(isa, stack, chunk, chunk.len() / d, ws);
+    if m <= TILE_ROWS {
+        run(&mut Workspace::new(), rows);
+        return;
+    }
+    #[cfg(feature = "parallel")]
+    {
+        use rayon::prelude::*;
+        rows.par_chunks_mut(TILE_ROWS * d).for_each_init(Workspace::new, |ws, chunk| run(ws, chunk));
+    }
+    #[cfg(not(feature = "parallel"))]
+    {
+        let mut ws = Workspace::new();
+        rows.chunks_mut(TILE_ROWS * d).for_each(|chunk| run(&mut ws, chunk));
     }
 }
 

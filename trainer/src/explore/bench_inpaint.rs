@@ -14,7 +14,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rgflow::RgFlow;
 use rgflow::ops::inpaint::harmonic_fill;
-use rgflow::ops::{ConeSampler, InpaintOptions, inpaint};
+use rgflow::ops::{InpaintOptions, inpaint};
 use rgflow::preprocess::{dequantize_level, to_level};
 
 use super::ModelChoice;
@@ -154,6 +154,7 @@ pub fn run(args: BenchInpaintArgs) -> anyhow::Result<()> {
     let count = args.images.min(items.len());
     let options = args.sampler.options(flow.lattice().levels(), args.samples, true)?;
     let seed = args.sampler.seed;
+    let packed = super::inpaint::packed_for(&flow, &device);
     println!(
         "{count} held-out images; sample: {} completions, T {}, {} rounds, β {:?}, moves kept: {:?}; map: {} Adam steps",
         args.samples,
@@ -185,7 +186,8 @@ pub fn run(args: BenchInpaintArgs) -> anyhow::Result<()> {
                 let fills = match method {
                     FillMethod::Sample => {
                         let seeded = rgflow::ops::SampleOptions { seed: seed ^ (i as u64) << 24, ..options.clone() };
-                        let mut sampler = ConeSampler::new(&flow, &truth, &unknown, seeded, &device)?;
+                        let mut sampler =
+                            super::inpaint::cone_sampler(&flow, packed.as_ref(), &truth, &unknown, seeded, &device)?;
                         sampler.run();
                         acceptance[m] += sampler.acceptance();
                         to_vecs(sampler.images())

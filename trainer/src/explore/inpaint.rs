@@ -8,8 +8,8 @@ use burn::prelude::*;
 use clap::{Args, ValueEnum};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use rgflow::LevelTemperatures;
 use rgflow::ops::{ConeSampler, InpaintOptions, SampleOptions, inpaint};
+use rgflow::{CpuDecoder, LevelTemperatures, PackedFlow, RgFlow};
 
 use super::{ImageChoice, ModelChoice};
 use crate::model_io::save_grid;
@@ -196,11 +196,33 @@ pub fn masked(x01: Tensor<4>, unknown: &[bool]) -> Tensor<4> {
     x01 * keep.clone() + keep.neg().add_scalar(1.0).mul_scalar(0.5)
 }
 
+/// On a CPU backend, the flow packed for the sampler's host passes (a
+/// round then costs the cone's blocks, not burn's per-op overheads).
+pub fn packed_for(flow: &RgFlow, device: &Device) -> Option<PackedFlow> {
+    CpuDecoder::suits(device).then(|| PackedFlow::new(flow))
+}
+
+/// A sampler on the packed flow when there is one, else on burn ops.
+pub fn cone_sampler(
+    flow: &RgFlow,
+    packed: Option<&PackedFlow>,
+    x01: &[f32],
+    unknown: &[bool],
+    options: SampleOptions,
+    device: &Device,
+) -> rgflow::Result<ConeSampler> {
+    match packed {
+        Some(packed) => ConeSampler::packed(packed, x01, unknown, options),
+        None => ConeSampler::new(flow, x01, unknown, options, device),
+    }
+}
+
 pub fn run(args: InpaintArgs) -> anyhow::Result<()> {
     let (flow, device) = args.model.load()?;
     let l = flow.config().image_size;
     let x01 = args.input.load(&flow, &device)?;
     let options = args.sampler.options(flow.lattice().levels(), args.samples, !args.full)?;
+    let packed = packed_for(&flow, &device);
     let mut rows = Vec::new();
     let mut columns = 0;
     for spec in &args.mask {
@@ -209,7 +231,7 @@ pub fn run(args: InpaintArgs) -> anyhow::Result<()> {
         let filled = match args.method {
             Method::Sample => {
                 let pixels = x01.clone().into_data().try_to_vec::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"))?;
-                let mut sampler = ConeSampler::new(&flow, &pixels, &unknown, options.clone(), &device)?;
+                let mut sampler = cone_sampler(&flow, packed.as_ref(), &pixels, &unknown, options.clone(), &device)?;
                 sampler.run();
                 let images = sampler.images();
                 let _ = images.clone().into_data();

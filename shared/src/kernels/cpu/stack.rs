@@ -24,6 +24,7 @@
 //! products (`H` rounded up to a panel).
 
 use std::f32::consts::FRAC_1_SQRT_2;
+use std::sync::Arc;
 
 use multiversion::multiversion;
 use multiversion::target::target_cfg_f;
@@ -81,7 +82,7 @@ struct Half<E: Operand> {
     /// `1` on the conditioning positions, `0` elsewhere, `[D]`.
     conditioning_mask: Vec<f32>,
     /// Per network (`s`, `t`): layers per residual block.
-    nets: [Vec<Vec<Layer<E>>>; 2],
+    nets: [Vec<Vec<Arc<Layer<E>>>>; 2],
     /// Per network: the final scale over the updated half, and its range.
     scales: [(Vec<f32>, std::ops::Range<usize>); 2],
 }
@@ -94,13 +95,18 @@ struct Weights<E: Operand> {
 }
 
 impl<E: Operand> Weights<E> {
-    fn new(layout: StackLayout, params: &[f32]) -> Self {
+    /// Normalises and packs `params`; with `backward` unset (inference) the
+    /// transposed matrices the backward multiplies by are left empty.
+    fn new(layout: StackLayout, params: &[f32], backward: bool) -> Self {
         assert_eq!(params.len(), layout.num_params(), "stack parameters are not [{}]", layout.num_params());
         let d = layout.dim();
         let last_block = layout.nresblocks - 1;
         let last_layer = layout.nmlp;
-        // The normalised matrices (shared by both halves), then each half's
-        // packing: per coupling layer and network, in parallel.
+        // Only block 0's first layer and the last block's last layer differ
+        // between a coupling's two halves (they keep the conditioning inputs
+        // and the updated outputs); every other layer is packed once and
+        // shared, so the second half finds it in cache.
+        let interior = |b: usize, l: usize| !(b == 0 && l == 0) && !(b == last_block && l == last_layer);
         let nets: Vec<(usize, Net)> = (0..layout.nlayers).flat_map(|i| [Net::S, Net::T].map(|net| (i, net))).collect();
         let matrices: Vec<Vec<Vec<Vec<f32>>>> = par_map(&nets, |&(i, net)| {
             (0..layout.nresblocks)
@@ -114,23 +120,35 @@ impl<E: Operand> Weights<E> {
                 })
                 .collect()
         });
+        let layer = |i: usize, net: Net, b: usize, l: usize, rows: Option<Vec<usize>>, cols: Option<Vec<usize>>| {
+            let (k, n) = layout.widths(l);
+            let w = &matrices[2 * i + net as usize][b][l];
+            Arc::new(Layer::new(w, params, layout.linear(i, net, b, l), [k, n], rows, cols, backward))
+        };
+        let shared: Vec<Vec<Vec<Option<Arc<Layer<E>>>>>> = par_map(&nets, |&(i, net)| {
+            (0..layout.nresblocks)
+                .map(|b| {
+                    (0..layout.linears()).map(|l| interior(b, l).then(|| layer(i, net, b, l, None, None))).collect()
+                })
+                .collect()
+        });
         let [first, second] = layout.halves();
         let sides = [&first, &second];
         let jobs: Vec<(usize, usize, Net)> = (0..layout.nlayers)
             .flat_map(|i| (0..2).flat_map(move |h| [Net::S, Net::T].map(|net| (i, h, net))))
             .collect();
-        let mut packed = par_map(&jobs, |&(i, h, net)| -> Vec<Vec<Layer<E>>> {
+        let mut packed = par_map(&jobs, |&(i, h, net)| -> Vec<Vec<Arc<Layer<E>>>> {
             let (conditioning, updated) = sides[h];
             (0..layout.nresblocks)
                 .map(|b| {
                     (0..layout.linears())
-                        .map(|l| {
-                            let params_at = layout.linear(i, net, b, l);
-                            let (k, n) = layout.widths(l);
-                            let rows = (b == 0 && l == 0).then(|| conditioning.clone());
-                            let cols = (b == last_block && l == last_layer).then(|| updated.clone());
-                            let w = &matrices[2 * i + net as usize][b][l];
-                            Layer::new(w, params, params_at, k, n, rows, cols)
+                        .map(|l| match &shared[2 * i + net as usize][b][l] {
+                            Some(layer) => Arc::clone(layer),
+                            None => {
+                                let rows = (b == 0 && l == 0).then(|| conditioning.clone());
+                                let cols = (b == last_block && l == last_layer).then(|| updated.clone());
+                                layer(i, net, b, l, rows, cols)
+                            }
                         })
                         .collect()
                 })
@@ -165,10 +183,10 @@ impl<E: Operand> Layer<E> {
         w: &[f32],
         params: &[f32],
         at: LinearParams,
-        k: usize,
-        n: usize,
+        [k, n]: [usize; 2],
         rows: Option<Vec<usize>>,
         cols: Option<Vec<usize>>,
+        with_backward: bool,
     ) -> Self {
         let kept_rows: Vec<usize> = rows.clone().unwrap_or_else(|| (0..k).collect());
         let kept_cols: Vec<usize> = cols.clone().unwrap_or_else(|| (0..n).collect());
@@ -177,19 +195,21 @@ impl<E: Operand> Layer<E> {
         for &r in &kept_rows {
             kept.extend(kept_cols.iter().map(|&c| w[r * n + c]));
         }
-        let mut transposed = vec![0.0; kr * kc];
-        for (r, row) in kept.chunks_exact(kc).enumerate() {
-            for (c, &value) in row.iter().enumerate() {
-                transposed[c * kr + r] = value;
-            }
-        }
         let bias = &params[at.bias.clone()];
         let bias: Vec<f32> = kept_cols.iter().map(|&c| bias[c]).collect();
         let beta = &params[at.beta.clone()];
         let mut forward = PackedMatrix::empty();
         forward.repack(&kept, kc, Some(&bias), kr, kc);
         let mut backward = PackedMatrix::empty();
-        backward.repack(&transposed, kr, None, kc, kr);
+        if with_backward {
+            let mut transposed = vec![0.0; kr * kc];
+            for (r, row) in kept.chunks_exact(kc).enumerate() {
+                for (c, &value) in row.iter().enumerate() {
+                    transposed[c * kr + r] = value;
+                }
+            }
+            backward.repack(&transposed, kr, None, kc, kr);
+        }
         Self { beta: kept_rows.iter().map(|&r| beta[r]).collect(), forward, backward, rows, cols, params: at, out: n }
     }
 
@@ -812,11 +832,70 @@ pub fn ran(precision: Precision) -> Precision {
 }
 
 fn forward_with<E: TileKernels>(layout: &StackLayout, params: &[f32], x: &[f32], save: bool) -> (Vec<f32>, Vec<f32>) {
+    forward_packed(&Weights::<E>::new(*layout, params, false), x, save)
+}
+
+/// A stack's forward with its weights normalised and packed once, for
+/// passes that do not train: a local update runs a few block rows through
+/// every sub-layer, and packing per call would cost more than the rows.
+pub struct PackedForward {
+    weights: Weights<f32>,
+}
+
+impl PackedForward {
+    /// Packs the stack `params: [P]` laid out as `layout` (f32 products).
+    pub fn new(layout: StackLayout, params: &[f32]) -> Self {
+        Self { weights: Weights::new(layout, params, false) }
+    }
+
+    /// Values per block row, `D`.
+    pub fn dim(&self) -> usize {
+        self.weights.layout.dim()
+    }
+
+    /// The stack forward on `x: [M, D]` in place, each row's log-determinant
+    /// into `ldj: [M]`. Up to one tile's rows run on the calling thread
+    /// (waking the pool would cost more than they do); the numbers are the
+    /// same either way, as each row's are those of [`forward`].
+    pub fn run(&self, x: &mut [f32], ldj: &mut [f32]) {
+        let d = self.dim();
+        assert_eq!(x.len(), ldj.len() * d, "blocks are not [M, {d}] with M = {}", ldj.len());
+        let m = ldj.len();
+        if m == 0 {
+            return;
+        }
+        // Up to a full tile runs as one tile of exactly `m` rows (the kernels
+        // take any row count with the same per-row bits).
+        if m > TILE_ROWS {
+            let (out, _) = forward_packed(&self.weights, x, false);
+            for ((row, ldj), out) in x.chunks_exact_mut(d).zip(ldj.iter_mut()).zip(out.chunks_exact(d + 1)) {
+                row.copy_from_slice(&out[..d]);
+                *ldj = out[d];
+            }
+            return;
+        }
+        let tape_layout = TapeLayout::new(&self.weights.layout, m);
+        SCRATCH.with_borrow_mut(|(ws, tape)| {
+            let tape = sized(tape, tape_layout.tile_len(self.weights.halves.len()));
+            ldj.fill(0.0);
+            forward_tile(Isa::detect(), &self.weights, &tape_layout, x, ldj, tape, ws);
+        });
+    }
+}
+
+thread_local! {
+    /// [`PackedForward::run`]'s workspace and tape, kept between calls (a
+    /// local update makes one call per sub-layer, each a few rows).
+    static SCRATCH: std::cell::RefCell<(Workspace<f32>, Vec<f32>)> = Default::default();
+}
+
+/// [`forward`] with the weights packed.
+fn forward_packed<E: TileKernels>(weights: &Weights<E>, x: &[f32], save: bool) -> (Vec<f32>, Vec<f32>) {
+    let layout = &weights.layout;
     let d = layout.dim();
     assert_eq!(x.len() % d, 0, "blocks are not [M, {d}]");
     let m = x.len() / d;
     let tile_rows = tile_rows(m);
-    let weights = Weights::<E>::new(*layout, params);
     let tape_layout = TapeLayout::new(layout, tile_rows);
     let tile_tape = tape_layout.tile_len(weights.halves.len());
     let tiles = m.div_ceil(tile_rows);
@@ -834,7 +913,7 @@ fn forward_with<E: TileKernels>(layout: &StackLayout, params: &[f32], x: &[f32],
             Some(tape) => tape,
             None => sized(scratch_tape, tile_tape),
         };
-        forward_tile(isa, &weights, &tape_layout, &mut state, &mut ldj, tape, ws);
+        forward_tile(isa, weights, &tape_layout, &mut state, &mut ldj, tape, ws);
         for (row, out) in out.chunks_exact_mut(d + 1).enumerate() {
             out[..d].copy_from_slice(&state[row * d..(row + 1) * d]);
             out[d] = ldj[row];
@@ -896,7 +975,7 @@ fn backward_with<E: TileKernels>(
     assert_eq!(grad.len() % (d + 1), 0, "output gradient is not [M, {}]", d + 1);
     let m = grad.len() / (d + 1);
     let tile_rows = tile_rows(m);
-    let weights = Weights::<E>::new(*layout, params);
+    let weights = Weights::<E>::new(*layout, params, true);
     let tape_layout = TapeLayout::new(layout, tile_rows);
     let tile_tape = tape_layout.tile_len(weights.halves.len());
     let tiles = m.div_ceil(tile_rows);

@@ -18,6 +18,10 @@
 //! as the known pixels agree with it (see [`ConeSampler::settle`]). The latent
 //! moves run on the host from one seeded generator, so every backend draws
 //! the same completions.
+//!
+//! [`ConeSampler::new`] runs the passes as burn ops on any device;
+//! [`ConeSampler::packed`] runs them on a [`PackedFlow`] in host memory,
+//! where a round's cost follows the cone's blocks (the CPU backends).
 
 use burn::prelude::*;
 use burn::tensor::{IndexingUpdateOp, Int};
@@ -29,7 +33,7 @@ use crate::config::PriorKind;
 use crate::error::{Error, Result};
 use crate::flow::RgFlow;
 use crate::gather::index_tensor;
-use crate::local::{Direction, FlowCache};
+use crate::local::{Direction, FlowCache, PackedCache, PackedFlow};
 use crate::preprocess;
 use crate::prior::Prior;
 use crate::sampling::LevelTemperatures;
@@ -116,12 +120,17 @@ impl SampleOptions {
 #[derive(Debug, Clone)]
 pub struct ConeSampler {
     flow: RgFlow,
+    /// Where the passes run: `None`, burn ops on `device`.
+    packed: Option<PackedFlow>,
+    device: Device,
     hole: Hole,
     options: SampleOptions,
     /// The given image in `[0, 1]`, `[K, C·L²]`.
     x01: Tensor<2>,
     /// Its logits, `[K, C·L²]` (values in the hole unused).
     known: Tensor<2>,
+    /// One row of `known` on the host (the packed passes paste from it).
+    known_host: Vec<f32>,
     /// Column `e` of an image comes from column `paste[e]` of `[known, filled]`.
     paste: Tensor<1, Int>,
     /// The completions so far.
@@ -148,15 +157,27 @@ pub struct ConeSampler {
 
 /// `K` logit images and their encoding.
 #[derive(Debug, Clone)]
-struct Chain {
-    /// `[K, C·L²]`.
-    images: Tensor<2>,
-    /// The forward pass over `images`, when local.
-    cache: Option<FlowCache>,
-    /// `[K, C·L²]`.
-    latents: Tensor<2>,
-    /// `log|det ∂z/∂x01|`: the flow's and the logit map's, `[K]`.
-    log_det: Tensor<1>,
+enum Chain {
+    /// On the sampler's device.
+    Tensors {
+        /// `[K, C·L²]`.
+        images: Tensor<2>,
+        /// The forward pass over `images`, when local.
+        cache: Option<FlowCache>,
+        /// `[K, C·L²]`.
+        latents: Tensor<2>,
+        /// `log|det ∂z/∂x01|`: the flow's and the logit map's, `[K]`.
+        log_det: Tensor<1>,
+    },
+    /// In host memory, for a [`PackedFlow`].
+    Host {
+        /// `[K, C·L²]`.
+        images: Vec<f32>,
+        /// The forward pass over `images` (its output: the latents).
+        cache: PackedCache,
+        /// As above, `[K]`.
+        log_det: Vec<f32>,
+    },
 }
 
 impl ConeSampler {
@@ -164,6 +185,23 @@ impl ConeSampler {
     /// the image `x01` (`C·L²` values in `[0, 1]`, channel-major), on `device`.
     /// The hole starts at the harmonic fill.
     pub fn new(flow: &RgFlow, x01: &[f32], unknown: &[bool], options: SampleOptions, device: &Device) -> Result<Self> {
+        Self::build(flow, None, x01, unknown, options, device)
+    }
+
+    /// As [`Self::new`], with the passes run on `packed` in host memory:
+    /// a round costs the cone's blocks and no per-op overheads.
+    pub fn packed(packed: &PackedFlow, x01: &[f32], unknown: &[bool], options: SampleOptions) -> Result<Self> {
+        Self::build(packed.flow(), Some(packed.clone()), x01, unknown, options, &packed.device())
+    }
+
+    fn build(
+        flow: &RgFlow,
+        packed: Option<PackedFlow>,
+        x01: &[f32],
+        unknown: &[bool],
+        options: SampleOptions,
+        device: &Device,
+    ) -> Result<Self> {
         let c = flow.config().clone();
         let (l, plane) = (c.image_size, c.image_size * c.image_size);
         let n = c.channels * plane;
@@ -181,11 +219,11 @@ impl ConeSampler {
         let logits = |x: Tensor<2>| {
             preprocess::logit_transform(x.reshape([k, c.channels, l, l]), c.logit_constraint).0.reshape([k, n])
         };
-        let host = x01.to_vec();
-        let x01 = image(host.clone());
+        let given = x01.to_vec();
+        let x01 = image(given.clone());
         let known = logits(x01.clone());
         let paste = index_tensor((0..n).map(|e| if unknown[e % plane] { n + e } else { e }).collect(), device);
-        let images = logits(image(super::harmonic_fill(&host, unknown, l)));
+        let images = logits(image(super::harmonic_fill(&given, unknown, l)));
         let site_temperature = flow.element_temperatures(&options.temperatures)?;
         let cone_elements: Vec<usize> = (0..n).filter(|e| hole.cone_sites()[e % plane]).collect();
         let cone_temperatures = cone_elements.iter().map(|&e| site_temperature[e] as f64).collect();
@@ -200,9 +238,16 @@ impl ConeSampler {
             })
             .collect();
         let cone_share = cone_elements.iter().map(|&e| share[e % plane]).collect();
-        let current = encode(flow, images, None, options.local, &hole);
+        let known_host = host(known.clone().slice([0..1, 0..n]));
+        let current = match &packed {
+            Some(packed) => encode_host(packed, host(images), None, &options, &hole),
+            None => encode(flow, images, None, options.local, &hole),
+        };
         Ok(Self {
             flow: flow.clone(),
+            packed,
+            device: device.clone(),
+            known_host,
             hole,
             rng: StdRng::seed_from_u64(options.seed),
             options,
@@ -226,9 +271,22 @@ impl ConeSampler {
     /// at the cone's `M` sites (channel-major canonical order), then their
     /// log-det. Read it and hand it to [`Self::redraw`] or [`Self::settle`].
     pub fn readout(&self) -> Tensor<2> {
-        let chain = self.pending.as_ref().map_or(&self.current, |(p, _)| p);
-        let cone = chain.latents.clone().select(1, self.cone_index.clone());
-        Tensor::cat(vec![cone, chain.log_det.clone().unsqueeze_dim(1)], 1)
+        match self.pending.as_ref().map_or(&self.current, |(p, _)| p) {
+            Chain::Tensors { latents, log_det, .. } => {
+                let cone = latents.clone().select(1, self.cone_index.clone());
+                Tensor::cat(vec![cone, log_det.clone().unsqueeze_dim(1)], 1)
+            }
+            Chain::Host { cache, log_det, .. } => {
+                let n = self.flow.config().num_dims();
+                let m = self.cone_elements.len();
+                let mut values = Vec::with_capacity(log_det.len() * (m + 1));
+                for (z, &ldj) in cache.output().chunks_exact(n).zip(log_det) {
+                    values.extend(self.cone_elements.iter().map(|&e| z[e]));
+                    values.push(ldj);
+                }
+                Tensor::from_data(TensorData::new(values, [log_det.len(), m + 1]), &self.device)
+            }
+        }
     }
 
     /// Decides on the last round's move with the values [`Self::readout`]
@@ -311,24 +369,55 @@ impl ConeSampler {
                 prior.from_gaussian(w, t) as f32
             })
             .collect();
-        let z = self.current.latents.clone();
-        let [_, n] = z.dims();
-        let device = z.device();
-        let moved_tensor = Tensor::<2>::from_data(TensorData::new(moved.clone(), [k, m]), &device);
-        let c = self.flow.config();
-        let z = z.select_assign(1, self.cone_index.clone(), moved_tensor, IndexingUpdateOp::Assign).reshape([
-            k,
-            c.channels,
-            c.image_size,
-            c.image_size,
-        ]);
-        let decoded = if self.options.local {
-            self.flow.inverse_blocks(z, self.hole.cone_blocks())
-        } else {
-            self.flow.inverse_without_ldj(z)
-        };
-        let images = Tensor::cat(vec![self.known.clone(), decoded.reshape([k, n])], 1).select(1, self.paste.clone());
-        let proposal = encode(&self.flow, images, self.current.cache.as_ref(), self.options.local, &self.hole);
+        let proposal =
+            match &mut self.current {
+                Chain::Tensors { latents, cache, .. } => {
+                    let z = latents.clone();
+                    let [_, n] = z.dims();
+                    let c = self.flow.config();
+                    let moved_tensor = Tensor::<2>::from_data(TensorData::new(moved.clone(), [k, m]), &self.device);
+                    let z = z
+                        .select_assign(1, self.cone_index.clone(), moved_tensor, IndexingUpdateOp::Assign)
+                        .reshape([k, c.channels, c.image_size, c.image_size]);
+                    let decoded = if self.options.local {
+                        self.flow.inverse_blocks(z, self.hole.cone_blocks())
+                    } else {
+                        self.flow.inverse_without_ldj(z)
+                    };
+                    let images =
+                        Tensor::cat(vec![self.known.clone(), decoded.reshape([k, n])], 1).select(1, self.paste.clone());
+                    encode(&self.flow, images, cache.as_ref(), self.options.local, &self.hole)
+                }
+                Chain::Host { cache, .. } => {
+                    let packed = self.packed.as_ref().expect("a host chain has a packed flow");
+                    let n = self.known_host.len();
+                    let mut z = cache.output().to_vec();
+                    for (z, moved) in z.chunks_exact_mut(n).zip(moved.chunks_exact(m)) {
+                        for (&e, &v) in self.cone_elements.iter().zip(moved) {
+                            z[e] = v;
+                        }
+                    }
+                    if self.options.local {
+                        packed.inverse_blocks(&mut z, self.hole.cone_blocks());
+                    } else {
+                        z = packed.run_cached(Direction::Inverse, &z).output().to_vec();
+                    }
+                    let mut images = self.known_host.repeat(k);
+                    for (image, z) in images.chunks_exact_mut(n).zip(z.chunks_exact(n)) {
+                        for &e in self.hole.elements() {
+                            image[e] = z[e];
+                        }
+                    }
+                    // Without Metropolis every move is kept, so the current pass
+                    // is updated in place rather than copied.
+                    let base = match (self.options.local, self.options.metropolis) {
+                        (false, _) => None,
+                        (true, true) => Some(cache.clone()),
+                        (true, false) => Some(std::mem::replace(cache, PackedCache::empty())),
+                    };
+                    encode_host(packed, images, base, &self.options, &self.hole)
+                }
+            };
         self.pending = Some((proposal, moved));
         self.round += 1;
         Ok(())
@@ -357,8 +446,12 @@ impl ConeSampler {
     pub fn images(&self) -> Tensor<4> {
         let c = self.flow.config();
         let k = self.options.samples;
-        let (l, n) = (c.image_size, self.current.images.dims()[1]);
-        let logits = self.current.images.clone().reshape([k, c.channels, l, l]);
+        let (l, n) = (c.image_size, c.num_dims());
+        let logits = match &self.current {
+            Chain::Tensors { images, .. } => images.clone(),
+            Chain::Host { images, .. } => Tensor::from_data(TensorData::new(images.clone(), [k, n]), &self.device),
+        };
+        let logits = logits.reshape([k, c.channels, l, l]);
         let filled = preprocess::logit_to_pixels(logits, c.logit_constraint).clamp(0.0, 1.0).reshape([k, n]);
         Tensor::cat(vec![self.x01.clone(), filled], 1).select(1, self.paste.clone()).reshape([
             k,
@@ -424,27 +517,90 @@ fn encode(flow: &RgFlow, images: Tensor<2>, base: Option<&FlowCache>, local: boo
         }
     };
     let log_det = ldj + preprocess::logit_log_det(shaped, c.logit_constraint);
-    Chain { images, cache, latents: z.reshape([k, n]), log_det }
+    Chain::Tensors { images, cache, latents: z.reshape([k, n]), log_det }
+}
+
+/// [`encode`] on a [`PackedFlow`]: logit images `[K, C·L²]`, updating `base`
+/// in place when local (it encodes images that differ in the hole alone).
+fn encode_host(
+    packed: &PackedFlow,
+    images: Vec<f32>,
+    base: Option<PackedCache>,
+    options: &SampleOptions,
+    hole: &Hole,
+) -> Chain {
+    let cache = match (options.local, base) {
+        (true, Some(mut cache)) => {
+            packed.update(&mut cache, &images, hole.unknown());
+            cache
+        }
+        _ => packed.run_cached(Direction::Forward, &images),
+    };
+    let constraint = packed.flow().config().logit_constraint;
+    let n = packed.flow().config().num_dims();
+    let log_det = cache
+        .log_det()
+        .into_iter()
+        .zip(images.chunks_exact(n))
+        .map(|(ldj, image)| ldj + preprocess::logit_log_det_host(image, constraint) as f32)
+        .collect();
+    Chain::Host { images, cache, log_det }
+}
+
+/// A tensor's values on the host.
+fn host(t: Tensor<2>) -> Vec<f32> {
+    t.into_data().try_into_vec_as::<f32>().expect("f32 values")
 }
 
 impl Chain {
     /// Row `k` from `new` where `take[k]`, else from `self`.
     fn choose(self, new: Chain, take: &[bool]) -> Chain {
-        let rows = |old: Tensor<2>, new: Tensor<2>| choose_rows(old, new, take);
-        let k = take.len();
-        let cache = match (self.cache, new.cache) {
-            (Some(old), Some(new)) => Some(FlowCache {
-                direction: new.direction,
-                states: old.states.into_iter().zip(new.states).map(|(o, n)| rows(o, n)).collect(),
-                block_ldj: old.block_ldj.into_iter().zip(new.block_ldj).map(|(o, n)| rows(o, n)).collect(),
-            }),
-            _ => None,
-        };
-        Chain {
-            images: rows(self.images, new.images),
-            cache,
-            latents: rows(self.latents, new.latents),
-            log_det: rows(self.log_det.reshape([k, 1]), new.log_det.reshape([k, 1])).reshape([k]),
+        match (self, new) {
+            (
+                Chain::Tensors { images, cache, latents, log_det },
+                Chain::Tensors { images: new_images, cache: new_cache, latents: new_latents, log_det: new_log_det },
+            ) => {
+                let rows = |old: Tensor<2>, new: Tensor<2>| choose_rows(old, new, take);
+                let k = take.len();
+                let cache = match (cache, new_cache) {
+                    (Some(old), Some(new)) => Some(FlowCache {
+                        direction: new.direction,
+                        states: old.states.into_iter().zip(new.states).map(|(o, n)| rows(o, n)).collect(),
+                        block_ldj: old.block_ldj.into_iter().zip(new.block_ldj).map(|(o, n)| rows(o, n)).collect(),
+                    }),
+                    _ => None,
+                };
+                Chain::Tensors {
+                    images: rows(images, new_images),
+                    cache,
+                    latents: rows(latents, new_latents),
+                    log_det: rows(log_det.reshape([k, 1]), new_log_det.reshape([k, 1])).reshape([k]),
+                }
+            }
+            (
+                Chain::Host { images, cache, log_det },
+                Chain::Host { images: mut new_images, cache: mut new_cache, log_det: mut new_log_det },
+            ) => {
+                // Copy the rejected completions' rows back into the new chain.
+                let rows = |old: &[f32], new: &mut [f32]| {
+                    let width = old.len() / take.len();
+                    for (k, (old, new)) in old.chunks_exact(width).zip(new.chunks_exact_mut(width)).enumerate() {
+                        if !take[k] {
+                            new.copy_from_slice(old);
+                        }
+                    }
+                };
+                rows(&images, &mut new_images);
+                rows(&log_det, &mut new_log_det);
+                for (old, new) in cache.states.iter().zip(&mut new_cache.states) {
+                    rows(old, new);
+                }
+                for (old, new) in cache.block_ldj.iter().zip(&mut new_cache.block_ldj) {
+                    rows(old, new);
+                }
+                Chain::Host { images: new_images, cache: new_cache, log_det: new_log_det }
+            }
+            _ => unreachable!("a sampler's chains all run on one engine"),
         }
     }
 }
@@ -488,14 +644,27 @@ mod tests {
         SampleOptions { samples: 3, rounds: 4, seed, local, ..SampleOptions::new(flow.lattice().levels(), 0.8) }
     }
 
+    /// A sampler on burn ops, or on the flow packed.
+    fn sampler(flow: &RgFlow, x01: &[f32], hole: &[bool], options: SampleOptions, packed: bool) -> ConeSampler {
+        if packed {
+            ConeSampler::packed(&PackedFlow::new(flow), x01, hole, options).unwrap()
+        } else {
+            ConeSampler::new(flow, x01, hole, options, &Device::flex()).unwrap()
+        }
+    }
+
     #[test]
     fn known_pixels_stay_and_seeds_decide_the_fill() {
+        for packed in [false, true] {
+            known_pixels_stay_and_seeds_decide_the_fill_on(packed);
+        }
+    }
+
+    fn known_pixels_stay_and_seeds_decide_the_fill_on(packed: bool) {
         let (flow, x01, hole) = setup(16);
         let given = values(x01.clone());
         let draw = |seed| {
-            let mut s =
-                ConeSampler::new(&flow, &values(x01.clone()), &hole, options(&flow, seed, true), &Device::flex())
-                    .unwrap();
+            let mut s = sampler(&flow, &given, &hole, options(&flow, seed, true), packed);
             s.run();
             values(s.images())
         };
@@ -524,17 +693,42 @@ mod tests {
         // Without Metropolis: its decisions read a log-det whose local and full
         // sums differ in rounding, so one could flip and the chains part.
         let plain = |local| SampleOptions { metropolis: false, ..options(&flow, 5, local) };
-        let mut local = ConeSampler::new(&flow, &values(x01.clone()), &hole, plain(true), &Device::flex()).unwrap();
-        let mut full = ConeSampler::new(&flow, &values(x01), &hole, plain(false), &Device::flex()).unwrap();
-        assert!(local.blocks_per_round() < full.blocks_per_round() / 2);
+        let given = values(x01);
+        for packed in [false, true] {
+            let mut local = sampler(&flow, &given, &hole, plain(true), packed);
+            let mut full = sampler(&flow, &given, &hole, plain(false), packed);
+            assert!(local.blocks_per_round() < full.blocks_per_round() / 2);
+            for round in 0..4 {
+                let (a, b) = (local.readout(), full.readout());
+                let diff = (a - b).abs().max().into_scalar::<f32>();
+                assert!(diff < 1e-3, "round {round}: cone latents or log-dets differ by {diff}");
+                local.step();
+                full.step();
+                let (a, b) = (values(local.images()), values(full.images()));
+                if packed {
+                    // The packed passes give a row the same bits whatever else runs.
+                    assert_eq!(a, b, "round {round}: packed images differ");
+                } else {
+                    let diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+                    assert!(diff < 1e-5, "round {round}: images differ by {diff}");
+                }
+            }
+        }
+    }
+
+    /// The packed passes draw the completions the burn ops draw, to rounding.
+    #[test]
+    fn packed_rounds_follow_the_tensor_rounds() {
+        let (flow, x01, hole) = setup(32);
+        let given = values(x01);
+        let plain = SampleOptions { metropolis: false, ..options(&flow, 3, true) };
+        let mut tensors = sampler(&flow, &given, &hole, plain.clone(), false);
+        let mut packed = sampler(&flow, &given, &hole, plain, true);
         for round in 0..4 {
-            let (a, b) = (local.readout(), full.readout());
-            let diff = (a - b).abs().max().into_scalar::<f32>();
-            assert!(diff < 1e-3, "round {round}: cone latents or log-dets differ by {diff}");
-            local.step();
-            full.step();
-            let diff = (local.images() - full.images()).abs().max().into_scalar::<f32>();
-            assert!(diff < 1e-5, "round {round}: images differ by {diff}");
+            tensors.step();
+            packed.step();
+            let diff = (tensors.images() - packed.images()).abs().max().into_scalar::<f32>();
+            assert!(diff < 1e-3, "round {round}: images differ by {diff}");
         }
     }
 
@@ -571,18 +765,20 @@ mod tests {
     fn metropolis_rounds_keep_known_pixels_and_replay_from_the_seed() {
         let (flow, x01, hole) = setup(16);
         let given = values(x01.clone());
-        let run = || {
-            let options = SampleOptions { metropolis: true, rounds: 6, ..options(&flow, 9, true) };
-            let mut s = ConeSampler::new(&flow, &given, &hole, options, &Device::flex()).unwrap();
-            s.run();
-            (values(s.images()), s.acceptance())
-        };
-        let ((a, kept), (b, _)) = (run(), run());
-        assert_eq!(a, b);
-        assert!((0.0..=1.0).contains(&kept), "{kept}");
-        for (i, v) in a.iter().enumerate() {
-            if !hole[(i % given.len()) % 256] {
-                assert_eq!(*v, given[i % given.len()], "known pixel {i} changed");
+        for packed in [false, true] {
+            let run = || {
+                let options = SampleOptions { metropolis: true, rounds: 6, ..options(&flow, 9, true) };
+                let mut s = sampler(&flow, &given, &hole, options, packed);
+                s.run();
+                (values(s.images()), s.acceptance())
+            };
+            let ((a, kept), (b, _)) = (run(), run());
+            assert_eq!(a, b);
+            assert!((0.0..1.0).contains(&kept) && kept > 0.0, "packed {packed}: acceptance {kept}");
+            for (i, v) in a.iter().enumerate() {
+                if !hole[(i % given.len()) % 256] {
+                    assert_eq!(*v, given[i % given.len()], "known pixel {i} changed");
+                }
             }
         }
         let mut s = ConeSampler::new(&flow, &given, &hole, options(&flow, 9, true), &Device::flex()).unwrap();

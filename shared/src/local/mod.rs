@@ -8,13 +8,20 @@
 //! dirty blocks' rows from the new input, runs their couplings, and writes the
 //! rows over the cached state (an indexed assignment: values are copied, never
 //! re-added, and gradients flow — inpainting differentiates through it).
+//!
+//! Those updates run as burn ops, on any backend. On the CPU, [`PackedFlow`]
+//! does the same with packed weights and host states, so that an update's
+//! time follows its blocks rather than per-op overheads.
+
+mod packed;
 
 use burn::prelude::*;
-
-use crate::flow::RgFlow;
 use burn::tensor::IndexingUpdateOp;
 
+use crate::flow::RgFlow;
 use crate::gather::index_tensor;
+
+pub use packed::{PackedCache, PackedFlow};
 
 /// Which way a cached pass runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
