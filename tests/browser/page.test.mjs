@@ -81,6 +81,7 @@ async function panels(browser, base) {
   await page.click('#tab-inpaint');
   await page.click('#inpaint-erase');
   console.log('  inpaint:', await settle('inpaint-status', /rounds in/));
+  console.log('  inpaint stroke:', await brushStroke(page, settle));
   await page.click('#tab-explore');
   console.log('  explore:', await settle('explore-status', /Decoded in/));
   // Play, then Stop while the walk is still being computed: no animation may start.
@@ -124,6 +125,50 @@ async function panels(browser, base) {
   await page.screenshot({ path: path.join(out, 'page-panels.png'), fullPage: true });
   console.log('ok panels');
   await page.close();
+}
+
+// Paints a horizontal stroke on the Inpaint canvas with the mouse: the
+// completion (drawn while the brush moves, then once more) changes the
+// painted pixels, fills them (not the painting grey), and nothing else.
+async function brushStroke(page, settle) {
+  await page.click('#inpaint-reset');
+  await settle('inpaint-status', /Paint over/);
+  const pixels = () => page.$eval('#inpaint-canvas', (c) => Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data));
+  const size = await page.$eval('#inpaint-canvas', (c) => c.width);
+  const radius = Number(await page.$eval('#inpaint-brush', (e) => e.value));
+  const before = await pixels();
+  const box = await (await page.$('#inpaint-canvas')).boundingBox();
+  const at = (x, y) => [box.x + (x + 0.5) * box.width / size, box.y + (y + 0.5) * box.height / size];
+  const [x0, x1, y] = [8, 20, 10];
+  await page.mouse.move(...at(x0, y));
+  await page.mouse.down();
+  for (let x = x0 + 1; x <= x1; x++) await page.mouse.move(...at(x, y));
+  await page.mouse.up();
+  // Settled: the status names a finished fill and stays the same for a while.
+  let text = await settle('inpaint-status', /rounds in/);
+  for (;;) {
+    await new Promise((r) => setTimeout(r, 1000));
+    const again = await settle('inpaint-status', /rounds in/);
+    if (again === text) break;
+    text = again;
+  }
+  const after = await pixels();
+  const outside = [];
+  let [near, filled] = [0, 0];
+  for (let s = 0; s < size * size; s++) {
+    const [px, py] = [s % size, Math.floor(s / size)];
+    const distance = Math.hypot(Math.max(x0 - px, 0, px - x1), py - y);
+    const changed = [0, 1, 2].some((c) => before[4 * s + c] !== after[4 * s + c]);
+    const grey = [0, 1, 2].every((c) => Math.abs(after[4 * s + c] - 127.5) <= 1);
+    if (changed && distance > radius + 1e-9) outside.push(s);
+    if (distance <= 1) {
+      near += 1;
+      if (changed && !grey) filled += 1;
+    }
+  }
+  assert.deepEqual(outside, [], 'pixels changed outside the brush stroke');
+  assert.ok(filled >= 0.8 * near, `only ${filled} of the ${near} pixels on the stroke were filled`);
+  return `${filled} of ${near} pixels on the stroke filled, none changed outside it; ${text}`;
 }
 
 async function missingWeights(browser, base) {

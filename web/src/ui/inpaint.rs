@@ -1,6 +1,6 @@
 //! Inpaint panel: paint over a face (mouse, pen or finger) and watch the
-//! model draw a completion of the painted pixels, round by round, re-running
-//! only the O(log L) blocks in their causal cone.
+//! model draw a completion of the painted pixels while the brush moves,
+//! round by round, re-running only the O(log L) blocks in their causal cone.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -107,32 +107,32 @@ pub fn init(app: &Rc<App>) -> Result<Rc<Live>> {
         let radius = input_value("inpaint-brush").and_then(|v| v.parse::<f64>().ok()).unwrap_or(2.0);
         state.borrow_mut().paint(size, x, y, radius);
     };
+    // Every brush movement asks for a completion; `Live` runs at most one
+    // at a time and then one more for whatever was painted meanwhile.
     {
-        let (st, cv, redraw) = (state.clone(), canvas.clone(), redraw.clone());
+        let (st, cv, redraw, l) = (state.clone(), canvas.clone(), redraw.clone(), live.clone());
         on(&canvas, "pointerdown", move |e: PointerEvent| {
             e.prevent_default();
             let _ = cv.set_pointer_capture(e.pointer_id());
             st.borrow_mut().drawing = true;
             stroke(&st, &cv, &e);
             redraw(&st.borrow());
+            l.trigger();
         });
     }
     {
-        let (st, cv, redraw) = (state.clone(), canvas.clone(), redraw.clone());
+        let (st, cv, redraw, l) = (state.clone(), canvas.clone(), redraw.clone(), live.clone());
         on(&canvas, "pointermove", move |e: PointerEvent| {
             if st.borrow().drawing {
                 stroke(&st, &cv, &e);
                 redraw(&st.borrow());
+                l.trigger();
             }
         });
     }
     for end in ["pointerup", "pointercancel"] {
-        let (st, l) = (state.clone(), live.clone());
-        on(&canvas, end, move |_: PointerEvent| {
-            if std::mem::replace(&mut st.borrow_mut().drawing, false) {
-                l.trigger();
-            }
-        });
+        let st = state.clone();
+        on(&canvas, end, move |_: PointerEvent| st.borrow_mut().drawing = false);
     }
     {
         let (st, l) = (state.clone(), live.clone());
