@@ -148,6 +148,11 @@ impl MeraLattice {
         self.sublayers.len() / 2
     }
 
+    /// Blocks of every sub-layer together: what a full pass evaluates.
+    pub fn num_blocks(&self) -> usize {
+        self.sublayers.iter().map(|s| s.num_blocks).sum()
+    }
+
     /// Values per block, `K²` (per channel).
     pub fn block_sites(&self) -> usize {
         self.kernel_size * self.kernel_size

@@ -284,7 +284,7 @@ mod tests {
             }
         }
         let (blocks, _) = f.lattice().cone(&hole, false);
-        let total: usize = f.lattice().sublayers.iter().map(|s| s.num_blocks).sum();
+        let total = f.lattice().num_blocks();
         let run: usize = blocks.iter().map(Vec::len).sum();
         assert!(run < total / 2, "{run} of {total} blocks");
         let part = f.inverse_blocks(z, &blocks).into_data().try_to_vec::<f32>().unwrap();

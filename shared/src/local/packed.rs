@@ -211,6 +211,15 @@ impl PackedFlow {
     /// the blocks the change reaches run. Afterwards `cache` holds the same
     /// bits as [`Self::run_cached`] on the new input.
     pub fn update(&self, cache: &mut PackedCache, input: &[f32], changed: &[bool]) -> LocalStats {
+        // On a worker of the pool, the sub-layers' two-thread splits are
+        // cheap joins rather than one hand-over from outside each.
+        #[cfg(feature = "parallel")]
+        return rayon::scope(|_| self.update_here(cache, input, changed));
+        #[cfg(not(feature = "parallel"))]
+        self.update_here(cache, input, changed)
+    }
+
+    fn update_here(&self, cache: &mut PackedCache, input: &[f32], changed: &[bool]) -> LocalStats {
         let lattice = self.inner.flow.lattice();
         let n = self.num_dims();
         let plane = lattice.size * lattice.size;

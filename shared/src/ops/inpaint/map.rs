@@ -191,7 +191,7 @@ impl Inpainter {
 
     /// Blocks a full pass evaluates.
     pub fn blocks_total(&self) -> usize {
-        self.flow.lattice().sublayers.iter().map(|s| s.num_blocks).sum()
+        self.flow.lattice().num_blocks()
     }
 }
 

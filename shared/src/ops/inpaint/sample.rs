@@ -489,7 +489,7 @@ impl ConeSampler {
 
     /// Blocks a full pass evaluates.
     pub fn blocks_total(&self) -> usize {
-        self.flow.lattice().sublayers.iter().map(|s| s.num_blocks).sum()
+        self.flow.lattice().num_blocks()
     }
 }
 
