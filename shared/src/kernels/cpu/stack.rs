@@ -74,6 +74,9 @@ struct Layer<E: Operand> {
     out: usize,
 }
 
+/// A network's layers, per residual block and linear layer.
+type NetLayers<T> = Vec<Vec<T>>;
+
 /// One half of a coupling layer: what it reads, what it updates, and its
 /// two networks.
 struct Half<E: Operand> {
@@ -82,7 +85,7 @@ struct Half<E: Operand> {
     /// `1` on the conditioning positions, `0` elsewhere, `[D]`.
     conditioning_mask: Vec<f32>,
     /// Per network (`s`, `t`): layers per residual block.
-    nets: [Vec<Vec<Arc<Layer<E>>>>; 2],
+    nets: [NetLayers<Arc<Layer<E>>>; 2],
     /// Per network: the final scale over the updated half, and its range.
     scales: [(Vec<f32>, std::ops::Range<usize>); 2],
 }
@@ -106,7 +109,7 @@ impl<E: Operand> Weights<E> {
         // between a coupling's two halves (they keep the conditioning inputs
         // and the updated outputs); every other layer is packed once and
         // shared, so the second half finds it in cache.
-        let interior = |b: usize, l: usize| !(b == 0 && l == 0) && !(b == last_block && l == last_layer);
+        let interior = |b: usize, l: usize| !(b == 0 && l == 0 || b == last_block && l == last_layer);
         let nets: Vec<(usize, Net)> = (0..layout.nlayers).flat_map(|i| [Net::S, Net::T].map(|net| (i, net))).collect();
         let matrices: Vec<Vec<Vec<Vec<f32>>>> = par_map(&nets, |&(i, net)| {
             (0..layout.nresblocks)
@@ -125,7 +128,7 @@ impl<E: Operand> Weights<E> {
             let w = &matrices[2 * i + net as usize][b][l];
             Arc::new(Layer::new(w, params, layout.linear(i, net, b, l), [k, n], rows, cols, backward))
         };
-        let shared: Vec<Vec<Vec<Option<Arc<Layer<E>>>>>> = par_map(&nets, |&(i, net)| {
+        let shared: Vec<NetLayers<Option<Arc<Layer<E>>>>> = par_map(&nets, |&(i, net)| {
             (0..layout.nresblocks)
                 .map(|b| {
                     (0..layout.linears()).map(|l| interior(b, l).then(|| layer(i, net, b, l, None, None))).collect()
@@ -137,7 +140,7 @@ impl<E: Operand> Weights<E> {
         let jobs: Vec<(usize, usize, Net)> = (0..layout.nlayers)
             .flat_map(|i| (0..2).flat_map(move |h| [Net::S, Net::T].map(|net| (i, h, net))))
             .collect();
-        let mut packed = par_map(&jobs, |&(i, h, net)| -> Vec<Vec<Arc<Layer<E>>>> {
+        let mut packed = par_map(&jobs, |&(i, h, net)| -> NetLayers<Arc<Layer<E>>> {
             let (conditioning, updated) = sides[h];
             (0..layout.nresblocks)
                 .map(|b| {

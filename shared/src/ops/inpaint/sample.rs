@@ -155,20 +155,24 @@ pub struct ConeSampler {
     proposed: usize,
 }
 
+/// [`Chain::Tensors`].
+#[derive(Debug, Clone)]
+struct TensorChain {
+    /// `[K, C·L²]`.
+    images: Tensor<2>,
+    /// The forward pass over `images`, when local.
+    cache: Option<FlowCache>,
+    /// `[K, C·L²]`.
+    latents: Tensor<2>,
+    /// `log|det ∂z/∂x01|`: the flow's and the logit map's, `[K]`.
+    log_det: Tensor<1>,
+}
+
 /// `K` logit images and their encoding.
 #[derive(Debug, Clone)]
 enum Chain {
     /// On the sampler's device.
-    Tensors {
-        /// `[K, C·L²]`.
-        images: Tensor<2>,
-        /// The forward pass over `images`, when local.
-        cache: Option<FlowCache>,
-        /// `[K, C·L²]`.
-        latents: Tensor<2>,
-        /// `log|det ∂z/∂x01|`: the flow's and the logit map's, `[K]`.
-        log_det: Tensor<1>,
-    },
+    Tensors(Box<TensorChain>),
     /// In host memory, for a [`PackedFlow`].
     Host {
         /// `[K, C·L²]`.
@@ -272,7 +276,8 @@ impl ConeSampler {
     /// log-det. Read it and hand it to [`Self::redraw`] or [`Self::settle`].
     pub fn readout(&self) -> Tensor<2> {
         match self.pending.as_ref().map_or(&self.current, |(p, _)| p) {
-            Chain::Tensors { latents, log_det, .. } => {
+            Chain::Tensors(chain) => {
+                let TensorChain { latents, log_det, .. } = chain.as_ref();
                 let cone = latents.clone().select(1, self.cone_index.clone());
                 Tensor::cat(vec![cone, log_det.clone().unsqueeze_dim(1)], 1)
             }
@@ -371,7 +376,8 @@ impl ConeSampler {
             .collect();
         let proposal =
             match &mut self.current {
-                Chain::Tensors { latents, cache, .. } => {
+                Chain::Tensors(chain) => {
+                    let TensorChain { latents, cache, .. } = chain.as_ref();
                     let z = latents.clone();
                     let [_, n] = z.dims();
                     let c = self.flow.config();
@@ -448,7 +454,7 @@ impl ConeSampler {
         let k = self.options.samples;
         let (l, n) = (c.image_size, c.num_dims());
         let logits = match &self.current {
-            Chain::Tensors { images, .. } => images.clone(),
+            Chain::Tensors(chain) => chain.images.clone(),
             Chain::Host { images, .. } => Tensor::from_data(TensorData::new(images.clone(), [k, n]), &self.device),
         };
         let logits = logits.reshape([k, c.channels, l, l]);
@@ -517,7 +523,7 @@ fn encode(flow: &RgFlow, images: Tensor<2>, base: Option<&FlowCache>, local: boo
         }
     };
     let log_det = ldj + preprocess::logit_log_det(shaped, c.logit_constraint);
-    Chain::Tensors { images, cache, latents: z.reshape([k, n]), log_det }
+    Chain::Tensors(Box::new(TensorChain { images, cache, latents: z.reshape([k, n]), log_det }))
 }
 
 /// [`encode`] on a [`PackedFlow`]: logit images `[K, C·L²]`, updating `base`
@@ -556,10 +562,10 @@ impl Chain {
     /// Row `k` from `new` where `take[k]`, else from `self`.
     fn choose(self, new: Chain, take: &[bool]) -> Chain {
         match (self, new) {
-            (
-                Chain::Tensors { images, cache, latents, log_det },
-                Chain::Tensors { images: new_images, cache: new_cache, latents: new_latents, log_det: new_log_det },
-            ) => {
+            (Chain::Tensors(old), Chain::Tensors(new)) => {
+                let TensorChain { images, cache, latents, log_det } = *old;
+                let TensorChain { images: new_images, cache: new_cache, latents: new_latents, log_det: new_log_det } =
+                    *new;
                 let rows = |old: Tensor<2>, new: Tensor<2>| choose_rows(old, new, take);
                 let k = take.len();
                 let cache = match (cache, new_cache) {
@@ -570,12 +576,12 @@ impl Chain {
                     }),
                     _ => None,
                 };
-                Chain::Tensors {
+                Chain::Tensors(Box::new(TensorChain {
                     images: rows(images, new_images),
                     cache,
                     latents: rows(latents, new_latents),
                     log_det: rows(log_det.reshape([k, 1]), new_log_det.reshape([k, 1])).reshape([k]),
-                }
+                }))
             }
             (
                 Chain::Host { images, cache, log_det },
