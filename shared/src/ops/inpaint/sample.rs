@@ -129,7 +129,8 @@ pub struct ConeSampler {
     x01: Tensor<2>,
     /// Its logits, `[K, C·L²]` (values in the hole unused).
     known: Tensor<2>,
-    /// One row of `known` on the host (the packed passes paste from it).
+    /// One row of `known` on the host, for the packed passes to paste from
+    /// (empty on burn ops).
     known_host: Vec<f32>,
     /// Column `e` of an image comes from column `paste[e]` of `[known, filled]`.
     paste: Tensor<1, Int>,
@@ -242,10 +243,13 @@ impl ConeSampler {
             })
             .collect();
         let cone_share = cone_elements.iter().map(|&e| share[e % plane]).collect();
-        let known_host = host(known.clone().slice([0..1, 0..n]));
-        let current = match &packed {
-            Some(packed) => encode_host(packed, host(images), None, &options, &hole),
-            None => encode(flow, images, None, options.local, &hole),
+        // Host values only for the packed passes: a synchronous read-back
+        // would fail on WebGPU in the browser.
+        let (current, known_host) = match &packed {
+            Some(packed) => {
+                (encode_host(packed, host(images), None, &options, &hole), host(known.clone().slice([0..1, 0..n])))
+            }
+            None => (encode(flow, images, None, options.local, &hole), Vec::new()),
         };
         Ok(Self {
             flow: flow.clone(),
