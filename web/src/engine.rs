@@ -10,7 +10,7 @@ use rgflow::ops::factors::{LatentSite, random_walk};
 use rgflow::ops::inpaint::{ConeSampler, SampleOptions};
 use rgflow::ops::levels::{level_values, mix_levels, with_level_values};
 use rgflow::ops::receptive::receptive_field_tensor;
-use rgflow::{CpuDecoder, LevelTemperatures, PackedFlow, RgFlow, RgFlowConfig};
+use rgflow::{LevelTemperatures, PackedFlow, RgFlow, RgFlowConfig};
 
 use crate::error::{Result, WebError};
 
@@ -61,7 +61,7 @@ impl Engine {
     /// Validates and loads a weight file (as written by `trainer export`).
     pub fn load(bytes: Vec<u8>, source: &str, device: Device, backend: BackendKind) -> Result<Self> {
         let flow = rgflow::store::from_bytes(bytes, source, &device)?;
-        let packed = CpuDecoder::suits(&device).then(|| PackedFlow::new(&flow));
+        let packed = PackedFlow::for_device(&flow, &device);
         Ok(Self { flow, packed, device, backend })
     }
 

@@ -96,6 +96,13 @@ impl PackedFlow {
         Self { inner: Arc::new(inner) }
     }
 
+    /// `flow` packed when `device` keeps tensors in host memory (the CPU
+    /// backends, [`CpuDecoder::suits`]), where the packed passes cost no
+    /// transfers; `None` elsewhere (run burn ops on the device there).
+    pub fn for_device(flow: &RgFlow, device: &Device) -> Option<Self> {
+        CpuDecoder::suits(device).then(|| Self::new(flow))
+    }
+
     /// The model this was packed from.
     pub fn flow(&self) -> &RgFlow {
         &self.inner.flow

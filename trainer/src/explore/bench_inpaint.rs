@@ -154,7 +154,7 @@ pub fn run(args: BenchInpaintArgs) -> anyhow::Result<()> {
     let count = args.images.min(items.len());
     let options = args.sampler.options(flow.lattice().levels(), args.samples, true)?;
     let seed = args.sampler.seed;
-    let packed = super::inpaint::packed_for(&flow, &device);
+    let packed = rgflow::PackedFlow::for_device(&flow, &device);
     println!(
         "{count} held-out images; sample: {} completions, T {}, {} rounds, β {:?}, moves kept: {:?}; map: {} Adam steps",
         args.samples,

@@ -9,7 +9,7 @@ use clap::{Args, ValueEnum};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rgflow::ops::{ConeSampler, InpaintOptions, SampleOptions, inpaint};
-use rgflow::{CpuDecoder, LevelTemperatures, PackedFlow, RgFlow};
+use rgflow::{LevelTemperatures, PackedFlow, RgFlow};
 
 use super::{ImageChoice, ModelChoice};
 use crate::model_io::save_grid;
@@ -196,12 +196,6 @@ pub fn masked(x01: Tensor<4>, unknown: &[bool]) -> Tensor<4> {
     x01 * keep.clone() + keep.neg().add_scalar(1.0).mul_scalar(0.5)
 }
 
-/// On a CPU backend, the flow packed for the sampler's host passes (a
-/// round then costs the cone's blocks, not burn's per-op overheads).
-pub fn packed_for(flow: &RgFlow, device: &Device) -> Option<PackedFlow> {
-    CpuDecoder::suits(device).then(|| PackedFlow::new(flow))
-}
-
 /// A sampler on the packed flow when there is one, else on burn ops.
 pub fn cone_sampler(
     flow: &RgFlow,
@@ -222,7 +216,7 @@ pub fn run(args: InpaintArgs) -> anyhow::Result<()> {
     let l = flow.config().image_size;
     let x01 = args.input.load(&flow, &device)?;
     let options = args.sampler.options(flow.lattice().levels(), args.samples, !args.full)?;
-    let packed = packed_for(&flow, &device);
+    let packed = PackedFlow::for_device(&flow, &device);
     let mut rows = Vec::new();
     let mut columns = 0;
     for spec in &args.mask {
