@@ -8,8 +8,8 @@
 //! forward's from the training kernels, the inverse's from the
 //! [`CpuDecoder`]), keeps a pass's states in host memory, and updates them in
 //! place: per sub-layer it gathers the dirty blocks' rows, runs the packed
-//! stack on them as one small tile on the calling thread, and writes them
-//! back. Nothing in an update is `O(L²)`.
+//! stack on them as one small tile (its rows split over two threads when
+//! there are several), and writes them back. Nothing in an update is `O(L²)`.
 //!
 //! Rows are independent in the tile kernels, so a local update gives the same
 //! bits as a full [`PackedFlow`] pass; against the burn ops of [`RgFlow`] it
@@ -27,6 +27,24 @@ use crate::kernels::cpu::stack::PackedForward;
 /// An [`RgFlow`] packed for cached passes and local updates on the host
 /// (see the module docs). Build it once per model: it holds its own copy of
 /// the weights, packed for each direction. Cheap to share ([`Arc`] inside).
+///
+/// ```
+/// # use burn::prelude::*;
+/// use rgflow::local::{Direction, PackedFlow};
+/// let device = Device::flex();
+/// let flow = rgflow::RgFlowConfig::from_level_specs(8, 3, "1", "1", "1", "8")?.init(&device);
+/// let packed = PackedFlow::new(&flow);
+/// let x = vec![0.3f32; 3 * 8 * 8];
+/// let mut cache = packed.run_cached(Direction::Forward, &x);
+/// // Edit one pixel (all channels): only the blocks it reaches run again.
+/// let (mut edited, mut changed) = (x.clone(), vec![false; 64]);
+/// changed[9] = true;
+/// (0..3).for_each(|c| edited[c * 64 + 9] = -0.5);
+/// let stats = packed.update(&mut cache, &edited, &changed);
+/// assert!(stats.blocks_evaluated < stats.blocks_total);
+/// assert_eq!(cache, packed.run_cached(Direction::Forward, &edited));
+/// # Ok::<(), rgflow::Error>(())
+/// ```
 #[derive(Clone)]
 pub struct PackedFlow {
     inner: Arc<Inner>,
