@@ -141,24 +141,15 @@ impl PackedFlow {
         self.inner.flow.config().num_dims()
     }
 
-    fn order(&self, direction: Direction) -> Vec<usize> {
-        let depth = self.inner.forward.len();
-        match direction {
-            Direction::Forward => (0..depth).collect(),
-            Direction::Inverse => (0..depth).rev().collect(),
-        }
-    }
-
     fn batch_of(&self, values: &[f32]) -> usize {
         let n = self.num_dims();
         assert_eq!(values.len() % n, 0, "images are not [B, {n}]");
         values.len() / n
     }
 
-    /// Values per block row of sub-layer `k`, and its blocks' elements.
+    /// Values per block row, `C·K²`, and sub-layer `k`'s blocks' elements.
     fn block_table(&self, k: usize) -> (usize, &[usize]) {
-        let elements = &self.inner.elements[k];
-        (elements.len() / self.inner.flow.lattice().sublayers[k].num_blocks, elements)
+        (self.inner.flow.config().block_dim(), &self.inner.elements[k])
     }
 
     /// The rows of `blocks` of sub-layer `k` from the images `source: [B, N]`,
@@ -217,7 +208,7 @@ impl PackedFlow {
         let sublayers = &self.inner.flow.lattice().sublayers;
         let mut states = vec![input.to_vec()];
         let mut block_ldj = vec![Vec::new(); sublayers.len()];
-        for k in self.order(direction) {
+        for k in self.inner.flow.order(direction) {
             let all: Vec<usize> = (0..sublayers[k].num_blocks).collect();
             let mut state = states.last().expect("a pass has states").clone();
             let mut ldj = vec![0.0f32; batch * all.len()];
@@ -265,7 +256,7 @@ impl PackedFlow {
         // cone of `MeraLattice::cone`, followed without scanning the image.
         let mut marked = changed.to_vec();
         let mut marked_sites = sites;
-        for (j, k) in self.order(cache.direction).into_iter().enumerate() {
+        for (j, k) in self.inner.flow.order(cache.direction).into_iter().enumerate() {
             let sub = &lattice.sublayers[k];
             let mut blocks: Vec<usize> = marked_sites.iter().filter_map(|&s| sub.block_of(s)).collect();
             blocks.sort_unstable();
@@ -306,7 +297,7 @@ impl PackedFlow {
     /// those blocks alone.
     pub fn inverse_blocks(&self, z: &mut [f32], blocks: &[Vec<usize>]) {
         self.batch_of(z);
-        for k in self.order(Direction::Inverse) {
+        for k in self.inner.flow.order(Direction::Inverse) {
             let mut rows = self.gather_rows(k, &blocks[k], z);
             self.run_rows(Direction::Inverse, k, &blocks[k], &mut rows, &mut []);
             self.scatter_rows(k, &blocks[k], &rows, z);
