@@ -552,3 +552,42 @@ fn non_finite_steps_are_skipped_then_stop_the_run() {
     let applied = events.iter().filter(|e| *e == "step").count() as u64;
     assert_eq!(state["step"].as_u64(), Some(applied), "{events:?}");
 }
+
+/// `trainer import` turns the authors' training checkpoint (`{'flow',
+/// 'optimizer'}` from torch.save, `module.net.` keys) into a weight file
+/// that scores what their code scores on the golden vectors; a config that
+/// does not fit the file is named and nothing is written.
+#[test]
+fn import_reads_the_authors_checkpoint() {
+    use burn::prelude::*;
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/tests/golden");
+    let (from, args) = (golden.join("authors/ref_l8_laplace.state"), golden.join("authors/ref_l8_laplace.args.json"));
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("theirs.rgflow");
+    let (from_s, args_s, out_s) = (from.to_str().unwrap(), args.to_str().unwrap(), out.to_str().unwrap());
+    let text = ok(&["import", "--from", from_s, "--config", args_s, "--out", out_s]);
+    assert!(text.contains("wrote"), "{text}");
+
+    let device = Device::flex();
+    let flow = rgflow::store::load(&out, &device).unwrap();
+    let vectors = rgflow::import::StateDict::read(&golden.join("ref_l8_laplace.safetensors")).unwrap();
+    let (x, theirs) = (vectors.get("test.x_logit").unwrap(), vectors.get("test.log_prob").unwrap());
+    let shape: [usize; 4] = x.shape.clone().try_into().unwrap();
+    let x = Tensor::<4>::from_data(burn::tensor::TensorData::new(x.to_f32(), shape), &device);
+    let ours = flow.log_prob(x).into_data().try_to_vec::<f32>().unwrap();
+    for (a, b) in ours.iter().zip(&theirs.values) {
+        assert!((*a as f64 - b).abs() <= 1e-4 * b.abs().max(1.0), "log-prob {a} vs the authors' {b}");
+    }
+
+    // Their arguments for another width: the first tensor that does not fit is named.
+    let wide = dir.path().join("wide.json");
+    let text = std::fs::read_to_string(&args).unwrap().replace(r#""nhidden": "16""#, r#""nhidden": "32""#);
+    std::fs::write(&wide, text).unwrap();
+    let never = dir.path().join("never.rgflow");
+    let err =
+        fails(&["import", "--from", from_s, "--config", wide.to_str().unwrap(), "--out", never.to_str().unwrap()]);
+    assert!(err.contains("has shape") && err.contains("ref_l8_laplace.state"), "{err}");
+    assert!(!never.exists());
+    let err = fails(&["import", "--from", args_s, "--config", args_s, "--out", never.to_str().unwrap()]);
+    assert!(err.contains("not a readable PyTorch checkpoint"), "{err}");
+}

@@ -214,7 +214,7 @@ const MAX_WIDTH: usize = 4096;
 const MAX_COUNT: usize = 64;
 const MAX_PARAMETERS: u64 = 100_000_000;
 
-fn check_geometry(image_size: usize, channels: usize, kernel_size: usize) -> ConfigResult<()> {
+pub(crate) fn check_geometry(image_size: usize, channels: usize, kernel_size: usize) -> ConfigResult<()> {
     // Images are gray or RGB everywhere pixels enter or leave the model.
     if channels != 1 && channels != 3 {
         return Err(Error::Config(format!("channels must be 1 (gray) or 3 (RGB), got {channels}")));

@@ -1,12 +1,20 @@
-//! Loading the authors' PyTorch state dicts (saved as safetensors) so their
-//! checkpoints run here.
+//! Loading the authors' PyTorch checkpoints so their models run here.
 //!
-//! Their key names are kept: `layers.{k}.{s,t}_layers.{l}.res_blocks.{r}.{j}.…`
-//! where even `j` is a Swish (`scale` = β) and odd `j` a weight-normed Linear
-//! (`weight_v [out, in]`, `weight_g [out, 1]`, `bias`), then
-//! `layers.{k}.{s,t}_layers.{l}.scale.scale`, the checkerboard masks, and
-//! `prior.scale`. Debug buffers (`saved_mean`, `saved_var`) and test vectors
-//! (`test.*`) are ignored.
+//! A checkpoint is read from a safetensors file or, with the `pytorch`
+//! feature, from what `torch.save` wrote — their training script's
+//! `{epoch}.state` files (`{'flow': state_dict, 'optimizer': …}`) or a bare
+//! state dict — whatever the file is named ([`StateDict::open`] looks at its
+//! first bytes). Their key names are kept:
+//! `layers.{k}.{s,t}_layers.{l}.res_blocks.{r}.{j}.…` where even `j` is a
+//! Swish (`scale` = β) and odd `j` a weight-normed Linear (`weight_v [out,
+//! in]`, `weight_g [out, 1]`, `bias`), then `layers.{k}.{s,t}_layers.{l}.scale.scale`,
+//! the checkerboard masks, and `prior.scale`. The `module.net.` prefix that
+//! their multi-GPU wrapper adds is removed, as their loader does. Debug
+//! buffers (`saved_mean`, `saved_var`) and test vectors (`test.*`) are ignored.
+//!
+//! The model's sizes come from a [`ReferenceConfig`]: their command-line
+//! arguments as JSON, per-level strings (`"nlayers": "8,6,4,2"`) or
+//! per-sub-layer lists, their defaults for what is left out.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -47,6 +55,64 @@ pub struct StateDict {
 }
 
 impl StateDict {
+    /// Reads a checkpoint in either format: safetensors, or a `torch.save`
+    /// file (needs the `pytorch` feature), told apart by the first bytes.
+    pub fn open(path: &Path) -> Result<Self> {
+        use std::io::Read;
+        let io = |source| Error::Io { path: path.into(), source };
+        let mut head = [0u8; 9];
+        let mut file = std::fs::File::open(path).map_err(io)?;
+        let got = file.read(&mut head).map_err(io)?;
+        // safetensors: an 8-byte little-endian header length, then the JSON header.
+        if got == head.len() && head[8] == b'{' { Self::read(path) } else { Self::read_pytorch(path) }
+    }
+
+    /// Reads a `torch.save` file: the authors' training checkpoint (the
+    /// weights under its `flow` key) or a bare state dict.
+    #[cfg(feature = "pytorch")]
+    pub fn read_pytorch(path: &Path) -> Result<Self> {
+        use pytorch_reader::{DType, PytorchError, PytorchReader};
+        let fail = |e: PytorchError| Error::weights(path, format!("not a readable PyTorch checkpoint: {e}"));
+        let reader = match PytorchReader::with_top_level_key(path, "flow") {
+            Ok(reader) => reader,
+            Err(PytorchError::KeyNotFound(_)) => PytorchReader::new(path).map_err(fail)?,
+            Err(e) => return Err(fail(e)),
+        };
+        let mut tensors = BTreeMap::new();
+        for (name, tensor) in reader.into_tensors() {
+            let bytes = tensor.read().map_err(|e| Error::weights(path, e.to_string()))?;
+            // The reader hands out native-endian bytes.
+            let values: Vec<f64> = match tensor.dtype() {
+                DType::F64 => bytes.chunks_exact(8).map(|b| f64::from_ne_bytes(b.try_into().unwrap())).collect(),
+                DType::F32 => bytes.chunks_exact(4).map(|b| f32::from_ne_bytes(b.try_into().unwrap()) as f64).collect(),
+                DType::F16 => {
+                    bytes.chunks_exact(2).map(|b| burn::tensor::f16::from_ne_bytes([b[0], b[1]]).to_f64()).collect()
+                }
+                DType::BF16 => {
+                    bytes.chunks_exact(2).map(|b| burn::tensor::bf16::from_ne_bytes([b[0], b[1]]).to_f64()).collect()
+                }
+                DType::I64 => bytes.chunks_exact(8).map(|b| i64::from_ne_bytes(b.try_into().unwrap()) as f64).collect(),
+                DType::I32 => bytes.chunks_exact(4).map(|b| i32::from_ne_bytes(b.try_into().unwrap()) as f64).collect(),
+                other => {
+                    return Err(Error::weights(path, format!("tensor `{name}` has unsupported dtype {other:?}")));
+                }
+            };
+            // Their multi-GPU wrapper saves every key under `module.net.`.
+            let name = name.strip_prefix("module.net.").map(str::to_string).unwrap_or(name);
+            tensors.insert(name, RefTensor { shape: tensor.shape().to_vec(), values });
+        }
+        Ok(Self { source: path.into(), tensors })
+    }
+
+    /// Without the `pytorch` feature a `torch.save` file is refused, saying why.
+    #[cfg(not(feature = "pytorch"))]
+    pub fn read_pytorch(path: &Path) -> Result<Self> {
+        Err(Error::weights(
+            path,
+            "not a safetensors file; reading PyTorch checkpoints needs rgflow's `pytorch` feature",
+        ))
+    }
+
     /// Reads a safetensors file.
     pub fn read(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|source| Error::Io { path: path.into(), source })?;
@@ -98,14 +164,94 @@ impl StateDict {
     }
 }
 
-/// The authors' configuration as written next to their test vectors.
+/// A size knob as the authors' arguments give it: per level as text
+/// (`"8,6,4,2"`, or `"4"` for all, their `--nlayers` strings), one number for
+/// all, or one value per sub-layer.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum Sizes {
+    PerSubLayer(Vec<usize>),
+    All(usize),
+    PerLevel(String),
+}
+
+impl Sizes {
+    fn resolve(self, name: &str, levels: usize) -> Result<Vec<usize>> {
+        match self {
+            Sizes::PerSubLayer(list) => Ok(list),
+            Sizes::All(n) => Ok(vec![n; 2 * levels]),
+            Sizes::PerLevel(text) => crate::config::parse_level_spec(name, &text, levels),
+        }
+    }
+}
+
+/// The authors' arguments as read from JSON, before the sizes are resolved.
+/// Defaults are those of their `args.py`; other keys (`lr`, `batch_size`, …)
+/// are ignored.
+#[derive(Debug, Deserialize)]
+struct ReferenceArgs {
+    #[serde(rename = "L", default = "defaults::image_size")]
+    image_size: usize,
+    #[serde(alias = "nchannels", default = "defaults::channels")]
+    channels: usize,
+    #[serde(default = "defaults::kernel_size")]
+    kernel_size: usize,
+    #[serde(default = "defaults::prior")]
+    prior: String,
+    #[serde(default = "defaults::subnet")]
+    subnet: String,
+    prior_scale: Option<f64>,
+    depth: Option<usize>,
+    #[serde(alias = "nlayers_list", default = "defaults::nlayers")]
+    nlayers: Sizes,
+    #[serde(alias = "nresblocks_list", default = "defaults::nresblocks")]
+    nresblocks: Sizes,
+    #[serde(alias = "nmlp_list", default = "defaults::nmlp")]
+    nmlp: Sizes,
+    #[serde(alias = "nhidden_list", default = "defaults::nhidden")]
+    nhidden: Sizes,
+    logit_constraint: Option<f64>,
+}
+
+/// The defaults of the authors' `args.py`.
+mod defaults {
+    use super::Sizes;
+    pub fn image_size() -> usize {
+        32
+    }
+    pub fn channels() -> usize {
+        3
+    }
+    pub fn kernel_size() -> usize {
+        4
+    }
+    pub fn prior() -> String {
+        "laplace".into()
+    }
+    pub fn subnet() -> String {
+        "rnvp".into()
+    }
+    pub fn nlayers() -> Sizes {
+        Sizes::PerLevel("8,6,4,2".into())
+    }
+    pub fn nresblocks() -> Sizes {
+        Sizes::PerLevel("4".into())
+    }
+    pub fn nmlp() -> Sizes {
+        Sizes::PerLevel("2".into())
+    }
+    pub fn nhidden() -> Sizes {
+        Sizes::PerLevel("512".into())
+    }
+}
+
+/// The authors' configuration: their arguments as JSON (as written next to
+/// their test vectors, or their `args.py` values), sizes resolved per sub-layer.
+#[derive(Debug, Clone)]
 pub struct ReferenceConfig {
     /// Image edge `L`.
-    #[serde(rename = "L")]
     pub image_size: usize,
     /// Channels.
-    #[serde(alias = "nchannels")]
     pub channels: usize,
     /// Block edge.
     pub kernel_size: usize,
@@ -113,15 +259,15 @@ pub struct ReferenceConfig {
     pub prior: String,
     /// Scale of the prior buffer (`1/√2` for Laplace at `T = 1`).
     pub prior_scale: Option<f64>,
-    /// Number of sub-layers.
+    /// Number of sub-layers, when the file gives it.
     pub depth: Option<usize>,
-    /// Per-sub-layer lists.
+    /// Couplings per sub-layer.
     pub nlayers: Vec<usize>,
-    /// Per-sub-layer lists.
+    /// Residual blocks per s/t network, per sub-layer.
     pub nresblocks: Vec<usize>,
-    /// Per-sub-layer lists.
+    /// Hidden layers per residual block, per sub-layer.
     pub nmlp: Vec<usize>,
-    /// Per-sub-layer lists.
+    /// Hidden width, per sub-layer.
     pub nhidden: Vec<usize>,
     /// Logit constraint (0.9 if absent).
     pub logit_constraint: Option<f64>,
@@ -130,7 +276,38 @@ pub struct ReferenceConfig {
 impl ReferenceConfig {
     /// Parses the JSON text.
     pub fn from_json(text: &str) -> Result<Self> {
-        serde_json::from_str(text).map_err(|e| Error::Config(format!("reference config JSON: {e}")))
+        let args: ReferenceArgs =
+            serde_json::from_str(text).map_err(|e| Error::Config(format!("reference config JSON: {e}")))?;
+        if args.subnet != "rnvp" {
+            return Err(Error::Config(format!(
+                "subnet `{}`: only the authors' RealNVP couplings (`rnvp`) are implemented",
+                args.subnet
+            )));
+        }
+        crate::config::check_geometry(args.image_size, args.channels, args.kernel_size)?;
+        let levels = crate::config::num_levels(args.image_size, args.kernel_size);
+        Ok(Self {
+            image_size: args.image_size,
+            channels: args.channels,
+            kernel_size: args.kernel_size,
+            prior: args.prior,
+            prior_scale: args.prior_scale,
+            depth: args.depth,
+            nlayers: args.nlayers.resolve("nlayers", levels)?,
+            nresblocks: args.nresblocks.resolve("nresblocks", levels)?,
+            nmlp: args.nmlp.resolve("nmlp", levels)?,
+            nhidden: args.nhidden.resolve("nhidden", levels)?,
+            logit_constraint: args.logit_constraint,
+        })
+    }
+
+    /// Reads and parses a JSON file.
+    pub fn read(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.into(), source })?;
+        Self::from_json(&text).map_err(|e| match e {
+            Error::Config(reason) => Error::Config(format!("{}: {reason}", path.display())),
+            other => other,
+        })
     }
 
     /// Our config for the same model.

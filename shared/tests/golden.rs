@@ -127,3 +127,52 @@ fn empty_golden_dir_is_an_error() {
     std::fs::write(empty.join("lonely.json"), "{}").unwrap();
     golden_cases_in(&empty);
 }
+
+/// The authors' own files (`tests/golden/authors/`, written by its `make.py`
+/// with torch from the golden state dict): their training checkpoint
+/// (`{'flow', 'optimizer'}`, f32, `module.net.` keys) and a bare f64 state
+/// dict, sized by their command-line arguments. Both import to the model the
+/// safetensors vectors give, and reproduce the authors' outputs.
+#[cfg(feature = "pytorch")]
+#[test]
+fn authors_checkpoints_import() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    let device = Device::flex();
+    let vectors = StateDict::read(&dir.join("ref_l8_laplace.safetensors")).unwrap();
+    let config = ReferenceConfig::read(&dir.join("authors/ref_l8_laplace.args.json")).unwrap().to_config().unwrap();
+    let golden_config =
+        ReferenceConfig::from_json(&std::fs::read_to_string(dir.join("ref_l8_laplace.json")).unwrap()).unwrap();
+    assert_eq!(config, golden_config.to_config().unwrap(), "their arguments give the golden config");
+    let expected = load_reference(&vectors, &config, &device).unwrap();
+    let x_logit = tensor4(&vectors, "test.x_logit", &device);
+    let expected_log_prob = values(expected.log_prob(x_logit.clone()));
+    for file in ["ref_l8_laplace.state", "ref_l8_laplace.pth"] {
+        let state = StateDict::open(&dir.join("authors").join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert!(state.keys().all(|k| !k.starts_with("module.")), "{file}: wrapper prefix removed");
+        let flow = load_reference(&state, &config, &device).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let log_prob = values(flow.log_prob(x_logit.clone()));
+        assert_eq!(log_prob, expected_log_prob, "{file}: same weights as the safetensors vectors");
+        check(file, "log_prob", &log_prob, &vectors, "test.log_prob");
+    }
+}
+
+#[cfg(feature = "pytorch")]
+#[test]
+fn authors_arguments_and_bad_checkpoints_are_named() {
+    // Per-level text, their defaults for the rest (kernel 4, RGB, Laplace).
+    let reference = ReferenceConfig::from_json(r#"{"L": 32, "nlayers": "4,3,2,1", "nhidden": "128"}"#).unwrap();
+    assert_eq!(reference.nlayers, vec![4, 4, 3, 3, 2, 2, 1, 1]);
+    assert_eq!(reference.nresblocks, vec![4; 8]);
+    assert_eq!(reference.nmlp, vec![2; 8]);
+    assert_eq!(reference.nhidden, vec![128; 8]);
+    let err = ReferenceConfig::from_json(r#"{"L": 32, "nlayers": "4,3,2"}"#).unwrap_err().to_string();
+    assert!(err.contains("nlayers") && err.contains("4 levels"), "{err}");
+    let err = ReferenceConfig::from_json(r#"{"L": 32, "subnet": "ar"}"#).unwrap_err().to_string();
+    assert!(err.contains("subnet `ar`"), "{err}");
+
+    let bad = std::env::temp_dir().join(format!("rgflow-bad-checkpoint-{}.pth", std::process::id()));
+    std::fs::write(&bad, b"PK\x03\x04 not really a zip archive").unwrap();
+    let err = StateDict::open(&bad).unwrap_err().to_string();
+    std::fs::remove_file(&bad).unwrap();
+    assert!(err.contains("not a readable PyTorch checkpoint") && err.contains("rgflow-bad-checkpoint"), "{err}");
+}

@@ -1,10 +1,11 @@
 //! `trainer export`: the weights the web demo and the CLI load, with the
 //! config and a format version inside, validated by loading them back.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
 use clap::Args;
+use rgflow::RgFlow;
 use rgflow::store::Precision;
 
 use crate::model_io::{WeightsChoice, load_model_with};
@@ -30,11 +31,18 @@ pub struct ExportArgs {
 pub fn run(args: ExportArgs) -> anyhow::Result<()> {
     let device = Device::flex();
     let model = load_model_with(&args.checkpoint, &device, args.weights)?;
-    let precision = if args.f16 { Precision::F16 } else { Precision::F32 };
-    let bytes = rgflow::store::to_bytes(&model, precision)?;
-    // Validate before anything is written, so a bad export never replaces a
-    // good file: the bytes load back and give the same model up to rounding.
-    let back = rgflow::store::from_bytes(bytes.clone(), &args.out.display().to_string(), &device)?;
+    write_validated(&model, &args.checkpoint, &args.out, args.f16)
+}
+
+/// Writes `model` as a weight file at `out` (f16 or f32), validated before
+/// anything is written, so a bad export never replaces a good file: the
+/// bytes load back and give the same model up to rounding, with finite
+/// log-probabilities. `source` names where the weights came from in errors.
+pub fn write_validated(model: &RgFlow, source: &Path, out: &Path, f16: bool) -> anyhow::Result<()> {
+    let device = Device::flex();
+    let precision = if f16 { Precision::F16 } else { Precision::F32 };
+    let bytes = rgflow::store::to_bytes(model, precision)?;
+    let back = rgflow::store::from_bytes(bytes.clone(), &out.display().to_string(), &device)?;
     let probe = Tensor::<4>::random(
         [2, model.config().channels, model.config().image_size, model.config().image_size],
         burn::tensor::Distribution::Normal(0.0, 1.0),
@@ -45,18 +53,18 @@ pub fn run(args: ExportArgs) -> anyhow::Result<()> {
     if let Some(bad) = a.iter().chain(&b).find(|v| !v.is_finite()) {
         anyhow::bail!(
             "{} holds weights that give a log-probability of {bad}: not exported (a diverged run? try an earlier checkpoint)",
-            args.checkpoint.display()
+            source.display()
         );
     }
     let worst = a.iter().zip(&b).map(|(x, y)| ((x - y) / x.abs().max(1.0)).abs()).fold(0f32, f32::max);
-    let tolerance = if args.f16 { 1e-2 } else { 1e-6 };
+    let tolerance = if f16 { 1e-2 } else { 1e-6 };
     if worst.is_nan() || worst > tolerance {
         anyhow::bail!("exported weights do not reproduce the model (relative log-prob error {worst}); nothing written");
     }
-    rgflow::store::write_atomic(&args.out, &bytes)?;
+    rgflow::store::write_atomic(out, &bytes)?;
     println!(
         "wrote {} ({:.2} MB, {:?}, {} parameters; log-prob check rel. err {worst:.1e})",
-        args.out.display(),
+        out.display(),
         bytes.len() as f64 / 1e6,
         precision,
         model.num_parameters()

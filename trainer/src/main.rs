@@ -8,6 +8,7 @@ mod ema;
 mod eval;
 mod explore;
 mod export;
+mod import;
 mod model_args;
 mod model_io;
 mod optim;
@@ -36,6 +37,8 @@ enum Command {
     Sample(sample::SampleArgs),
     /// Export weights for the web demo and the CLI.
     Export(export::ExportArgs),
+    /// The authors' PyTorch checkpoint (`.state`/`.pth`/safetensors) as a weight file.
+    Import(import::ImportArgs),
     /// Learning curves of one or more runs (`log.jsonl`) as a PNG.
     Plot(plot::PlotArgs),
     /// Training and sampling throughput for a config.
@@ -83,6 +86,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Eval(a) => eval::run(a),
         Command::Sample(a) => sample::run(a),
         Command::Export(a) => export::run(a),
+        Command::Import(a) => import::run(a),
         Command::Plot(a) => plot::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Mix(a) => explore::mix::run(a),
