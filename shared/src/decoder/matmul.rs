@@ -463,7 +463,7 @@ mod avx512 {
                 unsafe { few_rows!(rest, rows_f32, (a, k, panel, bias.as_ptr(), out, n_stride)) };
             }
             for i0 in (0..full).step_by(MR) {
-                // SAFETY (whole block): `matmul` checked that `a` holds
+                // SAFETY: (the whole block) `matmul` checked that `a` holds
                 // `rows · k` values and `out` `rows · n_stride`; a panel holds
                 // `k · PANEL`.
                 unsafe {
@@ -509,7 +509,7 @@ mod avx512 {
                 unsafe { few_rows!(rest, rows_bf16, (a, k, panel, bias.as_ptr(), out, n_stride)) };
             }
             for i0 in (0..full).step_by(MR) {
-                // SAFETY (whole block): as in `matmul_f32`, in pairs of bf16.
+                // SAFETY: (the whole block) as in `matmul_f32`, in pairs of bf16.
                 unsafe {
                     let b0 = _mm512_loadu_ps(bias.as_ptr());
                     let b1 = _mm512_loadu_ps(bias.as_ptr().wrapping_add(16));
@@ -678,7 +678,7 @@ mod avx512 {
         for j0 in (0..n).step_by(PANEL) {
             let masks = panel_masks((n - j0).min(PANEL));
             for i0 in (0..k).step_by(MR) {
-                // SAFETY (whole block): `outer_accumulate` checked that `a`
+                // SAFETY: (the whole block) `outer_accumulate` checked that `a`
                 // and `b` hold `rows` rows of `k` and `n` values at their
                 // strides, and `c` `k` rows of `n`; masked lanes are not
                 // touched.
@@ -718,7 +718,7 @@ mod avx512 {
         for j0 in (0..n).step_by(PANEL) {
             let masks = panel_masks((n - j0).min(PANEL));
             for i0 in (0..k).step_by(MR) {
-                // SAFETY (whole block): the caller's buffers hold `pairs`
+                // SAFETY: (the whole block) the caller's buffers hold `pairs`
                 // pairs of `a_width` and `n` columns (two bf16 = one 32-bit
                 // lane), and `c` `k` rows of `n` values; masked lanes are not
                 // touched.

@@ -109,6 +109,8 @@ mod tests {
             let mut want = vec![Bf16(0xFFFF); rows * k_stride];
             let mut got = want.clone();
             swish_rows(&h, h_stride, &beta, &mut want, k_stride);
+            // SAFETY: AVX512-BF16 was detected above; `h` and `got` hold `rows`
+            // rows at their strides, both at least `k`.
             unsafe { avx512::swish_rows_bf16(&h, h_stride, &beta, &mut got, k_stride) };
             for (i, (g, w)) in got.iter().zip(&want).enumerate() {
                 assert!(g.0.abs_diff(w.0) <= 1, "k {k}, element {i}: {:?} vs {:?}", g.to_f32(), w.to_f32());

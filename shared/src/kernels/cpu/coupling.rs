@@ -6,7 +6,7 @@ use std::ops::Range;
 use multiversion::multiversion;
 use multiversion::target::target_cfg_f;
 
-use super::{Output, exp, for_rows, tanh};
+use super::{exp, for_rows, tanh};
 
 /// The inputs of one affine coupling update, all `f32` slices:
 /// `x, s_raw, t_raw: [M, F]`, `s_scale, t_scale, mask: [F]`.
@@ -48,12 +48,10 @@ pub struct CouplingGrads {
 /// `y: [M, F]` of a coupling update.
 pub fn coupling_update(c: Coupling<'_>) -> Vec<f32> {
     let f = c.features();
-    let y = Output::new(c.x.len());
-    for_rows(c.x.len() / f, 0, |rows, _| {
-        let span = rows.start * f..rows.end * f;
-        coupling_rows(c.rows(span.clone()), unsafe { y.slice(span) });
+    let ([y], _) = for_rows(c.x.len() / f, [f], 0, |rows, [y], _| {
+        coupling_rows(c.rows(rows.start * f..rows.end * f), y);
     });
-    y.finish()
+    y
 }
 
 #[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq+fma", "x86_64+avx2+fma"))]
@@ -83,20 +81,12 @@ fn coupling_rows<'a>(c: Coupling<'a>, y: &mut [MaybeUninit<f32>]) {
 pub fn coupling_update_backward(c: Coupling<'_>, grad_y: &[f32]) -> CouplingGrads {
     let f = c.features();
     let n = c.x.len();
-    let (gx, gs, gt) = (Output::new(n), Output::new(n), Output::new(n));
-    let scales = for_rows(n / f, 2 * f, |rows, scales| {
+    let ([gx, gs, gt], scales) = for_rows(n / f, [f; 3], 2 * f, |rows, outs, scales| {
         let span = rows.start * f..rows.end * f;
         let (gs_scale, gt_scale) = scales.split_at_mut(f);
-        let outs = unsafe { [gx.slice(span.clone()), gs.slice(span.clone()), gt.slice(span.clone())] };
         coupling_backward_rows(c.rows(span.clone()), &grad_y[span], outs, gs_scale, gt_scale);
     });
-    CouplingGrads {
-        x: gx.finish(),
-        s_raw: gs.finish(),
-        t_raw: gt.finish(),
-        s_scale: scales[..f].to_vec(),
-        t_scale: scales[f..].to_vec(),
-    }
+    CouplingGrads { x: gx, s_raw: gs, t_raw: gt, s_scale: scales[..f].to_vec(), t_scale: scales[f..].to_vec() }
 }
 
 #[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq+fma", "x86_64+avx2+fma"))]
@@ -147,12 +137,10 @@ fn coupling_backward_rows<'a>(
 /// forward coupling update. `s_raw: [M, F]`, `s_scale, mask: [F]` -> `[M]`.
 pub fn coupling_log_scale(s_raw: &[f32], s_scale: &[f32], mask: &[f32]) -> Vec<f32> {
     let f = mask.len();
-    let out = Output::new(s_raw.len() / f);
-    for_rows(s_raw.len() / f, 0, |rows, _| {
-        let span = rows.start * f..rows.end * f;
-        log_scale_rows(&s_raw[span], s_scale, mask, unsafe { out.slice(rows) });
+    let ([out], _) = for_rows(s_raw.len() / f, [1], 0, |rows, [out], _| {
+        log_scale_rows(&s_raw[rows.start * f..rows.end * f], s_scale, mask, out);
     });
-    out.finish()
+    out
 }
 
 #[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq+fma", "x86_64+avx2+fma"))]
@@ -182,12 +170,10 @@ fn log_scale_rows(s_raw: &[f32], s_scale: &[f32], mask: &[f32], out: &mut [Maybe
 /// `(∂L/∂s_raw: [M, F], ∂L/∂s_scale: [F])`.
 pub fn coupling_log_scale_backward(s_raw: &[f32], s_scale: &[f32], mask: &[f32], grad: &[f32]) -> (Vec<f32>, Vec<f32>) {
     let f = mask.len();
-    let gs = Output::new(s_raw.len());
-    let g_scale = for_rows(grad.len(), f, |rows, g_scale| {
-        let span = rows.start * f..rows.end * f;
-        log_scale_backward_rows(&s_raw[span.clone()], s_scale, mask, &grad[rows], unsafe { gs.slice(span) }, g_scale);
+    let ([gs], g_scale) = for_rows(grad.len(), [f], f, |rows, [gs], g_scale| {
+        log_scale_backward_rows(&s_raw[rows.start * f..rows.end * f], s_scale, mask, &grad[rows], gs, g_scale);
     });
-    (gs.finish(), g_scale)
+    (gs, g_scale)
 }
 
 #[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq+fma", "x86_64+avx2+fma"))]

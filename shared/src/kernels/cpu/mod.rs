@@ -84,67 +84,68 @@ pub(crate) fn tanh<const FMA: bool>(u: f32) -> f32 {
 /// small next to the work, small enough to split a batch across threads.
 const ROWS_PER_TASK: usize = 512;
 
-/// Runs `task(rows, partials)` over `0..m` in fixed ranges of
+/// One task's rows of an output, not yet written.
+type Chunk<'a> = &'a mut [MaybeUninit<f32>];
+
+/// Runs `task(rows, outputs, partials)` over `0..m` in fixed ranges of
 /// [`ROWS_PER_TASK`] rows, on the thread pool when there is more than one.
-/// Each task accumulates into its own zeroed `partials` of `partial_len`
-/// values; they are summed in row order, so the result is the same whatever
-/// the pool's scheduling, thread count or build (training resumes exactly).
-fn for_rows(m: usize, partial_len: usize, task: impl Fn(Range<usize>, &mut [f32]) + Sync) -> Vec<f32> {
-    let ranges = (0..m).step_by(ROWS_PER_TASK).map(|start| start..(start + ROWS_PER_TASK).min(m));
-    let run = |rows: Range<usize>| {
-        let mut partials = vec![0.0; partial_len];
-        task(rows, &mut partials);
+///
+/// The task fills its rows of `N` outputs of `m` rows (output `i` with
+/// `widths[i]` values a row), which are not zeroed first: it gets the
+/// still-uninitialised chunk of each output that holds its rows and must
+/// write every element of it. It also accumulates into its own zeroed
+/// `partials` of `partial_len` values; they are summed in row order, so the
+/// result is the same whatever the pool's scheduling, thread count or build
+/// (training resumes exactly). Returns the outputs and the summed partials.
+fn for_rows<const N: usize>(
+    m: usize,
+    widths: [usize; N],
+    partial_len: usize,
+    task: impl Fn(Range<usize>, [Chunk<'_>; N], &mut [f32]) + Sync,
+) -> ([Vec<f32>; N], Vec<f32>) {
+    assert!(widths.iter().all(|&w| w > 0), "an output row holds at least one value");
+    let mut outputs: [Vec<f32>; N] = widths.map(|w| Vec::with_capacity(m * w));
+    let partials: Vec<Vec<f32>> = {
+        let mut chunks: Vec<_> = outputs
+            .iter_mut()
+            .zip(widths)
+            .map(|(out, w)| out.spare_capacity_mut()[..m * w].chunks_mut(ROWS_PER_TASK * w))
+            .collect();
+        // Every output has one chunk per range of rows.
+        let tasks: Vec<(Range<usize>, [Chunk<'_>; N])> = (0..m)
+            .step_by(ROWS_PER_TASK)
+            .map(|start| {
+                let rows = start..(start + ROWS_PER_TASK).min(m);
+                (rows, std::array::from_fn(|i| chunks[i].next().expect("a chunk per range of rows")))
+            })
+            .collect();
+        let run = |(rows, outs): (Range<usize>, [Chunk<'_>; N])| {
+            let mut partials = vec![0.0; partial_len];
+            task(rows, outs, &mut partials);
+            partials
+        };
+        #[cfg(feature = "parallel")]
+        let partials = if m > ROWS_PER_TASK {
+            use rayon::prelude::*;
+            tasks.into_par_iter().map(run).collect()
+        } else {
+            tasks.into_iter().map(run).collect()
+        };
+        #[cfg(not(feature = "parallel"))]
+        let partials = tasks.into_iter().map(run).collect();
         partials
     };
-    #[cfg(feature = "parallel")]
-    let partials: Vec<Vec<f32>> = if m > ROWS_PER_TASK {
-        use rayon::prelude::*;
-        ranges.collect::<Vec<_>>().into_par_iter().map(run).collect()
-    } else {
-        ranges.map(run).collect()
-    };
-    #[cfg(not(feature = "parallel"))]
-    let partials: Vec<Vec<f32>> = ranges.map(run).collect();
+    for (out, w) in outputs.iter_mut().zip(widths) {
+        // SAFETY: the chunks above cover the first `m · w` values of `out`'s
+        // capacity, and every task writes each element of its chunk (every
+        // caller's row kernel does: each `MaybeUninit` is written once).
+        unsafe { out.set_len(m * w) };
+    }
     let mut sum = vec![0.0; partial_len];
     for partial in &partials {
         sum.iter_mut().zip(partial).for_each(|(s, p)| *s += p);
     }
-    sum
-}
-
-/// An output buffer that tasks fill in disjoint ranges, without zeroing it
-/// first.
-struct Output {
-    values: Vec<MaybeUninit<f32>>,
-}
-
-// SAFETY: tasks only touch disjoint ranges (see `slice`).
-unsafe impl Sync for Output {}
-
-impl Output {
-    fn new(len: usize) -> Self {
-        let mut values = Vec::with_capacity(len);
-        values.resize_with(len, MaybeUninit::uninit);
-        Self { values }
-    }
-
-    /// A mutable view of `range`.
-    ///
-    /// # Safety
-    /// No two live views may overlap; `for_rows` hands every task its own rows.
-    #[allow(clippy::mut_from_ref)]
-    unsafe fn slice(&self, range: Range<usize>) -> &mut [MaybeUninit<f32>] {
-        assert!(range.end <= self.values.len());
-        unsafe { std::slice::from_raw_parts_mut(self.values.as_ptr().add(range.start).cast_mut(), range.len()) }
-    }
-
-    /// The values, once every one has been written.
-    fn finish(self) -> Vec<f32> {
-        let mut values = std::mem::ManuallyDrop::new(self.values);
-        // SAFETY: every kernel writes each element of its range, and the
-        // ranges cover the buffer; `MaybeUninit<f32>` has `f32`'s layout.
-        unsafe { Vec::from_raw_parts(values.as_mut_ptr().cast::<f32>(), values.len(), values.capacity()) }
-    }
+    (outputs, sum)
 }
 
 #[cfg(test)]

@@ -4,18 +4,17 @@ use std::mem::MaybeUninit;
 
 use multiversion::multiversion;
 
-use super::{Output, for_rows};
+use super::for_rows;
 
 /// The residual connection with the branch's last bias,
 /// `(x + h + bias) / √2`: `x, h: [M, F]`, `bias: [F]` -> `[M, F]`.
 pub fn residual(x: &[f32], h: &[f32], bias: &[f32]) -> Vec<f32> {
     let f = bias.len();
-    let y = Output::new(x.len());
-    for_rows(x.len() / f, 0, |rows, _| {
+    let ([y], _) = for_rows(x.len() / f, [f], 0, |rows, [y], _| {
         let span = rows.start * f..rows.end * f;
-        residual_rows(&x[span.clone()], &h[span.clone()], bias, unsafe { y.slice(span) });
+        residual_rows(&x[span.clone()], &h[span], bias, y);
     });
-    y.finish()
+    y
 }
 
 #[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq+fma", "x86_64+avx2+fma"))]
@@ -31,12 +30,10 @@ fn residual_rows(x: &[f32], h: &[f32], bias: &[f32], y: &mut [MaybeUninit<f32>])
 /// Gradients of [`residual`] given `g: [M, F]`: `g / √2`, which is the
 /// gradient of both `x` and `h`, and its sum over rows for the bias (`[F]`).
 pub fn residual_backward(g: &[f32], features: usize) -> (Vec<f32>, Vec<f32>) {
-    let scaled = Output::new(g.len());
-    let grad_bias = for_rows(g.len() / features, features, |rows, grad_bias| {
-        let span = rows.start * features..rows.end * features;
-        residual_backward_rows(&g[span.clone()], unsafe { scaled.slice(span) }, grad_bias);
+    let ([scaled], grad_bias) = for_rows(g.len() / features, [features], features, |rows, [scaled], grad_bias| {
+        residual_backward_rows(&g[rows.start * features..rows.end * features], scaled, grad_bias);
     });
-    (scaled.finish(), grad_bias)
+    (scaled, grad_bias)
 }
 
 #[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq+fma", "x86_64+avx2+fma"))]

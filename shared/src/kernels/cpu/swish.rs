@@ -5,18 +5,16 @@ use std::mem::MaybeUninit;
 use multiversion::multiversion;
 use multiversion::target::target_cfg_f;
 
-use super::{Output, for_rows, sigmoid};
+use super::{for_rows, sigmoid};
 
 /// Swish of a biased input, `y = u · σ(β u)` with `u = x + bias`:
 /// `x: [M, F]`, `bias, beta: [F]` -> `[M, F]`.
 pub fn swish(x: &[f32], bias: &[f32], beta: &[f32]) -> Vec<f32> {
     let f = beta.len();
-    let y = Output::new(x.len());
-    for_rows(x.len() / f, 0, |rows, _| {
-        let span = rows.start * f..rows.end * f;
-        swish_rows(&x[span.clone()], bias, beta, unsafe { y.slice(span) });
+    let ([y], _) = for_rows(x.len() / f, [f], 0, |rows, [y], _| {
+        swish_rows(&x[rows.start * f..rows.end * f], bias, beta, y);
     });
-    y.finish()
+    y
 }
 
 #[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq+fma", "x86_64+avx2+fma"))]
@@ -35,15 +33,13 @@ fn swish_rows(x: &[f32], bias: &[f32], beta: &[f32], y: &mut [MaybeUninit<f32>])
 /// sum over rows and `∂L/∂β = Σ_rows g u² σ (1 − σ)` (both `[F]`).
 pub fn swish_backward(x: &[f32], bias: &[f32], beta: &[f32], g: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let f = beta.len();
-    let grad_x = Output::new(x.len());
-    let mut sums = for_rows(x.len() / f, 2 * f, |rows, sums| {
+    let ([grad_x], mut sums) = for_rows(x.len() / f, [f], 2 * f, |rows, [grad_x], sums| {
         let span = rows.start * f..rows.end * f;
         let (grad_bias, grad_beta) = sums.split_at_mut(f);
-        let grad_x = unsafe { grad_x.slice(span.clone()) };
         swish_backward_rows(&x[span.clone()], bias, beta, &g[span], grad_x, grad_bias, grad_beta);
     });
     let grad_beta = sums.split_off(f);
-    (grad_x.finish(), sums, grad_beta)
+    (grad_x, sums, grad_beta)
 }
 
 #[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq+fma", "x86_64+avx2+fma"))]
