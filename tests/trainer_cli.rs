@@ -467,7 +467,7 @@ fn export_refuses_non_finite_weights_and_keeps_the_old_file() {
     let device = burn::prelude::Device::flex();
     let config = rgflow::RgFlowConfig::from_level_specs(8, 3, "1", "1", "1", "8").unwrap();
     let nan = dir.path().join("nan.rgflow");
-    rgflow::store::save(&config.init(&device).map(&mut Poison), &nan, rgflow::store::Precision::F32).unwrap();
+    rgflow::store::save(&config.init(&device).map(&mut Poison), &nan, rgflow::store::StoragePrecision::F32).unwrap();
     let out = dir.path().join("out.rgflow");
     std::fs::write(&out, b"the previous export").unwrap();
     let err = fails(&["export", "--checkpoint", nan.to_str().unwrap(), "--out", out.to_str().unwrap()]);

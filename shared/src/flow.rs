@@ -14,12 +14,13 @@ use crate::lattice::MeraLattice;
 use crate::preprocess;
 use crate::prior::Prior;
 
-/// What a pass through a sub-layer computes.
-#[derive(Clone, Copy, Debug)]
-enum Pass {
+/// Which way a pass runs through the flow (and each coupling in it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Data to latents, `x → z`.
     Forward,
+    /// Latents to data, `z → x`.
     Inverse,
-    InverseWithoutLdj,
 }
 
 /// RG-Flow: `x ↔ z` with a tractable log-determinant.
@@ -86,7 +87,7 @@ impl RgFlow {
     /// The precision of the fused stacks' matrix products (f32 by default;
     /// bf16 rounds their operands and accumulates in f32, on CPUs with
     /// AVX512-BF16 — elsewhere they stay f32).
-    pub fn set_stack_precision(&mut self, precision: crate::decoder::Precision) {
+    pub fn set_stack_precision(&mut self, precision: crate::decoder::ProductPrecision) {
         self.layers.iter_mut().for_each(|layer| layer.precision = precision);
     }
 
@@ -102,9 +103,15 @@ impl RgFlow {
         self.num_params()
     }
 
-    /// Applies sub-layer `k` (forward, inverse, or inverse without the
-    /// log-determinant) to a state already in layout `k`.
-    fn apply_sublayer(&self, k: usize, state: Tensor<2>, pass: Pass) -> (Tensor<2>, Option<Tensor<1>>) {
+    /// Applies sub-layer `k` to a state already in layout `k`, with its
+    /// log-determinant unless the pass is an inverse `without_ldj`.
+    fn apply_sublayer(
+        &self,
+        k: usize,
+        state: Tensor<2>,
+        direction: Direction,
+        without_ldj: bool,
+    ) -> (Tensor<2>, Option<Tensor<1>>) {
         let [batch, n] = state.dims();
         let blocks = self.lattice.sublayers[k].num_blocks;
         let dim = self.config.block_dim();
@@ -115,16 +122,16 @@ impl RgFlow {
             (state.clone().slice([0..batch, 0..active_len]), Some(state.slice([0..batch, active_len..n])))
         };
         let rows = active.reshape([batch * blocks, dim]);
-        let (out, ldj) = match pass {
-            Pass::Forward => {
+        let (out, ldj) = match (direction, without_ldj) {
+            (Direction::Forward, _) => {
                 let (out, ldj) = self.layers[k].forward(rows);
                 (out, Some(ldj))
             }
-            Pass::Inverse => {
+            (Direction::Inverse, false) => {
                 let (out, ldj) = self.layers[k].inverse(rows);
                 (out, Some(ldj))
             }
-            Pass::InverseWithoutLdj => (self.layers[k].inverse_without_ldj(rows), None),
+            (Direction::Inverse, true) => (self.layers[k].inverse_without_ldj(rows), None),
         };
         let ldj = ldj.map(|l| l.reshape([batch, blocks]).sum_dim(1).squeeze_dim(1));
         let out = out.reshape([batch, active_len]);
@@ -144,7 +151,7 @@ impl RgFlow {
         let mut ldj = Tensor::<1>::zeros([dims[0]], &state.device());
         for k in 0..self.layers.len() {
             state = state.select(1, self.forward_gathers[k].clone());
-            let (s, l) = self.apply_sublayer(k, state, Pass::Forward);
+            let (s, l) = self.apply_sublayer(k, state, Direction::Forward, false);
             state = s;
             ldj = ldj + l.expect("forward log-determinant");
         }
@@ -156,7 +163,7 @@ impl RgFlow {
     ///
     /// `z: [B, C, L, L] -> (x: [B, C, L, L], log|det ∂x/∂z|: [B])`.
     pub fn inverse(&self, z: Tensor<4>) -> (Tensor<4>, Tensor<1>) {
-        let (x, ldj) = self.inverse_impl(z, Pass::Inverse);
+        let (x, ldj) = self.inverse_impl(z, false);
         (x, ldj.expect("inverse log-determinant"))
     }
 
@@ -164,17 +171,17 @@ impl RgFlow {
     /// does not need (it is a quarter of the work of the couplings):
     /// `z: [B, C, L, L] -> x: [B, C, L, L]`.
     pub fn inverse_without_ldj(&self, z: Tensor<4>) -> Tensor<4> {
-        self.inverse_impl(z, Pass::InverseWithoutLdj).0
+        self.inverse_impl(z, true).0
     }
 
-    fn inverse_impl(&self, z: Tensor<4>, pass: Pass) -> (Tensor<4>, Option<Tensor<1>>) {
+    fn inverse_impl(&self, z: Tensor<4>, without_ldj: bool) -> (Tensor<4>, Option<Tensor<1>>) {
         let dims = z.dims();
         let depth = self.layers.len();
         let mut state = z.reshape([dims[0], dims[1] * dims[2] * dims[3]]);
         let mut ldj: Option<Tensor<1>> = None;
         for j in 0..depth {
             state = state.select(1, self.inverse_gathers[j].clone());
-            let (s, l) = self.apply_sublayer(depth - 1 - j, state, pass);
+            let (s, l) = self.apply_sublayer(depth - 1 - j, state, Direction::Inverse, without_ldj);
             state = s;
             ldj = match (ldj, l) {
                 (Some(acc), Some(l)) => Some(acc + l),

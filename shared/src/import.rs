@@ -410,7 +410,7 @@ pub fn load_reference(state: &StateDict, config: &RgFlowConfig, device: &Device)
             mask_right: Tensor::<1>::from_floats(right.as_slice(), device).unsqueeze(),
             layout,
             fused: true,
-            precision: crate::decoder::Precision::F32,
+            precision: crate::decoder::ProductPrecision::F32,
         });
     }
 

@@ -48,7 +48,7 @@ pub mod testing;
 pub use config::{PriorKind, RgFlowConfig};
 pub use decoder::CpuDecoder;
 pub use error::{Error, Result};
-pub use flow::RgFlow;
+pub use flow::{Direction, RgFlow};
 pub use lattice::{MeraLattice, SubLayerKind};
 pub use local::PackedFlow;
 pub use prior::Prior;

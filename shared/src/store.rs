@@ -27,7 +27,7 @@ pub const CONFIG_KEY: &str = "rgflow.config";
 
 /// Storage precision of a weight file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Precision {
+pub enum StoragePrecision {
     /// 32-bit floats (training checkpoints).
     F32,
     /// 16-bit floats (half the size; for the web demo).
@@ -49,13 +49,13 @@ impl ModuleMapper for ToF32 {
 }
 
 /// Serialises the flow's weights and config.
-pub fn to_bytes(flow: &RgFlow, precision: Precision) -> Result<Vec<u8>> {
+pub fn to_bytes(flow: &RgFlow, precision: StoragePrecision) -> Result<Vec<u8>> {
     let config = serde_json::to_string(flow.config()).expect("config serialises");
     let mut store = BurnpackStore::from_bytes(None)
         .metadata(FORMAT_KEY, FORMAT_NAME)
         .metadata(VERSION_KEY, FORMAT_VERSION.to_string())
         .metadata(CONFIG_KEY, config);
-    if precision == Precision::F16 {
+    if precision == StoragePrecision::F16 {
         store = store.with_to_adapter(half_precision());
     }
     flow.save_into(&mut store).map_err(|e| Error::weights("<memory>", e.to_string()))?;
@@ -88,7 +88,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// Saves the flow (f32) atomically.
-pub fn save(flow: &RgFlow, path: &Path, precision: Precision) -> Result<()> {
+pub fn save(flow: &RgFlow, path: &Path, precision: StoragePrecision) -> Result<()> {
     write_atomic(path, &to_bytes(flow, precision)?)
 }
 
@@ -233,14 +233,16 @@ mod tests {
         let x = crate::testing::host_uniform([2, 3, 8, 8], -1.7, 1.7, 5, &device);
         let lp = flow.log_prob(x.clone()).into_data().try_to_vec::<f32>().unwrap();
 
-        let bytes = to_bytes(&flow, Precision::F32).unwrap();
+        let bytes = to_bytes(&flow, StoragePrecision::F32).unwrap();
         let back = from_bytes(bytes.clone(), "mem", &device).unwrap();
         assert_eq!(back.log_prob(x.clone()).into_data().try_to_vec::<f32>().unwrap(), lp);
-        let half_bytes = to_bytes(&flow, Precision::F16).unwrap();
+        let half_bytes = to_bytes(&flow, StoragePrecision::F16).unwrap();
         // Tensor bytes halve (names and metadata do not; a wider model shows it).
         let wide = config("64").init(&device);
-        let (w32, w16) =
-            (to_bytes(&wide, Precision::F32).unwrap().len(), to_bytes(&wide, Precision::F16).unwrap().len());
+        let (w32, w16) = (
+            to_bytes(&wide, StoragePrecision::F32).unwrap().len(),
+            to_bytes(&wide, StoragePrecision::F16).unwrap().len(),
+        );
         assert!(w16 * 10 < w32 * 6, "f16 file is {w16} bytes, f32 {w32}");
         let half = from_bytes(half_bytes, "mem", &device).unwrap();
         let lp16 = half.log_prob(x).into_data().try_to_vec::<f32>().unwrap();
@@ -250,7 +252,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("rgflow-store-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("m.rgflow");
-        save(&flow, &path, Precision::F32).unwrap();
+        save(&flow, &path, StoragePrecision::F32).unwrap();
         let err = load_expecting(&path, &config("16"), &device).unwrap_err().to_string();
         assert!(err.contains("another model"), "{err}");
 

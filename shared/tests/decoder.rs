@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use burn::prelude::*;
-use rgflow::decoder::{CpuDecoder, Precision};
+use rgflow::decoder::{CpuDecoder, ProductPrecision};
 use rgflow::{LevelTemperatures, store};
 
 fn pixel_levels(t: Tensor<4>) -> Vec<f32> {
@@ -20,12 +20,12 @@ fn bf16_decoding_of_the_shipped_model_is_within_a_level_or_so() {
     let z = flow.sample_latents(32, &temps, 11, &device).unwrap();
     let reference = pixel_levels(flow.decode(z.clone()));
 
-    let f32_pixels = pixel_levels(CpuDecoder::new(&flow, Precision::F32).decode(z.clone()));
+    let f32_pixels = pixel_levels(CpuDecoder::new(&flow, ProductPrecision::F32).decode(z.clone()));
     let worst = f32_pixels.iter().zip(&reference).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
     assert!(worst < 1e-2, "f32 decoder differs by {worst} levels");
 
-    let bf16 = CpuDecoder::new(&flow, Precision::Bf16);
-    if bf16.precision() != Precision::Bf16 {
+    let bf16 = CpuDecoder::new(&flow, ProductPrecision::Bf16);
+    if bf16.precision() != ProductPrecision::Bf16 {
         assert!(!CpuDecoder::native_bf16());
         eprintln!("no AVX512-BF16 on this CPU: bf16 decoding runs in f32, nothing more to check");
         return;

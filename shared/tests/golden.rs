@@ -95,7 +95,7 @@ fn run_golden(device: &Device) {
         check(&case, "inverse_ldj", &values(inv_ldj), &state, "test.inverse_ldj");
 
         // The packed CPU decoder's inverse, in f32.
-        let decoder = CpuDecoder::new(&flow, decoder::Precision::F32);
+        let decoder = CpuDecoder::new(&flow, decoder::ProductPrecision::F32);
         let x = decoder.inverse(&values(tensor4(&state, "test.inverse_z", device)));
         check(&case, "decoder x", &x, &state, "test.inverse_x");
     }

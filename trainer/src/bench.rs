@@ -8,7 +8,7 @@ use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::Distribution;
 use clap::Args;
-use rgflow::decoder::Precision;
+use rgflow::decoder::ProductPrecision;
 use rgflow::{CpuDecoder, LevelTemperatures};
 
 use crate::backend::{BackendChoice, select};
@@ -137,7 +137,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     );
 
     if CpuDecoder::suits(&device) {
-        for precision in [Precision::F32, Precision::Bf16] {
+        for precision in [ProductPrecision::F32, ProductPrecision::Bf16] {
             let t0 = Instant::now();
             let decoder = CpuDecoder::new(&valid, precision);
             let t_pack = t0.elapsed().as_secs_f64();
@@ -199,7 +199,7 @@ fn seconds_per_batch(
 /// stacks' forward products three times over (forward, input gradients,
 /// weight gradients); at the tile kernel's measured rate on every thread
 /// that bounds images/s, whatever else a step does.
-fn print_product_bound(model: &rgflow::RgFlow, images_per_sec: f64, ran: Precision) {
+fn print_product_bound(model: &rgflow::RgFlow, images_per_sec: f64, ran: ProductPrecision) {
     use rgflow::decoder::matmul::{Bf16, machine_gflops};
     let flops_per_image = 3.0 * 2.0 * model.stack_macs_per_image() as f64;
     let f32_peak = machine_gflops::<f32>(0.5);
@@ -212,7 +212,7 @@ fn print_product_bound(model: &rgflow::RgFlow, images_per_sec: f64, ran: Precisi
     if CpuDecoder::native_bf16() {
         let bf16_bound = machine_gflops::<Bf16>(0.5) * 1e9 / flops_per_image;
         line += &format!(", bf16 {bf16_bound:.0} images/s");
-        if ran == Precision::Bf16 {
+        if ran == ProductPrecision::Bf16 {
             reached = format!("{:.0}% of the bf16 bound", 100.0 * images_per_sec / bf16_bound);
         }
     }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use burn::prelude::*;
 use clap::Args;
 use rgflow::RgFlow;
-use rgflow::store::Precision;
+use rgflow::store::StoragePrecision;
 
 use crate::model_io::{WeightsChoice, load_model_with};
 
@@ -40,7 +40,7 @@ pub fn run(args: ExportArgs) -> anyhow::Result<()> {
 /// log-probabilities. `source` names where the weights came from in errors.
 pub fn write_validated(model: &RgFlow, source: &Path, out: &Path, f16: bool) -> anyhow::Result<()> {
     let device = Device::flex();
-    let precision = if f16 { Precision::F16 } else { Precision::F32 };
+    let precision = if f16 { StoragePrecision::F16 } else { StoragePrecision::F32 };
     let bytes = rgflow::store::to_bytes(model, precision)?;
     let back = rgflow::store::from_bytes(bytes.clone(), &out.display().to_string(), &device)?;
     let probe = Tensor::<4>::random(

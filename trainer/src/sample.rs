@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use burn::prelude::*;
 use clap::Args;
-use rgflow::decoder::Precision;
+use rgflow::decoder::ProductPrecision;
 use rgflow::{CpuDecoder, LevelTemperatures};
 
 use crate::backend::{BackendChoice, select};
@@ -54,11 +54,11 @@ pub enum PrecisionArg {
     Bf16,
 }
 
-impl From<PrecisionArg> for Precision {
+impl From<PrecisionArg> for ProductPrecision {
     fn from(arg: PrecisionArg) -> Self {
         match arg {
-            PrecisionArg::F32 => Precision::F32,
-            PrecisionArg::Bf16 => Precision::Bf16,
+            PrecisionArg::F32 => ProductPrecision::F32,
+            PrecisionArg::Bf16 => ProductPrecision::Bf16,
         }
     }
 }
@@ -66,7 +66,7 @@ impl From<PrecisionArg> for Precision {
 pub fn run(args: SampleArgs) -> anyhow::Result<()> {
     let (device, backend_name) = select(args.backend)?;
     let model = load_model_with(&resolve_model_path(args.model)?, &device, args.weights)?;
-    let precision = Precision::from(args.precision);
+    let precision = ProductPrecision::from(args.precision);
     // On the CPU the packed decoder gives the same images (f32) faster.
     let decoder = if CpuDecoder::suits(&device) {
         let decoder = CpuDecoder::new(&model, precision);
@@ -74,7 +74,7 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
             eprintln!("note: this CPU has no AVX512-BF16, so --precision bf16 would only be slower; decoding in f32");
         }
         Some(decoder)
-    } else if precision == Precision::Bf16 {
+    } else if precision == ProductPrecision::Bf16 {
         anyhow::bail!(
             "--precision bf16 is a CPU decoder option; {backend_name} decodes in f32 (drop --precision or use --backend cpu)"
         );

@@ -344,7 +344,7 @@ impl Run {
     fn save(&self, path: &Path) -> anyhow::Result<()> {
         let mut state = self.state.clone();
         state.average_updates = self.average.as_ref().map_or(0, WeightAverage::updates);
-        let weights = |m: &RgFlow| rgflow::store::to_bytes(m, rgflow::store::Precision::F32);
+        let weights = |m: &RgFlow| rgflow::store::to_bytes(m, rgflow::store::StoragePrecision::F32);
         let ckpt = Checkpoint {
             state,
             model: weights(&self.model)?,

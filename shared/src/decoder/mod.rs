@@ -10,7 +10,7 @@
 //! and `pack.rs` for the checkerboard's skipped zeros): one fork-join per
 //! sub-layer, and activations that never leave the cache.
 //!
-//! [`Precision::Bf16`] rounds the weights and the networks' activations to
+//! [`ProductPrecision::Bf16`] rounds the weights and the networks' activations to
 //! bfloat16 for the matrix products (accumulating in f32); on CPUs with
 //! AVX512-BF16 that doubles their rate (other CPUs decode in f32). The affine
 //! updates, residual sums and the state itself stay f32. Pixels move by about
@@ -33,18 +33,18 @@ use tile::Workspace;
 
 /// Number type of the s/t networks' matrix products.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Precision {
+pub enum ProductPrecision {
     /// f32 throughout (matches [`RgFlow::decode`] to rounding).
     F32,
     /// bfloat16 weights and activations into f32 accumulators.
     Bf16,
 }
 
-impl std::fmt::Display for Precision {
+impl std::fmt::Display for ProductPrecision {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            Precision::F32 => "f32",
-            Precision::Bf16 => "bf16",
+            ProductPrecision::F32 => "f32",
+            ProductPrecision::Bf16 => "bf16",
         })
     }
 }
@@ -64,7 +64,7 @@ enum Stacks {
 /// docs). Build it once per model; it holds its own copy of the weights.
 pub struct CpuDecoder {
     config: RgFlowConfig,
-    precision: Precision,
+    precision: ProductPrecision,
     isa: Isa,
     stacks: Stacks,
     /// Blocks of each sub-layer (forward order).
@@ -76,15 +76,15 @@ pub struct CpuDecoder {
 impl CpuDecoder {
     /// Packs `flow`'s weights (read from its device once).
     ///
-    /// [`Precision::Bf16`] needs a CPU with AVX512-BF16; elsewhere bf16
+    /// [`ProductPrecision::Bf16`] needs a CPU with AVX512-BF16; elsewhere bf16
     /// products would only be slower than f32 ones, so the decoder runs in
     /// f32 ([`Self::precision`] says which).
-    pub fn new(flow: &RgFlow, precision: Precision) -> Self {
+    pub fn new(flow: &RgFlow, precision: ProductPrecision) -> Self {
         let isa = Isa::detect();
-        let precision = if isa.native_bf16() { precision } else { Precision::F32 };
+        let precision = if isa.native_bf16() { precision } else { ProductPrecision::F32 };
         let stacks = match precision {
-            Precision::F32 => Stacks::F32(flow.layers.iter().map(PackedStack::new).collect()),
-            Precision::Bf16 => Stacks::Bf16(flow.layers.iter().map(PackedStack::new).collect()),
+            ProductPrecision::F32 => Stacks::F32(flow.layers.iter().map(PackedStack::new).collect()),
+            ProductPrecision::Bf16 => Stacks::Bf16(flow.layers.iter().map(PackedStack::new).collect()),
         };
         let lattice = flow.lattice();
         let gathers = lattice.inverse_transitions(flow.config().channels);
@@ -113,11 +113,11 @@ impl CpuDecoder {
 
     /// The precision of the networks' products (f32 where bf16 was asked
     /// for but the CPU lacks AVX512-BF16).
-    pub fn precision(&self) -> Precision {
+    pub fn precision(&self) -> ProductPrecision {
         self.precision
     }
 
-    /// Whether this CPU runs [`Precision::Bf16`] products (at twice the f32
+    /// Whether this CPU runs [`ProductPrecision::Bf16`] products (at twice the f32
     /// rate); elsewhere the decoder runs in f32.
     pub fn native_bf16() -> bool {
         Isa::detect().native_bf16()
@@ -264,14 +264,14 @@ mod tests {
             let z = host_uniform([3, channels, size, size], -2.0, 2.0, 9, &device);
             let want = pack::host(flow.inverse_without_ldj(z.clone()));
             let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-            let f32_decoder = CpuDecoder::new(&flow, Precision::F32);
+            let f32_decoder = CpuDecoder::new(&flow, ProductPrecision::F32);
             let got = f32_decoder.inverse(&pack::host(z.clone()));
             let err = max_abs(&got, &want) / scale;
             assert!(err < 1e-5, "L{size} C{channels} {nlayers}/{nres}/{nmlp}/{nhidden}: f32 error {err}");
             assert!(max_abs(&want, &pack::host(z.clone())) > 1e-2, "the flow is the identity");
 
             if CpuDecoder::native_bf16() {
-                let bf16 = CpuDecoder::new(&flow, Precision::Bf16).inverse(&pack::host(z.clone()));
+                let bf16 = CpuDecoder::new(&flow, ProductPrecision::Bf16).inverse(&pack::host(z.clone()));
                 let err = max_abs(&bf16, &want) / scale;
                 assert!(err < 5e-2 && err > 0.0, "L{size} C{channels}: bf16 error {err}");
             }

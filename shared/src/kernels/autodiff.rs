@@ -10,7 +10,8 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::tensor::FloatTensor;
 
 use super::{FusedKernels, StackLayout};
-use crate::decoder::Precision;
+use crate::decoder::ProductPrecision;
+use crate::flow::Direction;
 
 /// Registers `grad` for a parent, if it is tracked.
 fn register<B: FusedKernels>(grads: &mut Gradients, parent: Option<NodeId>, grad: FloatTensor<B>) {
@@ -142,7 +143,7 @@ impl<B: FusedKernels, C: CheckpointStrategy> FusedKernels for Autodiff<B, C> {
         s_scale: FloatTensor<Self>,
         t_scale: FloatTensor<Self>,
         mask: FloatTensor<Self>,
-        inverse: bool,
+        direction: Direction,
     ) -> FloatTensor<Self> {
         #[derive(Debug)]
         struct CouplingBackward;
@@ -150,14 +151,14 @@ impl<B: FusedKernels, C: CheckpointStrategy> FusedKernels for Autodiff<B, C> {
         impl<B: FusedKernels> Backward<B, 6> for CouplingBackward {
             /// The forward inputs `[x, s_raw, t_raw, s_scale, t_scale, mask]`
             /// and the direction.
-            type State = ([FloatTensor<B>; 6], bool);
+            type State = ([FloatTensor<B>; 6], Direction);
 
             fn backward(self, ops: Ops<Self::State, 6>, grads: &mut Gradients, _: &mut Checkpointer) {
                 let [node_x, node_s_raw, node_t_raw, node_s_scale, node_t_scale, _mask] = ops.parents;
                 let grad = grads.consume::<B>(&ops.node);
-                let ([x, s_raw, t_raw, s_scale, t_scale, mask], inverse) = ops.state;
+                let ([x, s_raw, t_raw, s_scale, t_scale, mask], direction) = ops.state;
                 let (gx, gs, gt, gs_scale, gt_scale) =
-                    B::coupling_update_backward(x, s_raw, t_raw, s_scale, t_scale, mask, inverse, grad);
+                    B::coupling_update_backward(x, s_raw, t_raw, s_scale, t_scale, mask, direction, grad);
                 register::<B>(grads, node_x.map(|n| n.id), gx);
                 register::<B>(grads, node_s_raw.map(|n| n.id), gs);
                 register::<B>(grads, node_t_raw.map(|n| n.id), gt);
@@ -169,9 +170,9 @@ impl<B: FusedKernels, C: CheckpointStrategy> FusedKernels for Autodiff<B, C> {
         record::<B, C, _, 6>(
             CouplingBackward,
             [x, s_raw, t_raw, s_scale, t_scale, mask],
-            |inputs| (inputs, inverse),
+            |inputs| (inputs, direction),
             |[x, s_raw, t_raw, s_scale, t_scale, mask]| {
-                B::coupling_update(x, s_raw, t_raw, s_scale, t_scale, mask, inverse)
+                B::coupling_update(x, s_raw, t_raw, s_scale, t_scale, mask, direction)
             },
         )
     }
@@ -210,12 +211,12 @@ impl<B: FusedKernels, C: CheckpointStrategy> FusedKernels for Autodiff<B, C> {
         x: FloatTensor<Self>,
         params: FloatTensor<Self>,
         layout: StackLayout,
-        precision: Precision,
+        precision: ProductPrecision,
     ) -> Option<FloatTensor<Self>> {
         #[derive(Debug)]
         struct StackBackward {
             layout: StackLayout,
-            precision: Precision,
+            precision: ProductPrecision,
         }
 
         impl<B: FusedKernels> Backward<B, 2> for StackBackward {

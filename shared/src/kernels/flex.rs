@@ -6,7 +6,8 @@ use burn::backend::flex::FlexTensor;
 use burn::tensor::{DType, Shape, TensorData};
 
 use super::{FusedKernels, StackLayout, cpu, reference};
-use crate::decoder::Precision;
+use crate::decoder::ProductPrecision;
+use crate::flow::Direction;
 
 /// Runs `kernel` on the inputs as contiguous f32 tensors, or `reference` on
 /// them as they are when one is of another dtype.
@@ -147,13 +148,13 @@ impl FusedKernels for Flex {
         s_scale: FlexTensor,
         t_scale: FlexTensor,
         mask: FlexTensor,
-        inverse: bool,
+        direction: Direction,
     ) -> FlexTensor {
         f32_or_reference(
             [x, s_raw, t_raw, s_scale, t_scale, mask],
-            |t| tensor(cpu::coupling_update(coupling(&t, inverse)), t[0].shape()),
+            |t| tensor(cpu::coupling_update(coupling(&t, direction)), t[0].shape()),
             |[x, s_raw, t_raw, s_scale, t_scale, mask]| {
-                reference::coupling_update::<Self>(x, s_raw, t_raw, s_scale, t_scale, mask, inverse)
+                reference::coupling_update::<Self>(x, s_raw, t_raw, s_scale, t_scale, mask, direction)
             },
         )
     }
@@ -165,13 +166,13 @@ impl FusedKernels for Flex {
         s_scale: FlexTensor,
         t_scale: FlexTensor,
         mask: FlexTensor,
-        inverse: bool,
+        direction: Direction,
         grad: FlexTensor,
     ) -> (FlexTensor, FlexTensor, FlexTensor, FlexTensor, FlexTensor) {
         f32_or_reference(
             [x, s_raw, t_raw, s_scale, t_scale, mask, grad],
             |t| {
-                let g = cpu::coupling_update_backward(coupling(&t, inverse), f32s(&t[6]));
+                let g = cpu::coupling_update_backward(coupling(&t, direction), f32s(&t[6]));
                 let (rows, features) = (t[0].shape(), t[3].shape());
                 (
                     tensor(g.x, rows.clone()),
@@ -182,8 +183,9 @@ impl FusedKernels for Flex {
                 )
             },
             |[x, s_raw, t_raw, s_scale, t_scale, mask, grad]| {
-                let [x, s_raw, t_raw, s_scale, t_scale] =
-                    reference::coupling_update_backward::<Self>(x, s_raw, t_raw, s_scale, t_scale, mask, inverse, grad);
+                let [x, s_raw, t_raw, s_scale, t_scale] = reference::coupling_update_backward::<Self>(
+                    x, s_raw, t_raw, s_scale, t_scale, mask, direction, grad,
+                );
                 (x, s_raw, t_raw, s_scale, t_scale)
             },
         )
@@ -221,7 +223,7 @@ impl FusedKernels for Flex {
         x: FlexTensor,
         params: FlexTensor,
         layout: StackLayout,
-        precision: Precision,
+        precision: ProductPrecision,
     ) -> Option<FlexTensor> {
         coupling_stack_with(x, params, layout, precision, false).map(|(output, _)| output)
     }
@@ -230,7 +232,7 @@ impl FusedKernels for Flex {
         x: FlexTensor,
         params: FlexTensor,
         layout: StackLayout,
-        precision: Precision,
+        precision: ProductPrecision,
     ) -> Option<(FlexTensor, FlexTensor)> {
         coupling_stack_with(x, params, layout, precision, true)
     }
@@ -240,7 +242,7 @@ impl FusedKernels for Flex {
         tape: FlexTensor,
         grad: FlexTensor,
         layout: StackLayout,
-        precision: Precision,
+        precision: ProductPrecision,
     ) -> (FlexTensor, FlexTensor) {
         let [params, tape, grad] = [params, tape, grad].map(|t| if t.is_contiguous() { t } else { t.to_contiguous() });
         let m = grad.shape()[0];
@@ -256,7 +258,7 @@ impl FusedKernels for Flex {
 }
 
 /// The slices of `[x, s_raw, t_raw, s_scale, t_scale, mask, ..]`.
-fn coupling(t: &[FlexTensor], inverse: bool) -> cpu::Coupling<'_> {
+fn coupling(t: &[FlexTensor], direction: Direction) -> cpu::Coupling<'_> {
     cpu::Coupling {
         x: f32s(&t[0]),
         s_raw: f32s(&t[1]),
@@ -264,7 +266,7 @@ fn coupling(t: &[FlexTensor], inverse: bool) -> cpu::Coupling<'_> {
         s_scale: f32s(&t[3]),
         t_scale: f32s(&t[4]),
         mask: f32s(&t[5]),
-        inverse,
+        inverse: direction == Direction::Inverse,
     }
 }
 
@@ -285,7 +287,7 @@ fn coupling_stack_with(
     x: FlexTensor,
     params: FlexTensor,
     layout: StackLayout,
-    precision: Precision,
+    precision: ProductPrecision,
     taped: bool,
 ) -> Option<(FlexTensor, FlexTensor)> {
     if x.dtype() != DType::F32 || params.dtype() != DType::F32 {

@@ -34,7 +34,8 @@ use burn::prelude::*;
 
 pub use stack::StackLayout;
 
-use crate::decoder::Precision;
+use crate::decoder::ProductPrecision;
+use crate::flow::Direction;
 
 /// Fused operations with a custom implementation per backend.
 #[backend_extension(
@@ -98,7 +99,7 @@ pub trait FusedKernels: burn::backend::Backend {
 
     /// One affine coupling update of the `mask = 1` half of each block row:
     /// with `s = tanh(s_raw · s_scale) · mask` and `t = t_raw · t_scale · mask`,
-    /// `x e^s + t`, or `(x − t) e^{−s}` when `inverse`. `x, s_raw, t_raw:
+    /// `x e^s + t` forward, or `(x − t) e^{−s}` inverse. `x, s_raw, t_raw:
     /// [M, F]`; `s_scale, t_scale, mask: [F]` -> `[M, F]`.
     fn coupling_update(
         x: FloatTensor<Self>,
@@ -107,9 +108,9 @@ pub trait FusedKernels: burn::backend::Backend {
         s_scale: FloatTensor<Self>,
         t_scale: FloatTensor<Self>,
         mask: FloatTensor<Self>,
-        inverse: bool,
+        direction: Direction,
     ) -> FloatTensor<Self> {
-        reference::coupling_update::<Self>(x, s_raw, t_raw, s_scale, t_scale, mask, inverse)
+        reference::coupling_update::<Self>(x, s_raw, t_raw, s_scale, t_scale, mask, direction)
     }
 
     /// Gradients of [`Self::coupling_update`] given `grad: [M, F]`: for `x`,
@@ -122,11 +123,11 @@ pub trait FusedKernels: burn::backend::Backend {
         s_scale: FloatTensor<Self>,
         t_scale: FloatTensor<Self>,
         mask: FloatTensor<Self>,
-        inverse: bool,
+        direction: Direction,
         grad: FloatTensor<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
         let [x, s_raw, t_raw, s_scale, t_scale] =
-            reference::coupling_update_backward::<Self>(x, s_raw, t_raw, s_scale, t_scale, mask, inverse, grad);
+            reference::coupling_update_backward::<Self>(x, s_raw, t_raw, s_scale, t_scale, mask, direction, grad);
         (x, s_raw, t_raw, s_scale, t_scale)
     }
 
@@ -164,7 +165,7 @@ pub trait FusedKernels: burn::backend::Backend {
         x: FloatTensor<Self>,
         params: FloatTensor<Self>,
         layout: StackLayout,
-        precision: Precision,
+        precision: ProductPrecision,
     ) -> Option<FloatTensor<Self>> {
         let _ = (x, params, layout, precision);
         None
@@ -176,7 +177,7 @@ pub trait FusedKernels: burn::backend::Backend {
         x: FloatTensor<Self>,
         params: FloatTensor<Self>,
         layout: StackLayout,
-        precision: Precision,
+        precision: ProductPrecision,
     ) -> Option<(FloatTensor<Self>, FloatTensor<Self>)> {
         let _ = (x, params, layout, precision);
         None
@@ -190,7 +191,7 @@ pub trait FusedKernels: burn::backend::Backend {
         tape: FloatTensor<Self>,
         grad: FloatTensor<Self>,
         layout: StackLayout,
-        precision: Precision,
+        precision: ProductPrecision,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         let _ = (params, tape, grad, layout, precision);
         unreachable!("a coupling stack's backward without its backend's tape")
@@ -252,8 +253,8 @@ pub struct CouplingParams {
     pub mask: Tensor<1>,
 }
 
-/// One affine coupling update, `x e^s + t` (or `(x − t) e^{−s}` when
-/// `inverse`) with `s = tanh(s_raw · s_scale) · mask`, `t = t_raw · t_scale ·
+/// One affine coupling update, `x e^s + t` (or `(x − t) e^{−s}` in the
+/// inverse direction) with `s = tanh(s_raw · s_scale) · mask`, `t = t_raw · t_scale ·
 /// mask`: `x, s_raw, t_raw: [M, F]` -> `[M, F]`, differentiable in all but
 /// the mask.
 pub fn coupling_update(
@@ -261,7 +262,7 @@ pub fn coupling_update(
     s_raw: Tensor<2>,
     t_raw: Tensor<2>,
     params: &CouplingParams,
-    inverse: bool,
+    direction: Direction,
 ) -> Tensor<2> {
     Tensor::from_dispatch(<Dispatch as FusedKernels>::coupling_update(
         x.into_dispatch(),
@@ -270,7 +271,7 @@ pub fn coupling_update(
         params.s_scale.clone().into_dispatch(),
         params.t_scale.clone().into_dispatch(),
         params.mask.clone().into_dispatch(),
-        inverse,
+        direction,
     ))
 }
 
@@ -306,7 +307,7 @@ pub fn coupling_stack(
     x: Tensor<2>,
     params: Tensor<1>,
     layout: StackLayout,
-    precision: Precision,
+    precision: ProductPrecision,
 ) -> Option<(Tensor<2>, Tensor<1>)> {
     let [m, d] = x.dims();
     assert_eq!(d, layout.dim(), "blocks are not [M, {}]", layout.dim());
@@ -321,6 +322,7 @@ mod tests {
     use burn::tensor::Distribution;
 
     use super::CouplingParams;
+    use crate::flow::Direction;
 
     /// Swish as plain tensor ops, the way the model computed it before.
     fn swish_composed(x: Tensor<2>, beta: Tensor<1>) -> Tensor<2> {
@@ -336,12 +338,12 @@ mod tests {
         s_raw: Tensor<2>,
         t_raw: Tensor<2>,
         p: &CouplingParams,
-        inverse: bool,
+        direction: Direction,
     ) -> Tensor<2> {
         let m = p.mask.clone().unsqueeze::<2>();
         let s = (s_raw * p.s_scale.clone().unsqueeze::<2>()).tanh() * m.clone();
         let t = t_raw * p.t_scale.clone().unsqueeze::<2>() * m;
-        if inverse { (x - t) * s.neg().exp() } else { x * s.exp() + t }
+        if direction == Direction::Inverse { (x - t) * s.neg().exp() } else { x * s.exp() + t }
     }
 
     fn log_scale_composed(s_raw: Tensor<2>, p: &CouplingParams) -> Tensor<1> {
@@ -441,7 +443,7 @@ mod tests {
         let (s_scale, t_scale) = (vector(-1.0, 1.0), vector(-1.0, 1.0));
         let (w_y, w_l) =
             (normal([rows, features], 1.0), Tensor::<1>::random([rows], Distribution::Normal(0.0, 1.0), device));
-        for inverse in [false, true] {
+        for direction in [Direction::Forward, Direction::Inverse] {
             let run = |fused: bool| {
                 let [x, s_raw, t_raw] = inputs.clone().map(Tensor::require_grad);
                 let p = CouplingParams {
@@ -451,12 +453,12 @@ mod tests {
                 };
                 let (y, log_scale) = if fused {
                     (
-                        super::coupling_update(x.clone(), s_raw.clone(), t_raw.clone(), &p, inverse),
+                        super::coupling_update(x.clone(), s_raw.clone(), t_raw.clone(), &p, direction),
                         super::coupling_log_scale(s_raw.clone(), &p),
                     )
                 } else {
                     (
-                        coupling_composed(x.clone(), s_raw.clone(), t_raw.clone(), &p, inverse),
+                        coupling_composed(x.clone(), s_raw.clone(), t_raw.clone(), &p, direction),
                         log_scale_composed(s_raw.clone(), &p),
                     )
                 };
@@ -467,13 +469,13 @@ mod tests {
             };
             let (y, ls, g_rows, g_features) = run(true);
             let (y_ref, ls_ref, g_rows_ref, g_features_ref) = run(false);
-            assert!(max_rel_diff(y, y_ref) < 1e-5, "coupling y, inverse={inverse}");
+            assert!(max_rel_diff(y, y_ref) < 1e-5, "coupling y, {direction:?}");
             assert!(max_rel_diff(ls, ls_ref) < 1e-5, "log-scale");
             for (i, (g, r)) in g_rows.into_iter().zip(g_rows_ref).enumerate() {
-                assert!(max_rel_diff(g, r) < 1e-5, "coupling ∂(x, s_raw, t_raw)[{i}], inverse={inverse}");
+                assert!(max_rel_diff(g, r) < 1e-5, "coupling ∂(x, s_raw, t_raw)[{i}], {direction:?}");
             }
             for (i, (g, r)) in g_features.into_iter().zip(g_features_ref).enumerate() {
-                assert!(max_rel_diff(g, r) < 1e-4, "coupling ∂(s_scale, t_scale)[{i}], inverse={inverse}");
+                assert!(max_rel_diff(g, r) < 1e-4, "coupling ∂(s_scale, t_scale)[{i}], {direction:?}");
             }
         }
     }

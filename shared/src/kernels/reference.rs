@@ -7,6 +7,8 @@ use burn::backend::TensorMetadata;
 use burn::backend::tensor::FloatTensor;
 use burn::tensor::Shape;
 
+use crate::flow::Direction;
+
 /// `beta: [F]` broadcast to `shape = [M, F]`.
 fn per_feature<B: Backend>(beta: FloatTensor<B>, shape: &Shape) -> FloatTensor<B> {
     let features = shape[1];
@@ -84,11 +86,11 @@ pub fn coupling_update<B: Backend>(
     s_scale: FloatTensor<B>,
     t_scale: FloatTensor<B>,
     mask: FloatTensor<B>,
-    inverse: bool,
+    direction: Direction,
 ) -> FloatTensor<B> {
     let shape = x.shape();
     let (s, t, _) = scale_shift::<B>(s_raw, t_raw, per_features::<B, 3>([s_scale, t_scale, mask], &shape));
-    if inverse {
+    if direction == Direction::Inverse {
         B::float_mul(B::float_sub(x, t), B::float_exp(B::float_neg(s)))
     } else {
         B::float_add(B::float_mul(x, B::float_exp(s)), t)
@@ -104,13 +106,13 @@ pub fn coupling_update_backward<B: Backend>(
     s_scale: FloatTensor<B>,
     t_scale: FloatTensor<B>,
     mask: FloatTensor<B>,
-    inverse: bool,
+    direction: Direction,
     grad: FloatTensor<B>,
 ) -> [FloatTensor<B>; 5] {
     let shape = x.shape();
     let [a, b, m] = per_features::<B, 3>([s_scale, t_scale, mask], &shape);
     let (s, t, th) = scale_shift::<B>(s_raw.clone(), t_raw.clone(), [a.clone(), b.clone(), m.clone()]);
-    let (dx, g_s, g_t) = if inverse {
+    let (dx, g_s, g_t) = if direction == Direction::Inverse {
         let e = B::float_exp(B::float_neg(s));
         let y = B::float_mul(B::float_sub(x, t), e.clone());
         let g_s = B::float_neg(B::float_mul(grad.clone(), y));

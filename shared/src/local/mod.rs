@@ -23,14 +23,8 @@ use crate::gather::index_tensor;
 
 pub use packed::{PackedCache, PackedFlow};
 
-/// Which way a cached pass runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Direction {
-    /// Data to latents.
-    Forward,
-    /// Latents to data.
-    Inverse,
-}
+/// Which way a cached pass runs (the flow's one [`Direction`], here too).
+pub use crate::flow::Direction;
 
 /// The intermediate results of one pass over a batch.
 #[derive(Debug, Clone)]

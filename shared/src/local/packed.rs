@@ -20,7 +20,7 @@ use std::sync::Arc;
 use burn::prelude::Device;
 
 use super::{Direction, LocalStats};
-use crate::decoder::{CpuDecoder, Precision};
+use crate::decoder::{CpuDecoder, ProductPrecision};
 use crate::flow::RgFlow;
 use crate::kernels::cpu::stack::PackedForward;
 
@@ -108,7 +108,7 @@ impl PackedFlow {
             flow: flow.clone(),
             device: device.expect("a flow has sub-layers"),
             forward,
-            inverse: CpuDecoder::new(flow, Precision::F32),
+            inverse: CpuDecoder::new(flow, ProductPrecision::F32),
             elements,
         };
         Self { inner: Arc::new(inner) }

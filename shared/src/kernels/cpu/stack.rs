@@ -30,7 +30,7 @@ use multiversion::multiversion;
 use multiversion::target::target_cfg_f;
 
 use super::{exp, sigmoid, tanh, weight_norm, weight_norm_backward};
-use crate::decoder::Precision;
+use crate::decoder::ProductPrecision;
 use crate::decoder::matmul::{
     Bf16, Isa, MR, Operand, PANEL, PackedMatrix, TileKernels, outer_accumulate, outer_accumulate_bf16,
 };
@@ -820,18 +820,18 @@ pub fn forward(
     params: &[f32],
     x: &[f32],
     save: bool,
-    precision: Precision,
+    precision: ProductPrecision,
 ) -> (Vec<f32>, Vec<f32>) {
     match ran(precision) {
-        Precision::F32 => forward_with::<f32>(layout, params, x, save),
-        Precision::Bf16 => forward_with::<Bf16>(layout, params, x, save),
+        ProductPrecision::F32 => forward_with::<f32>(layout, params, x, save),
+        ProductPrecision::Bf16 => forward_with::<Bf16>(layout, params, x, save),
     }
 }
 
 /// The precision the products run in: bf16 only where the CPU multiplies
 /// it natively (elsewhere it would only be slower than f32).
-pub fn ran(precision: Precision) -> Precision {
-    if Isa::detect().native_bf16() { precision } else { Precision::F32 }
+pub fn ran(precision: ProductPrecision) -> ProductPrecision {
+    if Isa::detect().native_bf16() { precision } else { ProductPrecision::F32 }
 }
 
 fn forward_with<E: TileKernels>(layout: &StackLayout, params: &[f32], x: &[f32], save: bool) -> (Vec<f32>, Vec<f32>) {
@@ -975,11 +975,11 @@ pub fn backward(
     params: &[f32],
     tape: &[f32],
     grad: &[f32],
-    precision: Precision,
+    precision: ProductPrecision,
 ) -> (Vec<f32>, Vec<f32>) {
     match ran(precision) {
-        Precision::F32 => backward_with::<f32>(layout, params, tape, grad),
-        Precision::Bf16 => backward_with::<Bf16>(layout, params, tape, grad),
+        ProductPrecision::F32 => backward_with::<f32>(layout, params, tape, grad),
+        ProductPrecision::Bf16 => backward_with::<Bf16>(layout, params, tape, grad),
     }
 }
 
