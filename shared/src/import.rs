@@ -60,11 +60,10 @@ impl StateDict {
     pub fn open(path: &Path) -> Result<Self> {
         use std::io::Read;
         let io = |source| Error::Io { path: path.into(), source };
-        let mut head = [0u8; 9];
-        let mut file = std::fs::File::open(path).map_err(io)?;
-        let got = file.read(&mut head).map_err(io)?;
+        let mut head = Vec::with_capacity(9);
+        std::fs::File::open(path).and_then(|file| file.take(9).read_to_end(&mut head)).map_err(io)?;
         // safetensors: an 8-byte little-endian header length, then the JSON header.
-        if got == head.len() && head[8] == b'{' { Self::read(path) } else { Self::read_pytorch(path) }
+        if head.len() == 9 && head[8] == b'{' { Self::read(path) } else { Self::read_pytorch(path) }
     }
 
     /// Reads a `torch.save` file: the authors' training checkpoint (the
