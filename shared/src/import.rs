@@ -47,6 +47,41 @@ impl RefTensor {
     }
 }
 
+/// The element types a checkpoint's tensors are read from.
+#[derive(Debug, Clone, Copy)]
+enum Element {
+    F64,
+    F32,
+    F16,
+    Bf16,
+    I64,
+    I32,
+}
+
+impl Element {
+    /// Bytes per value.
+    fn size(self) -> usize {
+        match self {
+            Element::F64 | Element::I64 => 8,
+            Element::F32 | Element::I32 => 4,
+            Element::F16 | Element::Bf16 => 2,
+        }
+    }
+
+    /// Little-endian `bytes` of this type, widened to `f64`.
+    fn widen_le(self, bytes: &[u8]) -> Vec<f64> {
+        let values = bytes.chunks_exact(self.size());
+        match self {
+            Element::F64 => values.map(|b| f64::from_le_bytes(b.try_into().unwrap())).collect(),
+            Element::F32 => values.map(|b| f32::from_le_bytes(b.try_into().unwrap()).into()).collect(),
+            Element::F16 => values.map(|b| burn::tensor::f16::from_le_bytes([b[0], b[1]]).to_f64()).collect(),
+            Element::Bf16 => values.map(|b| burn::tensor::bf16::from_le_bytes([b[0], b[1]]).to_f64()).collect(),
+            Element::I64 => values.map(|b| i64::from_le_bytes(b.try_into().unwrap()) as f64).collect(),
+            Element::I32 => values.map(|b| i32::from_le_bytes(b.try_into().unwrap()).into()).collect(),
+        }
+    }
+}
+
 /// A state dict read from a safetensors file.
 #[derive(Debug, Clone)]
 pub struct StateDict {
@@ -79,23 +114,23 @@ impl StateDict {
         };
         let mut tensors = BTreeMap::new();
         for (name, tensor) in reader.into_tensors() {
-            let bytes = tensor.read().map_err(|e| Error::weights(path, e.to_string()))?;
-            // The reader hands out native-endian bytes.
-            let values: Vec<f64> = match tensor.dtype() {
-                DType::F64 => bytes.chunks_exact(8).map(|b| f64::from_ne_bytes(b.try_into().unwrap())).collect(),
-                DType::F32 => bytes.chunks_exact(4).map(|b| f32::from_ne_bytes(b.try_into().unwrap()) as f64).collect(),
-                DType::F16 => {
-                    bytes.chunks_exact(2).map(|b| burn::tensor::f16::from_ne_bytes([b[0], b[1]]).to_f64()).collect()
-                }
-                DType::BF16 => {
-                    bytes.chunks_exact(2).map(|b| burn::tensor::bf16::from_ne_bytes([b[0], b[1]]).to_f64()).collect()
-                }
-                DType::I64 => bytes.chunks_exact(8).map(|b| i64::from_ne_bytes(b.try_into().unwrap()) as f64).collect(),
-                DType::I32 => bytes.chunks_exact(4).map(|b| i32::from_ne_bytes(b.try_into().unwrap()) as f64).collect(),
+            let element = match tensor.dtype() {
+                DType::F64 => Element::F64,
+                DType::F32 => Element::F32,
+                DType::F16 => Element::F16,
+                DType::BF16 => Element::Bf16,
+                DType::I64 => Element::I64,
+                DType::I32 => Element::I32,
                 other => {
                     return Err(Error::weights(path, format!("tensor `{name}` has unsupported dtype {other:?}")));
                 }
             };
+            let mut bytes = tensor.read().map_err(|e| Error::weights(path, e.to_string()))?;
+            // The reader hands out native-endian bytes.
+            if cfg!(target_endian = "big") {
+                bytes.chunks_exact_mut(element.size()).for_each(<[u8]>::reverse);
+            }
+            let values = element.widen_le(&bytes);
             // Their multi-GPU wrapper saves every key under `module.net.`.
             let name = name.strip_prefix("module.net.").map(str::to_string).unwrap_or(name);
             tensors.insert(name, RefTensor { shape: tensor.shape().to_vec(), values });
@@ -125,17 +160,16 @@ impl StateDict {
             .map_err(|e| Error::weights(&source, format!("not a safetensors file: {e}")))?;
         let mut tensors = BTreeMap::new();
         for (name, view) in st.tensors() {
-            let data = view.data();
-            let values: Vec<f64> = match view.dtype() {
-                Dtype::F64 => data.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap())).collect(),
-                Dtype::F32 => data.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap()) as f64).collect(),
-                Dtype::I64 => data.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap()) as f64).collect(),
-                Dtype::I32 => data.chunks_exact(4).map(|b| i32::from_le_bytes(b.try_into().unwrap()) as f64).collect(),
+            let element = match view.dtype() {
+                Dtype::F64 => Element::F64,
+                Dtype::F32 => Element::F32,
+                Dtype::I64 => Element::I64,
+                Dtype::I32 => Element::I32,
                 other => {
                     return Err(Error::weights(&source, format!("tensor `{name}` has unsupported dtype {other:?}")));
                 }
             };
-            tensors.insert(name, RefTensor { shape: view.shape().to_vec(), values });
+            tensors.insert(name, RefTensor { shape: view.shape().to_vec(), values: element.widen_le(view.data()) });
         }
         Ok(Self { source, tensors })
     }
@@ -185,62 +219,49 @@ impl Sizes {
 }
 
 /// The authors' arguments as read from JSON, before the sizes are resolved.
-/// Defaults are those of their `args.py`; other keys (`lr`, `batch_size`, …)
-/// are ignored.
+/// What is left out takes their `args.py` default ([`Default`]); other keys
+/// (`lr`, `batch_size`, …) are ignored.
 #[derive(Debug, Deserialize)]
+#[serde(default)]
 struct ReferenceArgs {
-    #[serde(rename = "L", default = "defaults::image_size")]
+    #[serde(rename = "L")]
     image_size: usize,
-    #[serde(alias = "nchannels", default = "defaults::channels")]
+    #[serde(alias = "nchannels")]
     channels: usize,
-    #[serde(default = "defaults::kernel_size")]
     kernel_size: usize,
-    #[serde(default = "defaults::prior")]
     prior: String,
-    #[serde(default = "defaults::subnet")]
     subnet: String,
     prior_scale: Option<f64>,
     depth: Option<usize>,
-    #[serde(alias = "nlayers_list", default = "defaults::nlayers")]
+    #[serde(alias = "nlayers_list")]
     nlayers: Sizes,
-    #[serde(alias = "nresblocks_list", default = "defaults::nresblocks")]
+    #[serde(alias = "nresblocks_list")]
     nresblocks: Sizes,
-    #[serde(alias = "nmlp_list", default = "defaults::nmlp")]
+    #[serde(alias = "nmlp_list")]
     nmlp: Sizes,
-    #[serde(alias = "nhidden_list", default = "defaults::nhidden")]
+    #[serde(alias = "nhidden_list")]
     nhidden: Sizes,
     logit_constraint: Option<f64>,
 }
 
-/// The defaults of the authors' `args.py`.
-mod defaults {
-    use super::Sizes;
-    pub fn image_size() -> usize {
-        32
-    }
-    pub fn channels() -> usize {
-        3
-    }
-    pub fn kernel_size() -> usize {
-        4
-    }
-    pub fn prior() -> String {
-        "laplace".into()
-    }
-    pub fn subnet() -> String {
-        "rnvp".into()
-    }
-    pub fn nlayers() -> Sizes {
-        Sizes::PerLevel("8,6,4,2".into())
-    }
-    pub fn nresblocks() -> Sizes {
-        Sizes::PerLevel("4".into())
-    }
-    pub fn nmlp() -> Sizes {
-        Sizes::PerLevel("2".into())
-    }
-    pub fn nhidden() -> Sizes {
-        Sizes::PerLevel("512".into())
+impl Default for ReferenceArgs {
+    /// The defaults of the authors' `args.py`.
+    fn default() -> Self {
+        let per_level = |text: &str| Sizes::PerLevel(text.into());
+        Self {
+            image_size: 32,
+            channels: 3,
+            kernel_size: 4,
+            prior: "laplace".into(),
+            subnet: "rnvp".into(),
+            prior_scale: None,
+            depth: None,
+            nlayers: per_level("8,6,4,2"),
+            nresblocks: per_level("4"),
+            nmlp: per_level("2"),
+            nhidden: per_level("512"),
+            logit_constraint: None,
+        }
     }
 }
 
