@@ -244,6 +244,34 @@ fn sample_precisions_agree() {
     assert!(err.contains("--precision bf16 is a CPU decoder option"), "{err}");
 }
 
+/// `RGFLOW_CPU_KERNELS` picks the matrix-product kernels: the portable
+/// loops sample the same picture as the CPU's best kernels (up to float
+/// rounding), and a family the CPU lacks is refused before any work.
+#[test]
+fn cpu_kernel_families_agree_and_bad_choices_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let png = |kernels: &str| {
+        let path = dir.path().join(format!("{kernels}.png"));
+        let args =
+            ["sample", "--out", path.to_str().unwrap(), "--count", "4", "--temperature", "0.8", "--backend", "flex"];
+        let out = Command::new(env!("CARGO_BIN_EXE_trainer")).args(args).env("RGFLOW_CPU_KERNELS", kernels).output();
+        let out = out.expect("trainer runs");
+        assert!(out.status.success(), "{kernels}: {}", String::from_utf8_lossy(&out.stderr));
+        image::open(&path).unwrap().to_rgb8()
+    };
+    let best = rgflow::decoder::matmul::Isa::detect().name();
+    let (portable, fastest) = (png("portable"), png(best));
+    let worst = portable.as_raw().iter().zip(fastest.as_raw()).map(|(a, b)| a.abs_diff(*b)).max().unwrap();
+    assert!(worst <= 1, "{best} and portable kernels differ by {worst} levels");
+    let out = Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .args(["sample", "--out", "x.png", "--backend", "flex"])
+        .env("RGFLOW_CPU_KERNELS", "sse9")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("RGFLOW_CPU_KERNELS=sse9: this CPU runs portable"), "{err}");
+}
+
 /// `--devices 2` splits each batch across two devices (here two shares on
 /// the CPU) and takes the same steps as one device, up to rounding.
 #[test]

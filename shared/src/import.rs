@@ -163,6 +163,8 @@ impl StateDict {
             let element = match view.dtype() {
                 Dtype::F64 => Element::F64,
                 Dtype::F32 => Element::F32,
+                Dtype::F16 => Element::F16,
+                Dtype::BF16 => Element::Bf16,
                 Dtype::I64 => Element::I64,
                 Dtype::I32 => Element::I32,
                 other => {
@@ -457,4 +459,39 @@ pub fn load_reference(state: &StateDict, config: &RgFlowConfig, device: &Device)
         ));
     }
     Ok(RgFlow::from_layers(config, layers, device))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StateDict;
+
+    /// A safetensors file by hand: its header's length, the JSON header,
+    /// the tensors' bytes.
+    fn safetensors(header: &str, data: &[u8]) -> Vec<u8> {
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(header.as_bytes());
+        bytes.extend_from_slice(data);
+        bytes
+    }
+
+    #[test]
+    fn half_precision_safetensors_are_widened() {
+        let header = r#"{"half":{"dtype":"F16","shape":[2],"data_offsets":[0,4]},"brain":{"dtype":"BF16","shape":[1,1],"data_offsets":[4,6]}}"#;
+        let mut data = Vec::new();
+        for x in [1.5f32, -2.0] {
+            data.extend_from_slice(&burn::tensor::f16::from_f32(x).to_le_bytes());
+        }
+        data.extend_from_slice(&burn::tensor::bf16::from_f32(3.0).to_le_bytes());
+        let dict = StateDict::from_bytes(&safetensors(header, &data), "half.safetensors").unwrap();
+        assert_eq!(dict.get("half").unwrap().values, vec![1.5, -2.0]);
+        let brain = dict.get("brain").unwrap();
+        assert_eq!((brain.shape.as_slice(), brain.values.as_slice()), ([1, 1].as_slice(), [3.0].as_slice()));
+    }
+
+    #[test]
+    fn unsupported_dtypes_are_named() {
+        let header = r#"{"mask":{"dtype":"U8","shape":[2],"data_offsets":[0,2]}}"#;
+        let err = StateDict::from_bytes(&safetensors(header, &[0, 1]), "mask.safetensors").unwrap_err().to_string();
+        assert!(err.contains("`mask`") && err.contains("U8") && err.contains("mask.safetensors"), "{err}");
+    }
 }

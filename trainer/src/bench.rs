@@ -200,13 +200,14 @@ fn seconds_per_batch(
 /// weight gradients); at the tile kernel's measured rate on every thread
 /// that bounds images/s, whatever else a step does.
 fn print_product_bound(model: &rgflow::RgFlow, images_per_sec: f64, ran: ProductPrecision) {
-    use rgflow::decoder::matmul::{Bf16, machine_gflops};
+    use rgflow::decoder::matmul::{Bf16, Isa, machine_gflops};
     let flops_per_image = 3.0 * 2.0 * model.stack_macs_per_image() as f64;
     let f32_peak = machine_gflops::<f32>(0.5);
     let f32_bound = f32_peak * 1e9 / flops_per_image;
     let mut line = format!(
-        "bound:  {:.2} GFLOP of products per image; tile kernel {f32_peak:.0} GFLOP/s f32 on all threads -> f32 {f32_bound:.0} images/s",
-        flops_per_image / 1e9
+        "bound:  {:.2} GFLOP of products per image; tile kernel ({:?}) {f32_peak:.0} GFLOP/s f32 on all threads -> f32 {f32_bound:.0} images/s",
+        flops_per_image / 1e9,
+        Isa::detect()
     );
     let mut reached = format!("{:.0}% of the f32 bound", 100.0 * images_per_sec / f32_bound);
     if CpuDecoder::native_bf16() {

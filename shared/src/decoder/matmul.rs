@@ -5,7 +5,9 @@
 //! bits) multiplied pairwise and accumulated in f32 — the AVX512-BF16
 //! instruction `vdpbf16ps` does 32 such products per instruction, twice the
 //! f32 FMA rate. Each has an AVX-512 micro-kernel (8 rows × 32 columns of
-//! accumulators in registers) and a portable one for every other CPU.
+//! accumulators in registers) and a portable one for every other CPU; f32
+//! also has an AVX2 + FMA micro-kernel (6 rows × 16 columns) for x86 CPUs
+//! without AVX-512.
 
 /// An element of the left operand and of the packed weights.
 pub trait Operand: Copy + Default + Send + Sync + 'static {
@@ -152,6 +154,9 @@ impl<E: Operand> PackedMatrix<E> {
 pub enum Isa {
     /// Plain Rust loops (any CPU, wasm included).
     Portable,
+    /// AVX2 with FMA for f32 (x86 without AVX-512); bf16 runs the portable
+    /// loops, widened to f32.
+    Avx2,
     /// AVX-512 FMA for f32; bf16 is widened to f32 (no `vdpbf16ps`).
     Avx512,
     /// AVX-512 with AVX512-BF16 (`vdpbf16ps`).
@@ -159,8 +164,38 @@ pub enum Isa {
 }
 
 impl Isa {
-    /// The best this CPU supports.
+    /// The family the matrix-product kernels run (here and in the fused
+    /// training stack): the best this CPU supports, or the one
+    /// `RGFLOW_CPU_KERNELS` names (`portable`, `avx2`, `avx512`,
+    /// `avx512bf16`: to compare kernel families in one binary, as PyTorch's
+    /// `ATEN_CPU_CAPABILITY` does). Read once per process; programs call
+    /// [`Self::chosen`] at start to report a bad value as an error.
+    ///
+    /// # Panics
+    /// If `RGFLOW_CPU_KERNELS` names an unknown family or one this CPU lacks.
     pub fn detect() -> Self {
+        Self::chosen().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Self::detect`], or why `RGFLOW_CPU_KERNELS` cannot be followed.
+    pub fn chosen() -> Result<Self, String> {
+        static CHOSEN: std::sync::OnceLock<Result<Isa, String>> = std::sync::OnceLock::new();
+        CHOSEN
+            .get_or_init(|| {
+                let best = Self::best();
+                let Ok(name) = std::env::var("RGFLOW_CPU_KERNELS") else { return Ok(best) };
+                let supported = Self::supported_below(best);
+                let wanted = name.trim().to_lowercase();
+                supported.iter().copied().find(|isa| isa.name() == wanted).ok_or_else(|| {
+                    let names: Vec<&str> = supported.iter().map(|isa| isa.name()).collect();
+                    format!("RGFLOW_CPU_KERNELS={name}: this CPU runs {}", names.join(", "))
+                })
+            })
+            .clone()
+    }
+
+    /// The best family this CPU supports.
+    fn best() -> Self {
         #[cfg(target_arch = "x86_64")]
         {
             if std::arch::is_x86_feature_detected!("avx512f") {
@@ -169,8 +204,41 @@ impl Isa {
                 }
                 return Isa::Avx512;
             }
+            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                return Isa::Avx2;
+            }
         }
         Isa::Portable
+    }
+
+    /// The family's name in `RGFLOW_CPU_KERNELS`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Portable => "portable",
+            Isa::Avx2 => "avx2",
+            Isa::Avx512 => "avx512",
+            Isa::Avx512Bf16 => "avx512bf16",
+        }
+    }
+
+    /// Every family the kernels may run (up to [`Self::detect`]'s), the
+    /// portable loops first (the tests compare them).
+    pub fn supported() -> Vec<Self> {
+        Self::supported_below(Self::detect())
+    }
+
+    fn supported_below(best: Self) -> Vec<Self> {
+        let avx512 = matches!(best, Isa::Avx512 | Isa::Avx512Bf16);
+        [Isa::Portable, Isa::Avx2, Isa::Avx512, Isa::Avx512Bf16]
+            .into_iter()
+            .filter(|&isa| match isa {
+                Isa::Portable => true,
+                // AVX-512 CPUs have AVX2 and FMA too.
+                Isa::Avx2 => best == Isa::Avx2 || avx512,
+                Isa::Avx512 => avx512,
+                Isa::Avx512Bf16 => best == Isa::Avx512Bf16,
+            })
+            .collect()
     }
 
     /// Whether the CPU multiplies bf16 at twice the f32 rate.
@@ -205,6 +273,9 @@ impl TileKernels for f32 {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `Isa::detect` found AVX-512F; the slices were checked above.
             Isa::Avx512 | Isa::Avx512Bf16 => unsafe { avx512::matmul_f32(a, w, rows, out) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `Isa::detect` found AVX2 and FMA; the slices were checked above.
+            Isa::Avx2 => unsafe { avx2::matmul_f32(a, w, rows, out) },
             _ => portable_matmul(a, w, rows, out),
         }
     }
@@ -253,17 +324,20 @@ pub fn outer_accumulate(
     assert!(a_stride >= k && b_stride >= n && c_stride >= n, "outer_accumulate: strides below widths");
     assert!(rows == 0 || (a.len() >= (rows - 1) * a_stride + k && b.len() >= (rows - 1) * b_stride + n));
     assert!(k == 0 || c.len() >= (k - 1) * c_stride + n, "outer_accumulate: output shorter than [{k}, {n}]");
-    #[cfg(target_arch = "x86_64")]
-    if isa != Isa::Portable {
-        let full = k / MR * MR;
-        // SAFETY: AVX-512F was detected (`isa`); the bounds were checked above
-        // and the kernel stays inside rows `0..full` of `c`.
-        unsafe { avx512::outer_f32((a, a_stride), (b, b_stride), [rows, full, n], (c, c_stride)) };
-        portable_outer((a, a_stride), (b, b_stride), (rows, full..k, n), (c, c_stride));
-        return;
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 | Isa::Avx512Bf16 => {
+            let full = k / MR * MR;
+            // SAFETY: AVX-512F was detected (`isa`); the bounds were checked
+            // above and the kernel stays inside rows `0..full` of `c`.
+            unsafe { avx512::outer_f32((a, a_stride), (b, b_stride), [rows, full, n], (c, c_stride)) };
+            portable_outer((a, a_stride), (b, b_stride), (rows, full..k, n), (c, c_stride));
+        }
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX2 and FMA were detected (`isa`); the bounds were checked above.
+        Isa::Avx2 => unsafe { avx2::outer_f32((a, a_stride), (b, b_stride), [rows, k, n], (c, c_stride)) },
+        _ => portable_outer((a, a_stride), (b, b_stride), (rows, 0..k, n), (c, c_stride)),
     }
-    let _ = isa;
-    portable_outer((a, a_stride), (b, b_stride), (rows, 0..k, n), (c, c_stride));
 }
 
 /// [`outer_accumulate`] with the operands rounded to bf16 and multiplied
@@ -393,6 +467,210 @@ fn portable_matmul<E: Operand>(a: &[E], w: &PackedMatrix<E>, rows: usize, out: &
                 }
             }
             out[i * w.n_stride + p * PANEL..][..PANEL].copy_from_slice(&acc);
+        }
+    }
+}
+
+/// The f32 kernels for x86 CPUs with AVX2 and FMA but not AVX-512: 16
+/// vector registers of 8 lanes, so a micro-tile is [`avx2::ROWS`] rows ×
+/// half a panel (16 columns): 12 accumulators, two weight vectors and a
+/// broadcast. Each row's arithmetic is the same whatever rows share its
+/// micro-tile (the bias, then one FMA per input in order).
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::{PANEL, PackedMatrix};
+
+    /// Rows per micro-tile.
+    pub(super) const ROWS: usize = 6;
+    /// Columns per micro-tile: two vectors.
+    const COLS: usize = 16;
+
+    /// Calls `$kernel::<R>` for the `$rest` (1 to [`ROWS`] − 1) rows left over.
+    macro_rules! few_rows {
+        ($rest:expr, $kernel:ident, $args:tt) => {
+            match $rest {
+                1 => $kernel::<1> $args,
+                2 => $kernel::<2> $args,
+                3 => $kernel::<3> $args,
+                4 => $kernel::<4> $args,
+                _ => $kernel::<5> $args,
+            }
+        };
+    }
+
+    /// `out = a · w + bias` (see `TileKernels::matmul`): row groups of
+    /// [`ROWS`] (the remainder by a narrower tile) by half panels; a half
+    /// panel of padding columns only (an output width of 48 pads to 64) is
+    /// written as zeros without multiplying.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA; `a` holds `rows · w.k_stride` values and
+    /// `out` `rows · w.n_stride`.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn matmul_f32(a: &[f32], w: &PackedMatrix<f32>, rows: usize, out: &mut [f32]) {
+        let (k, n_stride) = (w.k_stride, w.n_stride);
+        // Half panels holding real columns; the rest are padding only (zero
+        // weights and bias), written as zeros.
+        let halves = w.n.div_ceil(COLS);
+        for row in out.chunks_exact_mut(n_stride).take(rows) {
+            row[halves * COLS..].fill(0.0);
+        }
+        let (a, out) = (a.as_ptr(), out.as_mut_ptr());
+        // Row groups outside, half panels inside: a group's rows of `a` stay
+        // in L1 while the weights stream from L2 (a 64-row tile of 128
+        // inputs alone would fill L1).
+        for i0 in (0..rows).step_by(ROWS) {
+            let (a, out) = (a.wrapping_add(i0 * k), out.wrapping_add(i0 * n_stride));
+            for h in 0..halves {
+                let (p, half) = (h * COLS / PANEL, h * COLS % PANEL);
+                let panel = w.panel(p).as_ptr().wrapping_add(half);
+                let bias = w.bias[h * COLS..].as_ptr();
+                let out = out.wrapping_add(h * COLS);
+                // SAFETY: rows `i0..` of `a` and `out` (the caller's contract),
+                // 16 columns of a panel holding `k · PANEL`.
+                unsafe {
+                    match rows - i0 {
+                        ROWS.. => tile::<ROWS>(a, k, panel, bias, out, n_stride),
+                        rest => few_rows!(rest, tile, (a, k, panel, bias, out, n_stride)),
+                    }
+                }
+            }
+        }
+    }
+
+    /// `R` rows × 16 columns of a panel: `a` rows `k` apart, `panel` rows
+    /// [`PANEL`] apart, `out` rows `n_stride` apart.
+    ///
+    /// # Safety
+    /// AVX2 and FMA; `a` holds `R` rows of `k` values, `panel` `k` rows of
+    /// 16, `bias` 16, `out` `R` writable rows of 16.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn tile<const R: usize>(
+        a: *const f32,
+        k: usize,
+        panel: *const f32,
+        bias: *const f32,
+        out: *mut f32,
+        n_stride: usize,
+    ) {
+        // SAFETY: the caller's contract covers every pointer read and written.
+        unsafe {
+            let (b0, b1) = (_mm256_loadu_ps(bias), _mm256_loadu_ps(bias.wrapping_add(8)));
+            let (mut acc0, mut acc1) = ([b0; R], [b1; R]);
+            let (mut a_col, mut w_row) = (a, panel);
+            for _ in 0..k {
+                let w0 = _mm256_loadu_ps(w_row);
+                let w1 = _mm256_loadu_ps(w_row.wrapping_add(8));
+                for i in 0..R {
+                    let x = _mm256_broadcast_ss(&*a_col.wrapping_add(i * k));
+                    acc0[i] = _mm256_fmadd_ps(x, w0, acc0[i]);
+                    acc1[i] = _mm256_fmadd_ps(x, w1, acc1[i]);
+                }
+                a_col = a_col.wrapping_add(1);
+                w_row = w_row.wrapping_add(PANEL);
+            }
+            for i in 0..R {
+                _mm256_storeu_ps(out.wrapping_add(i * n_stride), acc0[i]);
+                _mm256_storeu_ps(out.wrapping_add(i * n_stride + 8), acc1[i]);
+            }
+        }
+    }
+
+    /// Lane masks of a micro-tile's two vectors when only its first `cols`
+    /// (≤ 16) columns are real.
+    #[target_feature(enable = "avx2")]
+    fn masks(cols: usize) -> (__m256i, __m256i) {
+        let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        let below = |n: usize| _mm256_cmpgt_epi32(_mm256_set1_epi32(n.min(8) as i32), lanes);
+        (below(cols), below(cols.saturating_sub(8)))
+    }
+
+    /// `c[i, j] += Σ_r a[r, i] · b[r, j]` for `i < k`, `j < n` (see
+    /// `outer_accumulate`): micro-tiles of [`ROWS`] values of `i` × 16 of
+    /// `j`, each summing over every row `r` before adding to `c`.
+    ///
+    /// # Safety
+    /// AVX2 and FMA; `a` and `b` hold `rows` rows of `k` and `n` values at
+    /// their strides, `c` `k` writable rows of `n` at `c_stride`.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn outer_f32(
+        (a, a_stride): (&[f32], usize),
+        (b, b_stride): (&[f32], usize),
+        [rows, k, n]: [usize; 3],
+        (c, c_stride): (&mut [f32], usize),
+    ) {
+        let (full, rest) = (k - k % ROWS, k % ROWS);
+        for j0 in (0..n).step_by(COLS) {
+            let masks = masks((n - j0).min(COLS));
+            let (a, b, c) = (a.as_ptr(), b.as_ptr().wrapping_add(j0), c.as_mut_ptr());
+            let at = |i: usize| (a.wrapping_add(i), c.wrapping_add(i * c_stride + j0));
+            for i0 in (0..full).step_by(ROWS) {
+                let (a, c) = at(i0);
+                // SAFETY: columns `i0..i0 + ROWS` of `a`, the masked columns
+                // from `j0` of `b`, rows `i0..` of `c` (the caller's contract).
+                unsafe { outer_tile::<ROWS>((a, a_stride), (b, b_stride), rows, (c, c_stride), masks) };
+            }
+            if rest > 0 {
+                let (a, c) = at(full);
+                // SAFETY: as above, for `i` in `full..k`.
+                unsafe { few_rows!(rest, outer_tile, ((a, a_stride), (b, b_stride), rows, (c, c_stride), masks)) };
+            }
+        }
+    }
+
+    /// `R` values of `i` × the masked columns of 16 of [`outer_f32`].
+    ///
+    /// # Safety
+    /// AVX2 and FMA; `a` holds `rows` rows of `R` values `a_stride` apart,
+    /// `b` `rows` rows of the masked columns, `c` `R` writable rows of them.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn outer_tile<const R: usize>(
+        (a, a_stride): (*const f32, usize),
+        (b, b_stride): (*const f32, usize),
+        rows: usize,
+        (c, c_stride): (*mut f32, usize),
+        (m0, m1): (__m256i, __m256i),
+    ) {
+        // SAFETY: the caller's contract; masked lanes are neither read nor
+        // written (`vmaskmovps` does not touch them; with every lane set the
+        // plain moves touch the same memory).
+        unsafe {
+            let zero = _mm256_setzero_ps();
+            let (mut acc0, mut acc1) = ([zero; R], [zero; R]);
+            let (mut a_row, mut b_row) = (a, b);
+            // Masked moves only where columns are missing: they cost several
+            // times a plain one (a masked store most).
+            let full = _mm256_testc_si256(m1, _mm256_set1_epi32(-1)) != 0;
+            for _ in 0..rows {
+                let (b0, b1) = if full {
+                    (_mm256_loadu_ps(b_row), _mm256_loadu_ps(b_row.wrapping_add(8)))
+                } else {
+                    (_mm256_maskload_ps(b_row, m0), _mm256_maskload_ps(b_row.wrapping_add(8), m1))
+                };
+                for i in 0..R {
+                    let x = _mm256_broadcast_ss(&*a_row.wrapping_add(i));
+                    acc0[i] = _mm256_fmadd_ps(x, b0, acc0[i]);
+                    acc1[i] = _mm256_fmadd_ps(x, b1, acc1[i]);
+                }
+                a_row = a_row.wrapping_add(a_stride);
+                b_row = b_row.wrapping_add(b_stride);
+            }
+            for i in 0..R {
+                let at = c.wrapping_add(i * c_stride);
+                if full {
+                    _mm256_storeu_ps(at, _mm256_add_ps(_mm256_loadu_ps(at), acc0[i]));
+                    _mm256_storeu_ps(at.wrapping_add(8), _mm256_add_ps(_mm256_loadu_ps(at.wrapping_add(8)), acc1[i]));
+                } else {
+                    let c0 = _mm256_maskload_ps(at, m0);
+                    _mm256_maskstore_ps(at, m0, _mm256_add_ps(c0, acc0[i]));
+                    let c1 = _mm256_maskload_ps(at.wrapping_add(8), m1);
+                    _mm256_maskstore_ps(at.wrapping_add(8), m1, _mm256_add_ps(c1, acc1[i]));
+                }
+            }
         }
     }
 }
@@ -763,12 +1041,9 @@ mod tests {
     /// Every kernel this CPU runs against an f64 product of the same
     /// (rounded) operands, for shapes with padded rows and columns.
     fn check_kernels<E: TileKernels>(tol: f64) {
-        let isas: Vec<Isa> = [Isa::Portable, Isa::Avx512, Isa::Avx512Bf16]
-            .into_iter()
-            .filter(|&i| i == Isa::Portable || i == Isa::Avx512 && Isa::detect() != Isa::Portable || i == Isa::detect())
-            .collect();
+        let isas = Isa::supported();
         for (k, n) in [(24, 128), (128, 48), (7, 24), (128, 128), (1, 33), (300, 40)] {
-            // Two full micro-kernel groups and a remainder.
+            // Two full micro-kernel groups and a remainder (of both widths).
             let rows = 2 * MR + 5;
             let (w, bias) = (values(k * n, 1), values(n, 2));
             let packed = PackedMatrix::<E>::new(&w, &bias, k, n);
@@ -813,15 +1088,15 @@ mod tests {
         }
     }
 
-    /// The weight-gradient product, AVX-512 and portable, against f64
-    /// sums, for widths with column and row tails.
+    /// The weight-gradient product, every family this CPU runs, against
+    /// f64 sums, for widths with column and row tails.
     #[test]
     fn outer_products_match_f64_sums() {
         for (rows, k, n) in [(64, 128, 128), (64, 24, 48), (16, 13, 7), (8, 40, 33)] {
             let (a_stride, b_stride, c_stride) = (k + 3, n + 1, n + 5);
             let (a, b) = (values(rows * a_stride, 1), values(rows * b_stride, 2));
             let start = values(k * c_stride, 3);
-            for isa in [Isa::Portable, Isa::detect()] {
+            for isa in Isa::supported() {
                 let mut c = start.clone();
                 outer_accumulate(isa, (&a, a_stride), (&b, b_stride), [rows, k, n], (&mut c, c_stride));
                 for i in 0..k {
@@ -907,14 +1182,30 @@ mod tests {
 mod rate {
     use super::*;
 
+    /// [`outer_accumulate`]'s rate: `[rows, k]ᵀ · [rows, n]` into `[k, n]`.
+    fn outer_gflops(isa: Isa, [rows, k, n]: [usize; 3], seconds: f64) -> f64 {
+        let (a, b) = (vec![0.3f32; rows * k], vec![0.2f32; rows * n]);
+        let mut c = vec![0.0f32; k * n];
+        let start = std::time::Instant::now();
+        let mut products = 0usize;
+        while products < 100 || start.elapsed().as_secs_f64() < seconds {
+            for _ in 0..100 {
+                outer_accumulate(isa, (&a, k), (&b, n), [rows, k, n], (&mut c, n));
+            }
+            products += 100;
+        }
+        2.0 * (rows * k * n * products) as f64 / start.elapsed().as_secs_f64() / 1e9
+    }
+
     #[test]
     #[ignore = "benchmark: prints GFLOP/s"]
     fn tile_rate() {
-        for isa in [Isa::detect(), Isa::Portable] {
+        for isa in Isa::supported().into_iter().rev() {
             println!("{isa:?}, tiles of 64 rows, one core");
             for (k, n) in [(128, 128), (24, 128), (128, 48), (48, 128), (128, 24)] {
                 let (f, b) = (tile_gflops::<f32>(isa, [64, k, n], 0.2), tile_gflops::<Bf16>(isa, [64, k, n], 0.2));
-                println!("[{k:>3}, {n:>3}]: f32 {f:>4.0} GFLOP/s, bf16 {b:>4.0} GFLOP/s");
+                let o = outer_gflops(isa, [64, k, n], 0.2);
+                println!("[{k:>3}, {n:>3}]: f32 {f:>4.0} GFLOP/s, bf16 {b:>4.0} GFLOP/s; weight gradient f32 {o:>4.0}");
             }
         }
     }
