@@ -149,8 +149,9 @@ impl<E: Operand> PackedMatrix<E> {
     }
 }
 
-/// The micro-kernel family a CPU runs, chosen once at run time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The micro-kernel family a CPU runs, chosen once at run time; ordered as
+/// a ladder (a CPU with a family has every one before it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Isa {
     /// Plain Rust loops (any CPU, wasm included).
     Portable,
@@ -227,18 +228,9 @@ impl Isa {
         Self::supported_below(Self::detect())
     }
 
+    /// Each family's CPUs run every family before it in the ladder.
     fn supported_below(best: Self) -> Vec<Self> {
-        let avx512 = matches!(best, Isa::Avx512 | Isa::Avx512Bf16);
-        [Isa::Portable, Isa::Avx2, Isa::Avx512, Isa::Avx512Bf16]
-            .into_iter()
-            .filter(|&isa| match isa {
-                Isa::Portable => true,
-                // AVX-512 CPUs have AVX2 and FMA too.
-                Isa::Avx2 => best == Isa::Avx2 || avx512,
-                Isa::Avx512 => avx512,
-                Isa::Avx512Bf16 => best == Isa::Avx512Bf16,
-            })
-            .collect()
+        [Isa::Portable, Isa::Avx2, Isa::Avx512, Isa::Avx512Bf16].into_iter().filter(|&isa| isa <= best).collect()
     }
 
     /// Whether the CPU multiplies bf16 at twice the f32 rate.
@@ -471,6 +463,19 @@ fn portable_matmul<E: Operand>(a: &[E], w: &PackedMatrix<E>, rows: usize, out: &
     }
 }
 
+/// Calls `$kernel::<R>` for the `$rest` rows a micro-kernel's row groups
+/// leave over, `R` one of the listed counts (each a const instance, so its
+/// accumulators are registers).
+#[cfg(target_arch = "x86_64")]
+macro_rules! few_rows {
+    ($rest:expr, $kernel:ident, $args:tt, [$($r:literal),+]) => {
+        match $rest {
+            $($r => $kernel::<$r> $args,)+
+            rest => unreachable!("{rest} rows left over"),
+        }
+    };
+}
+
 /// The f32 kernels for x86 CPUs with AVX2 and FMA but not AVX-512: 16
 /// vector registers of 8 lanes, so a micro-tile is [`avx2::ROWS`] rows ×
 /// half a panel (16 columns): 12 accumulators, two weight vectors and a
@@ -486,19 +491,6 @@ mod avx2 {
     pub(super) const ROWS: usize = 6;
     /// Columns per micro-tile: two vectors.
     const COLS: usize = 16;
-
-    /// Calls `$kernel::<R>` for the `$rest` (1 to [`ROWS`] − 1) rows left over.
-    macro_rules! few_rows {
-        ($rest:expr, $kernel:ident, $args:tt) => {
-            match $rest {
-                1 => $kernel::<1> $args,
-                2 => $kernel::<2> $args,
-                3 => $kernel::<3> $args,
-                4 => $kernel::<4> $args,
-                _ => $kernel::<5> $args,
-            }
-        };
-    }
 
     /// `out = a · w + bias` (see `TileKernels::matmul`): row groups of
     /// [`ROWS`] (the remainder by a narrower tile) by half panels; a half
@@ -533,7 +525,7 @@ mod avx2 {
                 unsafe {
                     match rows - i0 {
                         ROWS.. => tile::<ROWS>(a, k, panel, bias, out, n_stride),
-                        rest => few_rows!(rest, tile, (a, k, panel, bias, out, n_stride)),
+                        rest => few_rows!(rest, tile, (a, k, panel, bias, out, n_stride), [1, 2, 3, 4, 5]),
                     }
                 }
             }
@@ -616,7 +608,14 @@ mod avx2 {
             if rest > 0 {
                 let (a, c) = at(full);
                 // SAFETY: as above, for `i` in `full..k`.
-                unsafe { few_rows!(rest, outer_tile, ((a, a_stride), (b, b_stride), rows, (c, c_stride), masks)) };
+                unsafe {
+                    few_rows!(
+                        rest,
+                        outer_tile,
+                        ((a, a_stride), (b, b_stride), rows, (c, c_stride), masks),
+                        [1, 2, 3, 4, 5]
+                    )
+                };
             }
         }
     }
@@ -738,7 +737,9 @@ mod avx512 {
                 let a = a.as_ptr().wrapping_add(full * k);
                 let out = out.as_mut_ptr().wrapping_add(full * n_stride + p * PANEL);
                 // SAFETY: rows `full..rows` of `a` and `out`, checked by `matmul`.
-                unsafe { few_rows!(rest, rows_f32, (a, k, panel, bias.as_ptr(), out, n_stride)) };
+                unsafe {
+                    few_rows!(rest, rows_f32, (a, k, panel, bias.as_ptr(), out, n_stride), [1, 2, 3, 4, 5, 6, 7])
+                };
             }
             for i0 in (0..full).step_by(MR) {
                 // SAFETY: (the whole block) `matmul` checked that `a` holds
@@ -784,7 +785,9 @@ mod avx512 {
                 let a = a.as_ptr().wrapping_add(full * k);
                 let out = out.as_mut_ptr().wrapping_add(full * n_stride + p * PANEL);
                 // SAFETY: rows `full..rows` of `a` and `out`, checked by `matmul`.
-                unsafe { few_rows!(rest, rows_bf16, (a, k, panel, bias.as_ptr(), out, n_stride)) };
+                unsafe {
+                    few_rows!(rest, rows_bf16, (a, k, panel, bias.as_ptr(), out, n_stride), [1, 2, 3, 4, 5, 6, 7])
+                };
             }
             for i0 in (0..full).step_by(MR) {
                 // SAFETY: (the whole block) as in `matmul_f32`, in pairs of bf16.
@@ -816,22 +819,6 @@ mod avx512 {
             }
         }
     }
-
-    /// Calls `$kernel::<R>` for the `$rest` (1 to [`MR`] − 1) rows left over.
-    macro_rules! few_rows {
-        ($rest:expr, $kernel:ident, $args:tt) => {
-            match $rest {
-                1 => $kernel::<1> $args,
-                2 => $kernel::<2> $args,
-                3 => $kernel::<3> $args,
-                4 => $kernel::<4> $args,
-                5 => $kernel::<5> $args,
-                6 => $kernel::<6> $args,
-                _ => $kernel::<7> $args,
-            }
-        };
-    }
-    use few_rows;
 
     /// `R < MR` rows of one panel, with `matmul_f32`'s arithmetic step for
     /// step (bias, then one FMA per input in order), so a row's values do
