@@ -143,7 +143,7 @@ fn resume_after_interruption_matches_an_uninterrupted_run() {
         // The model part of the checkpoint, exported to compare tensors.
         let out = p.join("w.rgflow");
         ok(&["export", "--checkpoint", p.join("checkpoint.rgck").to_str().unwrap(), "--out", out.to_str().unwrap()]);
-        rgflow::store::load(&out, &device).unwrap()
+        rgflow::weights::load(&out, &device).unwrap()
     };
     let (ma, mb) = (load(&a), load(&b));
     let x = burn::prelude::Tensor::<4>::random([2, 3, 32, 32], burn::tensor::Distribution::Uniform(0.0, 1.0), &device);
@@ -259,7 +259,7 @@ fn cpu_kernel_families_agree_and_bad_choices_are_named() {
         assert!(out.status.success(), "{kernels}: {}", String::from_utf8_lossy(&out.stderr));
         image::open(&path).unwrap().to_rgb8()
     };
-    let best = rgflow::decoder::matmul::Isa::detect().name();
+    let best = rgflow::decoder::Isa::detect().name();
     let (portable, fastest) = (png("portable"), png(best));
     let worst = portable.as_raw().iter().zip(fastest.as_raw()).map(|(a, b)| a.abs_diff(*b)).max().unwrap();
     assert!(worst <= 1, "{best} and portable kernels differ by {worst} levels");
@@ -350,10 +350,10 @@ fn hole_variance(images: &[f32], unknown: &[bool]) -> f64 {
 fn sampled_completions_have_the_contrast_the_map_fill_lacks() {
     use burn::prelude::*;
     use rgflow::LevelTemperatures;
-    use rgflow::ops::{ConeSampler, InpaintOptions, SampleOptions, inpaint};
+    use rgflow::explore::{ConeSampler, InpaintOptions, SampleOptions, inpaint};
     let device = Device::flex();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let flow = rgflow::store::load(&root.join("models/celeba32.rgflow"), &device).unwrap();
+    let flow = rgflow::weights::load(&root.join("models/celeba32.rgflow"), &device).unwrap();
     let levels = flow.lattice().levels();
     let face = flow.sample(1, &LevelTemperatures::uniform(levels, 0.7), 6, &device).unwrap();
     let pixels = face.clone().into_data().try_to_vec::<f32>().unwrap();
@@ -495,7 +495,8 @@ fn export_refuses_non_finite_weights_and_keeps_the_old_file() {
     let device = burn::prelude::Device::flex();
     let config = rgflow::RgFlowConfig::from_level_specs(8, 3, "1", "1", "1", "8").unwrap();
     let nan = dir.path().join("nan.rgflow");
-    rgflow::store::save(&config.init(&device).map(&mut Poison), &nan, rgflow::store::StoragePrecision::F32).unwrap();
+    rgflow::weights::save(&config.init(&device).map(&mut Poison), &nan, rgflow::weights::StoragePrecision::F32)
+        .unwrap();
     let out = dir.path().join("out.rgflow");
     std::fs::write(&out, b"the previous export").unwrap();
     let err = fails(&["export", "--checkpoint", nan.to_str().unwrap(), "--out", out.to_str().unwrap()]);
@@ -597,7 +598,7 @@ fn import_reads_the_authors_checkpoint() {
     assert!(text.contains("wrote"), "{text}");
 
     let device = Device::flex();
-    let flow = rgflow::store::load(&out, &device).unwrap();
+    let flow = rgflow::weights::load(&out, &device).unwrap();
     let vectors = rgflow::import::StateDict::read(&golden.join("ref_l8_laplace.safetensors")).unwrap();
     let (x, theirs) = (vectors.get("test.x_logit").unwrap(), vectors.get("test.log_prob").unwrap());
     let shape: [usize; 4] = x.shape.clone().try_into().unwrap();

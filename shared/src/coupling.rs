@@ -7,7 +7,7 @@ use burn::prelude::*;
 use crate::decoder::ProductPrecision;
 use crate::flow::Direction;
 use crate::kernels::{self, CouplingParams, StackLayout};
-use crate::nn::MlpResNet;
+use crate::nn::{MlpResNet, MlpResNetConfig};
 
 /// Rows from which the fused stack runs: it packs the weights and sets up
 /// per-thread workspaces on every call, which a local update of a few blocks
@@ -57,24 +57,27 @@ pub struct CouplingStack {
     pub precision: ProductPrecision,
 }
 
-impl CouplingStack {
-    /// A stack of `layout.nlayers` couplings on blocks of `C·K²` values,
-    /// each network of `layout.nresblocks` blocks of the layout's widths.
-    pub fn new(layout: StackLayout, device: &Device) -> Self {
-        let widths = layout.layer_widths();
-        let net = |tanh| MlpResNet::new(layout.nresblocks, &widths, tanh, device);
-        let (left, right) = checkerboard_masks(layout.channels, layout.kernel_size);
-        Self {
-            s_layers: (0..layout.nlayers).map(|_| net(true)).collect(),
-            t_layers: (0..layout.nlayers).map(|_| net(false)).collect(),
+/// The stack's layout is its config.
+impl StackLayout {
+    /// A stack of `nlayers` couplings on blocks of `C·K²` values, each
+    /// network of `nresblocks` blocks of the layout's widths, at the authors'
+    /// initialisation (every coupling the identity).
+    pub fn init(&self, device: &Device) -> CouplingStack {
+        let net = |final_tanh| MlpResNetConfig::new(self.nresblocks, self.layer_widths(), final_tanh).init(device);
+        let (left, right) = checkerboard_masks(self.channels, self.kernel_size);
+        CouplingStack {
+            s_layers: (0..self.nlayers).map(|_| net(true)).collect(),
+            t_layers: (0..self.nlayers).map(|_| net(false)).collect(),
             mask_left: Tensor::<1>::from_floats(left.as_slice(), device).unsqueeze(),
             mask_right: Tensor::<1>::from_floats(right.as_slice(), device).unsqueeze(),
-            layout,
+            layout: *self,
             fused: true,
             precision: ProductPrecision::F32,
         }
     }
+}
 
+impl CouplingStack {
     /// Data to latent direction.
     ///
     /// `x: [M, C·K²]` (one row per block) `-> (z: [M, C·K²], log|det J|: [M])`.

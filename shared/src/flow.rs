@@ -10,7 +10,7 @@ use burn::tensor::Int;
 use crate::config::RgFlowConfig;
 use crate::coupling::CouplingStack;
 use crate::gather::index_tensor;
-use crate::lattice::MeraLattice;
+use crate::lattice::{MeraLattice, SubLayerKind};
 use crate::preprocess;
 use crate::prior::Prior;
 
@@ -49,7 +49,7 @@ pub struct RgFlow {
 
 impl RgFlow {
     pub(crate) fn new(config: &RgFlowConfig, device: &Device) -> Self {
-        let layers = (0..config.depth()).map(|k| CouplingStack::new(config.stack_layout(k), device)).collect();
+        let layers = (0..config.depth()).map(|k| config.stack_layout(k).init(device)).collect();
         Self::from_layers(config, layers, device)
     }
 
@@ -70,6 +70,31 @@ impl RgFlow {
     /// The lattice (block indices, latent levels).
     pub fn lattice(&self) -> &MeraLattice {
         &self.lattice
+    }
+
+    /// Level `level`'s sub-layer of `kind`: its coupling stack, which
+    /// transforms the blocks of [`MeraLattice::sublayers`] at the same index
+    /// ([`MeraLattice::sublayer_index`]).
+    ///
+    /// # Panics
+    /// If `level` is not below [`MeraLattice::levels`].
+    pub fn sublayer(&self, level: usize, kind: SubLayerKind) -> &CouplingStack {
+        let levels = self.lattice.levels();
+        assert!(level < levels, "level {level} of a flow with {levels} levels");
+        &self.layers[MeraLattice::sublayer_index(level, kind)]
+    }
+
+    /// Level `level`'s decimator: the coupling stack on the `K×K` blocks of
+    /// the level's sites that start at the origin (see [`Self::sublayer`]).
+    pub fn decimator(&self, level: usize) -> &CouplingStack {
+        self.sublayer(level, SubLayerKind::Decimator)
+    }
+
+    /// Level `level`'s disentangler: the coupling stack on the same blocks
+    /// shifted diagonally by half a block, across the decimator's block
+    /// boundaries (see [`Self::sublayer`]).
+    pub fn disentangler(&self, level: usize) -> &CouplingStack {
+        self.sublayer(level, SubLayerKind::Disentangler)
     }
 
     /// The prior over latents.
@@ -240,6 +265,35 @@ mod tests {
     fn rel_err(a: Tensor<4>, b: Tensor<4>) -> f32 {
         let norm = b.clone().square().sum().sqrt().into_scalar::<f32>();
         (a - b).square().sum().sqrt().into_scalar::<f32>() / norm
+    }
+
+    /// Each level's decimator and disentangler are its two sub-layers, in
+    /// forward order, with the layout of their own per-sub-layer knobs.
+    #[test]
+    fn decimators_and_disentanglers_are_the_levels_sub_layers() {
+        let device = Device::flex();
+        let config = RgFlowConfig::from_level_specs(16, 3, "3,2,1", "1", "1", "8,12,16").unwrap();
+        let flow = config.init(&device);
+        for level in 0..flow.lattice().levels() {
+            for (kind, stack) in [
+                (SubLayerKind::Decimator, flow.decimator(level)),
+                (SubLayerKind::Disentangler, flow.disentangler(level)),
+            ] {
+                let k = MeraLattice::sublayer_index(level, kind);
+                let sub = &flow.lattice().sublayers[k];
+                assert_eq!((sub.level, sub.kind), (level, kind));
+                assert_eq!(stack.layout(), config.stack_layout(k));
+                assert_eq!(stack.layout().nlayers, 3 - level);
+            }
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "level 3 of a flow with 3 levels")]
+    fn a_level_past_the_top_is_named() {
+        let device = Device::flex();
+        let flow = RgFlowConfig::from_level_specs(16, 3, "1", "1", "1", "8").unwrap().init(&device);
+        let _ = flow.decimator(3);
     }
 
     #[test]

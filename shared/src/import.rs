@@ -26,10 +26,9 @@ use safetensors::{Dtype, SafeTensors};
 use serde::Deserialize;
 
 use crate::config::{PriorKind, RgFlowConfig};
-use crate::coupling::{CouplingStack, checkerboard_masks};
+use crate::coupling::checkerboard_masks;
 use crate::error::{Error, Result};
 use crate::flow::RgFlow;
-use crate::nn::{MlpResNet, ResBlock, Scale, Swish, WeightNormLinear};
 
 /// One tensor of a state dict, widened to `f64` (integers are exact up to 2⁵³).
 #[derive(Debug, Clone)]
@@ -389,51 +388,33 @@ pub fn load_reference(state: &StateDict, config: &RgFlowConfig, device: &Device)
                 ));
             }
         }
+        // The structure comes from our config (`StackLayout::init`); every
+        // parameter is then replaced by theirs.
         let layout = config.stack_layout(k);
-        let widths = layout.layer_widths();
-        let mut nets = |kind: &str, final_tanh: bool| -> Result<Vec<MlpResNet>> {
-            (0..config.nlayers[k])
-                .map(|l| {
-                    let prefix = format!("layers.{k}.{kind}_layers.{l}");
-                    let res_blocks = (0..config.nresblocks[k])
-                        .map(|r| {
-                            let mut activations = Vec::new();
-                            let mut linears = Vec::new();
-                            for (j, w) in widths.windows(2).enumerate() {
-                                let p = format!("{prefix}.res_blocks.{r}");
-                                let beta = take(format!("{p}.{}.scale", 2 * j), &[w[0]])?;
-                                activations.push(Swish { beta: Param::from_tensor(tensor1(beta)) });
-                                let lin = format!("{p}.{}", 2 * j + 1);
-                                let v = take(format!("{lin}.weight_v"), &[w[1], w[0]])?;
-                                let g = take(format!("{lin}.weight_g"), &[w[1], 1])?;
-                                let b = take(format!("{lin}.bias"), &[w[1]])?;
-                                // [out, in] -> [in, out]
-                                let v = Tensor::<2>::from_data(TensorData::new(v, [w[1], w[0]]), device).transpose();
-                                linears.push(WeightNormLinear {
-                                    weight_v: Param::from_tensor(v),
-                                    weight_g: Param::from_tensor(tensor1(g)),
-                                    bias: Param::from_tensor(tensor1(b)),
-                                });
-                            }
-                            Ok(ResBlock { activations, linears })
-                        })
-                        .collect::<Result<Vec<_>>>()?;
-                    let scale = take(format!("{prefix}.scale.scale"), &[dim])?;
-                    Ok(MlpResNet { res_blocks, scale: Scale { scale: Param::from_tensor(tensor1(scale)) }, final_tanh })
-                })
-                .collect()
-        };
-        let s_layers = nets("s", true)?;
-        let t_layers = nets("t", false)?;
-        layers.push(CouplingStack {
-            s_layers,
-            t_layers,
-            mask_left: Tensor::<1>::from_floats(left.as_slice(), device).unsqueeze(),
-            mask_right: Tensor::<1>::from_floats(right.as_slice(), device).unsqueeze(),
-            layout,
-            fused: true,
-            precision: crate::decoder::ProductPrecision::F32,
-        });
+        let mut stack = layout.init(device);
+        for (kind, nets) in [("s", &mut stack.s_layers), ("t", &mut stack.t_layers)] {
+            for (l, net) in nets.iter_mut().enumerate() {
+                let prefix = format!("layers.{k}.{kind}_layers.{l}");
+                for (r, block) in net.res_blocks.iter_mut().enumerate() {
+                    let p = format!("{prefix}.res_blocks.{r}");
+                    for (j, (swish, linear)) in block.activations.iter_mut().zip(&mut block.linears).enumerate() {
+                        let (d_in, d_out) = layout.widths(j);
+                        swish.beta = Param::from_tensor(tensor1(take(format!("{p}.{}.scale", 2 * j), &[d_in])?));
+                        let lin = format!("{p}.{}", 2 * j + 1);
+                        let v = take(format!("{lin}.weight_v"), &[d_out, d_in])?;
+                        let g = take(format!("{lin}.weight_g"), &[d_out, 1])?;
+                        let b = take(format!("{lin}.bias"), &[d_out])?;
+                        // [out, in] -> [in, out]
+                        let v = Tensor::<2>::from_data(TensorData::new(v, [d_out, d_in]), device).transpose();
+                        linear.weight_v = Param::from_tensor(v);
+                        linear.weight_g = Param::from_tensor(tensor1(g));
+                        linear.bias = Param::from_tensor(tensor1(b));
+                    }
+                }
+                net.scale.scale = Param::from_tensor(tensor1(take(format!("{prefix}.scale.scale"), &[dim])?));
+            }
+        }
+        layers.push(stack);
     }
 
     if let Some(scale) = state.get("prior.scale") {

@@ -148,6 +148,16 @@ impl MeraLattice {
         self.sublayers.len() / 2
     }
 
+    /// Where level `level`'s sub-layer of `kind` is in forward order: the
+    /// decimator at `2·level`, the disentangler right after it.
+    pub fn sublayer_index(level: usize, kind: SubLayerKind) -> usize {
+        2 * level
+            + match kind {
+                SubLayerKind::Decimator => 0,
+                SubLayerKind::Disentangler => 1,
+            }
+    }
+
     /// Blocks of every sub-layer together: what a full pass evaluates.
     pub fn num_blocks(&self) -> usize {
         self.sublayers.iter().map(|s| s.num_blocks).sum()

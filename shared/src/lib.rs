@@ -26,30 +26,30 @@
 //! let (x_back, _) = flow.inverse(z);
 //! ```
 
+pub mod cone;
 pub mod config;
 pub mod coupling;
 pub mod decoder;
 pub mod error;
+pub mod explore;
 pub mod flow;
 mod gather;
 pub mod import;
 pub mod kernels;
 pub mod lattice;
-pub mod local;
 pub mod nn;
-pub mod ops;
 pub mod pixels;
 pub mod preprocess;
 pub mod prior;
 pub mod sampling;
-pub mod store;
 pub mod testing;
+pub mod weights;
 
+pub use cone::PackedFlow;
 pub use config::{PriorKind, RgFlowConfig};
-pub use decoder::CpuDecoder;
+pub use decoder::{CpuDecoder, Decoder, host_memory};
 pub use error::{Error, Result};
 pub use flow::{Direction, RgFlow};
 pub use lattice::{MeraLattice, SubLayerKind};
-pub use local::PackedFlow;
 pub use prior::Prior;
 pub use sampling::LevelTemperatures;

@@ -71,7 +71,7 @@ impl ModuleMapper for Redraw {
 }
 
 /// `config.init` with its random weights drawn on the host from `seed`, the
-/// way [`crate::nn::WeightNormLinear::new`] draws them: the same model
+/// way [`crate::nn::WeightNormLinearConfig::init`] draws them: the same model
 /// whatever else used the device's RNG (tests share it while they run in
 /// parallel).
 pub fn seeded_init(config: &crate::config::RgFlowConfig, seed: u64, device: &Device) -> RgFlow {

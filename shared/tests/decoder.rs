@@ -5,7 +5,7 @@ use std::path::Path;
 
 use burn::prelude::*;
 use rgflow::decoder::{CpuDecoder, ProductPrecision};
-use rgflow::{LevelTemperatures, store};
+use rgflow::{LevelTemperatures, weights};
 
 fn pixel_levels(t: Tensor<4>) -> Vec<f32> {
     t.into_data().try_to_vec::<f32>().unwrap().into_iter().map(|p| p * 255.0).collect()
@@ -15,7 +15,7 @@ fn pixel_levels(t: Tensor<4>) -> Vec<f32> {
 fn bf16_decoding_of_the_shipped_model_is_within_a_level_or_so() {
     let device = Device::flex();
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/celeba32.rgflow");
-    let flow = store::load(&path, &device).unwrap();
+    let flow = weights::load(&path, &device).unwrap();
     let temps = LevelTemperatures::uniform(flow.config().levels(), 0.8);
     let z = flow.sample_latents(32, &temps, 11, &device).unwrap();
     let reference = pixel_levels(flow.decode(z.clone()));

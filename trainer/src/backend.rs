@@ -84,7 +84,7 @@ pub fn select_devices(choice: BackendChoice, n: usize) -> anyhow::Result<(Vec<De
     if n <= 1 {
         return Ok((vec![device], name));
     }
-    if !rgflow::CpuDecoder::suits(&device) {
+    if !rgflow::host_memory(&device) {
         // Not a host-memory (CPU) backend: wgpu.
         return wgpu_devices(n);
     }

@@ -67,7 +67,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     // coupling the identity, which is not what training runs through.
     model = rgflow::testing::jitter_parameters(model, 0.02, 7);
     model.set_fused_stacks(args.stack == StackPath::Fused);
-    model.set_stack_precision(rgflow::kernels::cpu::stack::ran(args.precision.into()));
+    model.set_stack_precision(ProductPrecision::from(args.precision).on_this_cpu());
     let mut optim = adamw(5e-2);
     let dims = [args.batch, config.channels, config.image_size, config.image_size];
     println!(
@@ -82,7 +82,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         args.batch,
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         args.stack,
-        rgflow::kernels::cpu::stack::ran(args.precision.into()),
+        ProductPrecision::from(args.precision).on_this_cpu(),
     );
 
     let (mut t_fwd, mut t_bwd, mut t_opt) = (0.0, 0.0, 0.0);
@@ -117,8 +117,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             t_bwd / args.steps as f64 * 1e3,
             t_opt / args.steps as f64 * 1e3
         );
-        if CpuDecoder::suits(&device) {
-            let precision = rgflow::kernels::cpu::stack::ran(args.precision.into());
+        if rgflow::host_memory(&device) {
+            let precision = ProductPrecision::from(args.precision).on_this_cpu();
             print_product_bound(&model.valid(), images_per_sec, precision);
         }
     }
@@ -136,7 +136,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         args.batch
     );
 
-    if CpuDecoder::suits(&device) {
+    if rgflow::host_memory(&device) {
         for precision in [ProductPrecision::F32, ProductPrecision::Bf16] {
             let t0 = Instant::now();
             let decoder = CpuDecoder::new(&valid, precision);
@@ -200,9 +200,9 @@ fn seconds_per_batch(
 /// weight gradients); at the tile kernel's measured rate on every thread
 /// that bounds images/s, whatever else a step does.
 fn print_product_bound(model: &rgflow::RgFlow, images_per_sec: f64, ran: ProductPrecision) {
-    use rgflow::decoder::matmul::{Bf16, Isa, machine_gflops};
+    use rgflow::decoder::{Isa, product_roof_gflops};
     let flops_per_image = 3.0 * 2.0 * model.stack_macs_per_image() as f64;
-    let f32_peak = machine_gflops::<f32>(0.5);
+    let f32_peak = product_roof_gflops(ProductPrecision::F32, 0.5);
     let f32_bound = f32_peak * 1e9 / flops_per_image;
     let mut line = format!(
         "bound:  {:.2} GFLOP of products per image; tile kernel ({:?}) {f32_peak:.0} GFLOP/s f32 on all threads -> f32 {f32_bound:.0} images/s",
@@ -211,7 +211,7 @@ fn print_product_bound(model: &rgflow::RgFlow, images_per_sec: f64, ran: Product
     );
     let mut reached = format!("{:.0}% of the f32 bound", 100.0 * images_per_sec / f32_bound);
     if CpuDecoder::native_bf16() {
-        let bf16_bound = machine_gflops::<Bf16>(0.5) * 1e9 / flops_per_image;
+        let bf16_bound = product_roof_gflops(ProductPrecision::Bf16, 0.5) * 1e9 / flops_per_image;
         line += &format!(", bf16 {bf16_bound:.0} images/s");
         if ran == ProductPrecision::Bf16 {
             reached = format!("{:.0}% of the bf16 bound", 100.0 * images_per_sec / bf16_bound);

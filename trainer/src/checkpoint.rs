@@ -119,7 +119,7 @@ impl Checkpoint {
 
     /// Writes atomically (temporary file, fsync, rename).
     pub fn save(&self, path: &Path) -> anyhow::Result<()> {
-        rgflow::store::write_atomic(path, &self.to_bytes())?;
+        rgflow::weights::write_atomic(path, &self.to_bytes())?;
         Ok(())
     }
 

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use burn::prelude::*;
 use clap::Args;
 use rgflow::RgFlow;
-use rgflow::store::StoragePrecision;
+use rgflow::weights::StoragePrecision;
 
 use crate::model_io::{WeightsChoice, load_model_with};
 
@@ -41,8 +41,8 @@ pub fn run(args: ExportArgs) -> anyhow::Result<()> {
 pub fn write_validated(model: &RgFlow, source: &Path, out: &Path, f16: bool) -> anyhow::Result<()> {
     let device = Device::flex();
     let precision = if f16 { StoragePrecision::F16 } else { StoragePrecision::F32 };
-    let bytes = rgflow::store::to_bytes(model, precision)?;
-    let back = rgflow::store::from_bytes(bytes.clone(), &out.display().to_string(), &device)?;
+    let bytes = rgflow::weights::to_bytes(model, precision)?;
+    let back = rgflow::weights::from_bytes(bytes.clone(), &out.display().to_string(), &device)?;
     let probe = Tensor::<4>::random(
         [2, model.config().channels, model.config().image_size, model.config().image_size],
         burn::tensor::Distribution::Normal(0.0, 1.0),
@@ -61,7 +61,7 @@ pub fn write_validated(model: &RgFlow, source: &Path, out: &Path, f16: bool) -> 
     if worst.is_nan() || worst > tolerance {
         anyhow::bail!("exported weights do not reproduce the model (relative log-prob error {worst}); nothing written");
     }
-    rgflow::store::write_atomic(out, &bytes)?;
+    rgflow::weights::write_atomic(out, &bytes)?;
     println!(
         "wrote {} ({:.2} MB, {:?}, {} parameters; log-prob check rel. err {worst:.1e})",
         out.display(),

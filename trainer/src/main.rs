@@ -71,7 +71,7 @@ where
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    rgflow::decoder::matmul::Isa::chosen().map_err(anyhow::Error::msg)?;
+    rgflow::decoder::Isa::chosen().map_err(anyhow::Error::msg)?;
     // The CPU backend splits every op across rayon's pool. Called from a
     // thread outside the pool, each op wakes the workers and puts the caller
     // to sleep until they finish — thousands of round trips per training

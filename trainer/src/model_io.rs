@@ -56,7 +56,7 @@ pub fn load_model_with(path: &Path, device: &Device, choice: WeightsChoice) -> a
     } else {
         bytes
     };
-    Ok(rgflow::store::from_bytes(weights, &path.display().to_string(), device)?)
+    Ok(rgflow::weights::from_bytes(weights, &path.display().to_string(), device)?)
 }
 
 /// Writes `[B, C, L, L]` images in `[0, 1]` as a PNG grid.

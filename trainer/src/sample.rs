@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use burn::prelude::*;
 use clap::Args;
-use rgflow::decoder::ProductPrecision;
-use rgflow::{CpuDecoder, LevelTemperatures};
+use rgflow::LevelTemperatures;
+use rgflow::decoder::{Decoder, ProductPrecision};
 
 use crate::backend::{BackendChoice, select};
 use crate::model_io::{WeightsChoice, load_model_with, resolve_model_path, save_grid};
@@ -68,28 +68,21 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
     let model = load_model_with(&resolve_model_path(args.model)?, &device, args.weights)?;
     let precision = ProductPrecision::from(args.precision);
     // On the CPU the packed decoder gives the same images (f32) faster.
-    let decoder = if CpuDecoder::suits(&device) {
-        let decoder = CpuDecoder::new(&model, precision);
-        if decoder.precision() != precision {
-            eprintln!("note: this CPU has no AVX512-BF16, so --precision bf16 would only be slower; decoding in f32");
-        }
-        Some(decoder)
-    } else if precision == ProductPrecision::Bf16 {
-        anyhow::bail!(
+    // (Its one error: bf16 asked where burn ops decode, in f32.)
+    let decoder = Decoder::for_device(&model, &device, precision).map_err(|_| {
+        anyhow::anyhow!(
             "--precision bf16 is a CPU decoder option; {backend_name} decodes in f32 (drop --precision or use --backend cpu)"
-        );
-    } else {
-        None
-    };
+        )
+    })?;
+    if decoder.precision() != precision {
+        eprintln!("note: this CPU has no AVX512-BF16, so --precision bf16 would only be slower; decoding in f32");
+    }
     let levels = model.lattice().levels();
     let mut rows = Vec::new();
     for row in args.temperature.split(';') {
         let temps = LevelTemperatures::parse(row, levels)?;
         let z = model.sample_latents(args.count, &temps, args.seed, &device)?;
-        rows.push(match &decoder {
-            Some(decoder) => decoder.decode(z),
-            None => model.decode(z),
-        });
+        rows.push(decoder.decode(z));
     }
     save_grid(Tensor::cat(rows, 0), args.count, args.zoom, &args.out)?;
     println!("wrote {}", args.out.display());

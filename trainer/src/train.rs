@@ -323,7 +323,7 @@ impl Run {
             );
         }
         let source = checkpoint.display().to_string();
-        let model = rgflow::store::from_bytes(ckpt.model, &source, device)?;
+        let model = rgflow::weights::from_bytes(ckpt.model, &source, device)?;
         if model.config() != &settings.config {
             bail!("checkpoint {source} is inconsistent: its model is not the one its settings describe");
         }
@@ -332,7 +332,7 @@ impl Run {
             .map_err(|e| anyhow::anyhow!("checkpoint optimiser state: {e:?}"))?;
         // A checkpoint from before averaging starts its average here.
         let start = match ckpt.ema {
-            Some(bytes) => rgflow::store::from_bytes(bytes, &source, &device.clone().inner())?,
+            Some(bytes) => rgflow::weights::from_bytes(bytes, &source, &device.clone().inner())?,
             None => model.valid(),
         };
         let average = (settings.ema_decay > 0.0)
@@ -344,7 +344,7 @@ impl Run {
     fn save(&self, path: &Path) -> anyhow::Result<()> {
         let mut state = self.state.clone();
         state.average_updates = self.average.as_ref().map_or(0, WeightAverage::updates);
-        let weights = |m: &RgFlow| rgflow::store::to_bytes(m, rgflow::store::StoragePrecision::F32);
+        let weights = |m: &RgFlow| rgflow::weights::to_bytes(m, rgflow::weights::StoragePrecision::F32);
         let ckpt = Checkpoint {
             state,
             model: weights(&self.model)?,
@@ -440,8 +440,8 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let _lock = lock_run_folder(&args.out)?;
     let checkpoint_path = args.out.join(CHECKPOINT);
     let mut run = Run::open(fresh, args.resume, args.init_from.as_deref(), &checkpoint_path, &devices[0])?;
-    let precision = run.settings.precision.into();
-    if precision != rgflow::kernels::cpu::stack::ran(precision) {
+    let precision = rgflow::decoder::ProductPrecision::from(run.settings.precision);
+    if precision != precision.on_this_cpu() {
         eprintln!("note: this CPU has no AVX512-BF16, so bf16 products would only be slower; training in f32");
     }
     run.model.set_stack_precision(precision);

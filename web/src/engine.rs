@@ -6,10 +6,11 @@
 
 use burn::prelude::*;
 use burn::tensor::TensorData;
-use rgflow::ops::factors::{LatentSite, random_walk};
-use rgflow::ops::inpaint::{ConeSampler, SampleOptions};
-use rgflow::ops::levels::{level_values, mix_levels, with_level_values};
-use rgflow::ops::receptive::receptive_field_tensor;
+use rgflow::decoder::{Decoder, ProductPrecision};
+use rgflow::explore::factors::{LatentSite, random_walk};
+use rgflow::explore::inpaint::{ConeSampler, SampleOptions};
+use rgflow::explore::levels::{level_values, mix_levels, with_level_values};
+use rgflow::explore::receptive::receptive_field_tensor;
 use rgflow::{LevelTemperatures, PackedFlow, RgFlow, RgFlowConfig};
 
 use crate::error::{Result, WebError};
@@ -44,9 +45,12 @@ pub struct Face {
 /// A loaded model on a device.
 pub struct Engine {
     flow: RgFlow,
-    /// On the CPU backend, the flow packed (f32) for fast decoding and for
-    /// the inpainting sampler's local passes.
+    /// On the CPU backend, the flow packed (f32) for the inpainting
+    /// sampler's local passes.
     packed: Option<PackedFlow>,
+    /// Latents to images: the packed flow's decoder on the CPU backend,
+    /// burn ops on WebGPU.
+    decoder: Decoder,
     device: Device,
     backend: BackendKind,
 }
@@ -60,17 +64,19 @@ pub async fn read<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
 impl Engine {
     /// Validates and loads a weight file (as written by `trainer export`).
     pub fn load(bytes: Vec<u8>, source: &str, device: Device, backend: BackendKind) -> Result<Self> {
-        let flow = rgflow::store::from_bytes(bytes, source, &device)?;
+        let flow = rgflow::weights::from_bytes(bytes, source, &device)?;
         let packed = PackedFlow::for_device(&flow, &device);
-        Ok(Self { flow, packed, device, backend })
+        let decoder = match &packed {
+            // The packed flow's own decoder: the inverse is packed once.
+            Some(packed) => packed.decoder(),
+            None => Decoder::for_device(&flow, &device, ProductPrecision::F32)?,
+        };
+        Ok(Self { flow, packed, decoder, device, backend })
     }
 
     /// Latents to `[0, 1]` images: `[B, C, L, L] -> [B, C, L, L]`.
     fn decode_tensor(&self, z: Tensor<4>) -> Tensor<4> {
-        match &self.packed {
-            Some(packed) => packed.decoder().decode(z),
-            None => self.flow.decode(z),
-        }
+        self.decoder.decode(z)
     }
 
     pub fn flow(&self) -> &RgFlow {

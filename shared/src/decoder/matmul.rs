@@ -1164,7 +1164,7 @@ mod tests {
 }
 
 /// A benchmark, not a test: one core's rate on the tile shapes of the paper's
-/// networks. `cargo test -p rgflow --lib tile_rate -- --ignored --nocapture`
+/// networks. `cargo test --workspace --all-features --lib tile_rate -- --ignored --nocapture`
 #[cfg(test)]
 mod rate {
     use super::*;

@@ -16,7 +16,7 @@
 //! updates, residual sums and the state itself stay f32. Pixels move by about
 //! half a level of 255 on average (`tests/decoder.rs`, on the shipped model).
 
-pub mod matmul;
+pub(crate) mod matmul;
 mod pack;
 mod swish;
 mod tile;
@@ -25,9 +25,11 @@ use burn::prelude::*;
 use burn::tensor::TensorData;
 
 use crate::config::RgFlowConfig;
+use crate::error::{Error, Result};
 use crate::flow::RgFlow;
 use crate::preprocess;
-use matmul::{Bf16, Isa, MR, TileKernels};
+pub use matmul::Isa;
+use matmul::{Bf16, MR, TileKernels};
 use pack::PackedStack;
 use tile::Workspace;
 
@@ -40,12 +42,123 @@ pub enum ProductPrecision {
     Bf16,
 }
 
+impl ProductPrecision {
+    /// The precision products run in on this CPU when `self` is asked for:
+    /// bf16 only where the CPU multiplies it natively (AVX512-BF16;
+    /// elsewhere bf16 would only be slower than f32).
+    pub fn on_this_cpu(self) -> Self {
+        if Isa::detect().native_bf16() { self } else { ProductPrecision::F32 }
+    }
+}
+
+/// The CPU's matrix-product roof in `precision` (as it runs on this CPU,
+/// [`ProductPrecision::on_this_cpu`]): GFLOP/s of the tile kernel on the
+/// model's typical tile, `[64, 128] × [128, 128]` in cache, on every thread
+/// of the pool at once, each timed for about `seconds`. A workload made only
+/// of these products cannot beat it.
+pub fn product_roof_gflops(precision: ProductPrecision, seconds: f64) -> f64 {
+    match precision.on_this_cpu() {
+        ProductPrecision::F32 => matmul::machine_gflops::<f32>(seconds),
+        ProductPrecision::Bf16 => matmul::machine_gflops::<Bf16>(seconds),
+    }
+}
+
 impl std::fmt::Display for ProductPrecision {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             ProductPrecision::F32 => "f32",
             ProductPrecision::Bf16 => "bf16",
         })
+    }
+}
+
+/// Whether `device` keeps tensors in host memory (the CPU backends): there
+/// the packed host-side passes ([`CpuDecoder`], [`crate::PackedFlow`]) cost
+/// no transfers, and a device may be shared by threads of one process.
+pub fn host_memory(device: &Device) -> bool {
+    use burn::backend::DispatchDevice;
+    match device.as_dispatch() {
+        #[cfg(feature = "flex")]
+        DispatchDevice::Flex(_) => true,
+        #[cfg(feature = "ndarray")]
+        DispatchDevice::NdArray(_) => true,
+        _ => false,
+    }
+}
+
+/// Latents to images on a flow's device, the fastest way that device allows:
+/// the packed [`CpuDecoder`] where tensors live in host memory
+/// ([`host_memory`]), burn ops ([`RgFlow::decode`]) elsewhere (the GPU
+/// backends). Both give the same images in f32.
+///
+/// ```
+/// # use burn::prelude::*;
+/// use rgflow::decoder::{Decoder, ProductPrecision};
+/// let device = Device::flex();
+/// let flow = rgflow::RgFlowConfig::from_level_specs(8, 3, "1", "1", "1", "8")?.init(&device);
+/// let decoder = Decoder::for_device(&flow, &device, ProductPrecision::F32)?;
+/// assert!(decoder.packed().is_some()); // flex keeps tensors in host memory
+/// let z = Tensor::<4>::zeros([2, 3, 8, 8], &device);
+/// let x01 = decoder.decode(z); // [2, 3, 8, 8] in [0, 1]
+/// # Ok::<(), rgflow::Error>(())
+/// ```
+#[derive(Clone)]
+pub enum Decoder {
+    /// The packed CPU decoder (shared: [`crate::PackedFlow`] hands out its own).
+    Packed(std::sync::Arc<CpuDecoder>),
+    /// burn ops on the flow's device (boxed: a flow is a few hundred bytes
+    /// of handles, the packed variant one pointer).
+    Ops(Box<RgFlow>),
+}
+
+impl Decoder {
+    /// The decoder for `flow` on `device` (the device its weights live on).
+    ///
+    /// `precision` is that of the packed decoder's products; it falls back to
+    /// f32 on CPUs without AVX512-BF16 ([`Self::precision`] says which ran).
+    /// Asking for bf16 where tensors do not live in host memory is an error:
+    /// burn ops decode in f32 only.
+    pub fn for_device(flow: &RgFlow, device: &Device, precision: ProductPrecision) -> Result<Self> {
+        if host_memory(device) {
+            Ok(Decoder::Packed(std::sync::Arc::new(CpuDecoder::new(flow, precision))))
+        } else if precision == ProductPrecision::Bf16 {
+            Err(Error::Config(format!(
+                "bf16 products are an option of the packed CPU decoder; on {device:?} latents decode with burn ops, in f32"
+            )))
+        } else {
+            Ok(Decoder::Ops(Box::new(flow.clone())))
+        }
+    }
+
+    /// Latents to `[0, 1]` images (clamped): `z: [B, C, L, L] -> [B, C, L, L]`
+    /// on `z`'s device.
+    pub fn decode(&self, z: Tensor<4>) -> Tensor<4> {
+        match self {
+            Decoder::Packed(decoder) => decoder.decode(z),
+            Decoder::Ops(flow) => flow.decode(z),
+        }
+    }
+
+    /// The packed CPU decoder, when this is one.
+    pub fn packed(&self) -> Option<&CpuDecoder> {
+        match self {
+            Decoder::Packed(decoder) => Some(decoder),
+            Decoder::Ops(_) => None,
+        }
+    }
+
+    /// The precision of the networks' products (burn ops: f32).
+    pub fn precision(&self) -> ProductPrecision {
+        self.packed().map_or(ProductPrecision::F32, CpuDecoder::precision)
+    }
+}
+
+impl std::fmt::Display for Decoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Decoder::Packed(decoder) => write!(f, "packed CPU decoder, {} products", decoder.precision()),
+            Decoder::Ops(_) => f.write_str("burn ops"),
+        }
     }
 }
 
@@ -81,7 +194,7 @@ impl CpuDecoder {
     /// f32 ([`Self::precision`] says which).
     pub fn new(flow: &RgFlow, precision: ProductPrecision) -> Self {
         let isa = Isa::detect();
-        let precision = if isa.native_bf16() { precision } else { ProductPrecision::F32 };
+        let precision = precision.on_this_cpu();
         let stacks = match precision {
             ProductPrecision::F32 => Stacks::F32(flow.layers.iter().map(PackedStack::new).collect()),
             ProductPrecision::Bf16 => Stacks::Bf16(flow.layers.iter().map(PackedStack::new).collect()),
@@ -95,19 +208,6 @@ impl CpuDecoder {
             stacks,
             blocks: lattice.sublayers.iter().map(|s| s.num_blocks).collect(),
             gathers,
-        }
-    }
-
-    /// Whether `device` keeps tensors in host memory (the CPU backends), so
-    /// that decoding through a [`CpuDecoder`] costs no transfers.
-    pub fn suits(device: &Device) -> bool {
-        use burn::backend::DispatchDevice;
-        match device.as_dispatch() {
-            #[cfg(feature = "flex")]
-            DispatchDevice::Flex(_) => true,
-            #[cfg(feature = "ndarray")]
-            DispatchDevice::NdArray(_) => true,
-            _ => false,
         }
     }
 
@@ -277,8 +377,13 @@ mod tests {
             }
 
             let pixels = pack::host(f32_decoder.decode(z.clone()));
-            let want_pixels = pack::host(flow.decode(z));
+            let want_pixels = pack::host(flow.decode(z.clone()));
             assert!(max_abs(&pixels, &want_pixels) < 1e-5, "pixels");
+
+            // The device's decoder is the packed one here (flex keeps tensors in host memory).
+            let chosen = Decoder::for_device(&flow, &device, ProductPrecision::F32).unwrap();
+            assert!(chosen.packed().is_some(), "{chosen}");
+            assert_eq!(pack::host(chosen.decode(z)), pixels);
         }
     }
 }

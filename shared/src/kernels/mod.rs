@@ -22,7 +22,7 @@
 
 #[cfg(feature = "autodiff")]
 mod autodiff;
-pub mod cpu;
+pub(crate) mod cpu;
 #[cfg(feature = "flex")]
 mod flex;
 mod reference;

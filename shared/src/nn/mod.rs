@@ -5,7 +5,7 @@ mod scale;
 mod swish;
 mod weight_norm;
 
-pub use resnet::{MlpResNet, ResBlock};
-pub use scale::Scale;
-pub use swish::Swish;
-pub use weight_norm::WeightNormLinear;
+pub use resnet::{MlpResNet, MlpResNetConfig, ResBlock, ResBlockConfig};
+pub use scale::{Scale, ScaleConfig};
+pub use swish::{Swish, SwishConfig};
+pub use weight_norm::{WeightNormLinear, WeightNormLinearConfig};

@@ -1,8 +1,57 @@
+use burn::config::Config;
 use burn::module::Module;
 use burn::prelude::*;
 
-use super::{Scale, Swish, WeightNormLinear};
+use super::{Scale, ScaleConfig, Swish, SwishConfig, WeightNormLinear, WeightNormLinearConfig};
 use crate::kernels;
+
+/// A [`ResBlock`] whose activations pass through `widths`, `[D, H, …, H, D]`
+/// (see [`StackLayout::layer_widths`](crate::kernels::StackLayout::layer_widths)).
+#[derive(Config, Debug)]
+pub struct ResBlockConfig {
+    /// Widths from the block's input to its output (equal ends).
+    pub widths: Vec<usize>,
+}
+
+impl ResBlockConfig {
+    /// A Swish before every linear layer, the linear layers between
+    /// consecutive widths.
+    pub fn init(&self, device: &Device) -> ResBlock {
+        let widths = &self.widths;
+        assert!(
+            widths.len() >= 2 && widths.first() == widths.last(),
+            "a residual block maps [D, …, D], got {widths:?}"
+        );
+        ResBlock {
+            activations: widths[..widths.len() - 1].iter().map(|&w| SwishConfig::new(w).init(device)).collect(),
+            linears: widths.windows(2).map(|w| WeightNormLinearConfig::new(w[0], w[1]).init(device)).collect(),
+        }
+    }
+}
+
+/// An [`MlpResNet`]: `num_res_blocks` residual blocks over `widths`, a
+/// scale, and `tanh` when `final_tanh` (the `s` networks).
+#[derive(Config, Debug)]
+pub struct MlpResNetConfig {
+    /// Residual blocks.
+    pub num_res_blocks: usize,
+    /// Each block's widths, `[D, H, …, H, D]`.
+    pub widths: Vec<usize>,
+    /// Whether `tanh` follows the scale (true for `s`, false for `t`).
+    pub final_tanh: bool,
+}
+
+impl MlpResNetConfig {
+    /// The network at the authors' initialisation (its scale zero).
+    pub fn init(&self, device: &Device) -> MlpResNet {
+        let block = ResBlockConfig::new(self.widths.clone());
+        MlpResNet {
+            res_blocks: (0..self.num_res_blocks).map(|_| block.init(device)).collect(),
+            scale: ScaleConfig::new(self.widths[0]).init(device),
+            final_tanh: self.final_tanh,
+        }
+    }
+}
 
 /// One residual branch: `Swish → Linear → Swish → Linear …` over the widths
 /// `[D, H, …, H, D]` (the authors' `build_res_block`).
@@ -15,14 +64,6 @@ pub struct ResBlock {
 }
 
 impl ResBlock {
-    fn new(widths: &[usize], device: &Device) -> Self {
-        let pairs = widths.windows(2);
-        Self {
-            activations: widths[..widths.len() - 1].iter().map(|&w| Swish::new(w, device)).collect(),
-            linears: pairs.map(|w| WeightNormLinear::new(w[0], w[1], device)).collect(),
-        }
-    }
-
     /// The effective (weight-normalised) matrix of each linear layer.
     pub fn weights(&self) -> Vec<Tensor<2>> {
         self.linears.iter().map(WeightNormLinear::weight).collect()
@@ -64,18 +105,6 @@ pub struct MlpResNet {
 }
 
 impl MlpResNet {
-    /// `num_res_blocks` blocks over `widths` (`[D, H, …, H, D]`, see
-    /// [`StackLayout::layer_widths`](crate::kernels::StackLayout::layer_widths)).
-    pub fn new(num_res_blocks: usize, widths: &[usize], final_tanh: bool, device: &Device) -> Self {
-        let dim = widths[0];
-        assert!(widths.len() >= 2 && widths.last() == Some(&dim), "a residual block maps [D, …, D], got {widths:?}");
-        Self {
-            res_blocks: (0..num_res_blocks).map(|_| ResBlock::new(widths, device)).collect(),
-            scale: Scale::new(dim, device),
-            final_tanh,
-        }
-    }
-
     /// The effective matrices of every block's linear layers.
     pub fn weights(&self) -> Vec<Vec<Tensor<2>>> {
         self.res_blocks.iter().map(ResBlock::weights).collect()

@@ -1,5 +1,20 @@
+use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::prelude::*;
+
+/// A [`Scale`] over `features` features.
+#[derive(Config, Debug)]
+pub struct ScaleConfig {
+    /// Width of its input and output.
+    pub features: usize,
+}
+
+impl ScaleConfig {
+    /// A zero-initialised scale (every coupling starts as the identity).
+    pub fn init(&self, device: &Device) -> Scale {
+        Scale { scale: Param::from_tensor(Tensor::zeros([self.features], device)) }
+    }
+}
 
 /// Multiplies every feature by a learned factor, initialised to **zero** so
 /// that every coupling starts as the identity (the authors' `Scale`). The
@@ -9,11 +24,4 @@ use burn::prelude::*;
 pub struct Scale {
     /// Factor per feature, shape `[features]`.
     pub scale: Param<Tensor<1>>,
-}
-
-impl Scale {
-    /// A zero-initialised scale over `features` features.
-    pub fn new(features: usize, device: &Device) -> Self {
-        Self { scale: Param::from_tensor(Tensor::zeros([features], device)) }
-    }
 }

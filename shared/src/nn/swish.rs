@@ -1,5 +1,20 @@
+use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::prelude::*;
+
+/// A [`Swish`] over `features` features.
+#[derive(Config, Debug)]
+pub struct SwishConfig {
+    /// Width of its input and output.
+    pub features: usize,
+}
+
+impl SwishConfig {
+    /// A Swish with `β = 1` (the authors' initialisation).
+    pub fn init(&self, device: &Device) -> Swish {
+        Swish { beta: Param::from_tensor(Tensor::ones([self.features], device)) }
+    }
+}
 
 /// Swish with a learnable slope per feature: `x · σ(β x)`, `β` initialised to 1.
 #[derive(Module, Debug)]
@@ -9,11 +24,6 @@ pub struct Swish {
 }
 
 impl Swish {
-    /// A Swish over `features` features with `β = 1`.
-    pub fn new(features: usize, device: &Device) -> Self {
-        Self { beta: Param::from_tensor(Tensor::ones([features], device)) }
-    }
-
     /// `[M, F] -> [M, F]`.
     ///
     /// The model's hottest op, so it is one fused kernel

@@ -1,6 +1,32 @@
+use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::prelude::*;
 use burn::tensor::Distribution;
+
+/// A [`WeightNormLinear`] from `d_input` to `d_output` features.
+#[derive(Config, Debug)]
+pub struct WeightNormLinearConfig {
+    /// Input features.
+    pub d_input: usize,
+    /// Output features.
+    pub d_output: usize,
+}
+
+impl WeightNormLinearConfig {
+    /// The authors' initialisation: `v ~ U(-b, b)` with `b = √(2.81·3 / in)`
+    /// (2.81 is Swish's gain), zero bias, and `g = ‖v‖` so that `W = v` at start.
+    pub fn init(&self, device: &Device) -> WeightNormLinear {
+        let (d_in, d_out) = (self.d_input, self.d_output);
+        let bound = (2.81 * 3.0 / d_in as f64).sqrt();
+        let v = Tensor::<2>::random([d_in, d_out], Distribution::Uniform(-bound, bound), device);
+        let g = v.clone().square().sum_dim(0).sqrt().squeeze_dim::<1>(0);
+        WeightNormLinear {
+            weight_v: Param::from_tensor(v),
+            weight_g: Param::from_tensor(g),
+            bias: Param::from_tensor(Tensor::zeros([d_out], device)),
+        }
+    }
+}
 
 /// A weight-normalised linear layer (`torch.nn.utils.weight_norm`, `dim = 0`):
 /// `W = g · v / ‖v‖`, the norm taken per output feature.
@@ -18,19 +44,6 @@ pub struct WeightNormLinear {
 }
 
 impl WeightNormLinear {
-    /// The authors' initialisation: `v ~ U(-b, b)` with `b = √(2.81·3 / in)`
-    /// (2.81 is Swish's gain), zero bias, and `g = ‖v‖` so that `W = v` at start.
-    pub fn new(d_in: usize, d_out: usize, device: &Device) -> Self {
-        let bound = (2.81 * 3.0 / d_in as f64).sqrt();
-        let v = Tensor::<2>::random([d_in, d_out], Distribution::Uniform(-bound, bound), device);
-        let g = v.clone().square().sum_dim(0).sqrt().squeeze_dim::<1>(0);
-        Self {
-            weight_v: Param::from_tensor(v),
-            weight_g: Param::from_tensor(g),
-            bias: Param::from_tensor(Tensor::zeros([d_out], device)),
-        }
-    }
-
     /// The effective weight `W = g · v / ‖v‖`, shape `[in, out]`. The s/t
     /// networks multiply by it and fold the bias into the fused op that
     /// follows (see [`super::ResBlock::forward`]).

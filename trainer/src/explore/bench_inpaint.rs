@@ -13,8 +13,8 @@ use clap::{Args, ValueEnum};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rgflow::RgFlow;
-use rgflow::ops::inpaint::harmonic_fill;
-use rgflow::ops::{InpaintOptions, inpaint};
+use rgflow::explore::inpaint::harmonic_fill;
+use rgflow::explore::{InpaintOptions, inpaint};
 use rgflow::preprocess::{dequantize_level, to_level};
 
 use super::ModelChoice;
@@ -185,7 +185,8 @@ pub fn run(args: BenchInpaintArgs) -> anyhow::Result<()> {
                 let start = Instant::now();
                 let fills = match method {
                     FillMethod::Sample => {
-                        let seeded = rgflow::ops::SampleOptions { seed: seed ^ (i as u64) << 24, ..options.clone() };
+                        let seeded =
+                            rgflow::explore::SampleOptions { seed: seed ^ (i as u64) << 24, ..options.clone() };
                         let mut sampler =
                             super::inpaint::cone_sampler(&flow, packed.as_ref(), &truth, &unknown, seeded, &device)?;
                         sampler.run();

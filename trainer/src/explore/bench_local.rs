@@ -6,7 +6,7 @@ use burn::prelude::*;
 use burn::tensor::{Distribution, TensorData};
 use clap::Args;
 use rgflow::RgFlowConfig;
-use rgflow::local::Direction;
+use rgflow::cone::Direction;
 
 use crate::backend::{BackendChoice, select};
 
@@ -39,7 +39,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 pub fn run(args: BenchLocalArgs) -> anyhow::Result<()> {
     let (device, name) = select(args.backend)?;
-    let packed_too = rgflow::CpuDecoder::suits(&device);
+    let packed_too = rgflow::host_memory(&device);
     println!("backend {name}; batch 1; edit: one pixel near the centre, all channels");
     println!("  full: a plain forward pass; local: `update_cached` (burn ops, any backend)");
     if packed_too {

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use burn::prelude::*;
 use clap::Args;
-use rgflow::ops::{LatentSite, vary_latent};
+use rgflow::explore::{LatentSite, vary_latent};
 
 use super::{ImageChoice, ModelChoice};
 use crate::model_io::save_grid;

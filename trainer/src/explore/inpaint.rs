@@ -8,7 +8,7 @@ use burn::prelude::*;
 use clap::{Args, ValueEnum};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use rgflow::ops::{ConeSampler, InpaintOptions, SampleOptions, inpaint};
+use rgflow::explore::{ConeSampler, InpaintOptions, SampleOptions, inpaint};
 use rgflow::{LevelTemperatures, PackedFlow, RgFlow};
 
 use super::{ImageChoice, ModelChoice};

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use burn::prelude::*;
 use clap::Args;
-use rgflow::ops::mix_levels;
+use rgflow::explore::mix_levels;
 
 use super::{ModelChoice, input_image};
 use crate::model_io::save_grid;

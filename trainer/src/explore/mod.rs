@@ -1,4 +1,4 @@
-//! The scale-aware subcommands: each calls one operation of `rgflow::ops`
+//! The scale-aware subcommands: each calls one operation of `rgflow::explore`
 //! and writes a PNG.
 
 pub mod bench_inpaint;

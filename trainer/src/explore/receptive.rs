@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use image::{Rgb, RgbImage};
-use rgflow::ops::{LatentSite, receptive_field};
+use rgflow::explore::{LatentSite, receptive_field};
 
 use super::{ImageChoice, ModelChoice};
 

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use rgflow::ops::random_walk;
+use rgflow::explore::random_walk;
 
 use super::{ImageChoice, ModelChoice};
 use crate::model_io::save_grid;

@@ -19,7 +19,7 @@ mod swish;
 mod weight_norm;
 
 pub use coupling::{
-    Coupling, CouplingGrads, coupling_log_scale, coupling_log_scale_backward, coupling_update, coupling_update_backward,
+    Coupling, coupling_log_scale, coupling_log_scale_backward, coupling_update, coupling_update_backward,
 };
 pub use residual::{residual, residual_backward};
 pub use swish::{swish, swish_backward};

@@ -822,16 +822,10 @@ pub fn forward(
     save: bool,
     precision: ProductPrecision,
 ) -> (Vec<f32>, Vec<f32>) {
-    match ran(precision) {
+    match precision.on_this_cpu() {
         ProductPrecision::F32 => forward_with::<f32>(layout, params, x, save),
         ProductPrecision::Bf16 => forward_with::<Bf16>(layout, params, x, save),
     }
-}
-
-/// The precision the products run in: bf16 only where the CPU multiplies
-/// it natively (elsewhere it would only be slower than f32).
-pub fn ran(precision: ProductPrecision) -> ProductPrecision {
-    if Isa::detect().native_bf16() { precision } else { ProductPrecision::F32 }
 }
 
 fn forward_with<E: TileKernels>(layout: &StackLayout, params: &[f32], x: &[f32], save: bool) -> (Vec<f32>, Vec<f32>) {
@@ -977,7 +971,7 @@ pub fn backward(
     grad: &[f32],
     precision: ProductPrecision,
 ) -> (Vec<f32>, Vec<f32>) {
-    match ran(precision) {
+    match precision.on_this_cpu() {
         ProductPrecision::F32 => backward_with::<f32>(layout, params, tape, grad),
         ProductPrecision::Bf16 => backward_with::<Bf16>(layout, params, tape, grad),
     }

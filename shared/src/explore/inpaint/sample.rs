@@ -29,11 +29,11 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 
 use super::Hole;
+use crate::cone::{Direction, FlowCache, PackedCache, PackedFlow};
 use crate::config::PriorKind;
 use crate::error::{Error, Result};
 use crate::flow::RgFlow;
 use crate::gather::index_tensor;
-use crate::local::{Direction, FlowCache, PackedCache, PackedFlow};
 use crate::preprocess;
 use crate::prior::Prior;
 use crate::sampling::LevelTemperatures;
@@ -105,7 +105,7 @@ impl SampleOptions {
 ///
 /// ```
 /// # use burn::prelude::*;
-/// use rgflow::ops::inpaint::{ConeSampler, SampleOptions};
+/// use rgflow::explore::inpaint::{ConeSampler, SampleOptions};
 /// let device = Device::flex();
 /// let flow = rgflow::RgFlowConfig::from_level_specs(8, 3, "1", "1", "1", "8")?.init(&device);
 /// let image = vec![0.4f32; 3 * 8 * 8];

@@ -1,4 +1,4 @@
-//! Local recomputation: after a change to a few sites, only the blocks of each
+//! Causal cones: cached passes and local recomputation. After a change to a few sites, only the blocks of each
 //! sub-layer that the change reaches are evaluated again — `O(log L)` block
 //! evaluations for a local edit instead of `O(L²)` — with the same numbers as
 //! a full pass.

@@ -3,7 +3,7 @@
 //! Gradient ascent (Adam) on `log p(x01)` — the flow's density of the logit
 //! image plus the logit transform's log-det — over the unknown pixels in
 //! logit space. With `local`, every step re-runs only the blocks in the
-//! causal cone of the unknown region ([`crate::local`]): for a brush stroke
+//! causal cone of the unknown region ([`crate::cone`]): for a brush stroke
 //! that is `O(log L)` block evaluations per step instead of all of them, with
 //! the same gradient.
 //!
@@ -14,10 +14,10 @@ use burn::prelude::*;
 use burn::tensor::Int;
 
 use super::Hole;
+use crate::cone::{Direction, FlowCache};
 use crate::error::{Error, Result};
 use crate::flow::RgFlow;
 use crate::gather::{index_tensor, pick_columns};
-use crate::local::{Direction, FlowCache};
 use crate::preprocess;
 
 /// Settings of [`inpaint`].

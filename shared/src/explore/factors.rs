@@ -7,8 +7,8 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 
 use crate::error::{Error, Result};
+use crate::explore::levels::{level_values, with_level_values};
 use crate::flow::RgFlow;
-use crate::ops::levels::{level_values, with_level_values};
 
 /// One latent: a channel at a lattice site.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

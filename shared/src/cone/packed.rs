@@ -20,7 +20,7 @@ use std::sync::Arc;
 use burn::prelude::Device;
 
 use super::{Direction, LocalStats};
-use crate::decoder::{CpuDecoder, ProductPrecision};
+use crate::decoder::{CpuDecoder, Decoder, ProductPrecision, host_memory};
 use crate::flow::RgFlow;
 use crate::kernels::cpu::stack::PackedForward;
 
@@ -30,7 +30,7 @@ use crate::kernels::cpu::stack::PackedForward;
 ///
 /// ```
 /// # use burn::prelude::*;
-/// use rgflow::local::{Direction, PackedFlow};
+/// use rgflow::cone::{Direction, PackedFlow};
 /// let device = Device::flex();
 /// let flow = rgflow::RgFlowConfig::from_level_specs(8, 3, "1", "1", "1", "8")?.init(&device);
 /// let packed = PackedFlow::new(&flow);
@@ -61,7 +61,7 @@ struct Inner {
     /// The device `flow` lives on.
     device: Device,
     forward: Vec<PackedForward>,
-    inverse: CpuDecoder,
+    inverse: Arc<CpuDecoder>,
     /// Per sub-layer, the canonical element of every value of every block,
     /// `[blocks][C][K²]` (the coupling's row layout).
     elements: Vec<Vec<usize>>,
@@ -108,17 +108,17 @@ impl PackedFlow {
             flow: flow.clone(),
             device: device.expect("a flow has sub-layers"),
             forward,
-            inverse: CpuDecoder::new(flow, ProductPrecision::F32),
+            inverse: Arc::new(CpuDecoder::new(flow, ProductPrecision::F32)),
             elements,
         };
         Self { inner: Arc::new(inner) }
     }
 
     /// `flow` packed when `device` keeps tensors in host memory (the CPU
-    /// backends, [`CpuDecoder::suits`]), where the packed passes cost no
+    /// backends, [`host_memory`]), where the packed passes cost no
     /// transfers; `None` elsewhere (run burn ops on the device there).
     pub fn for_device(flow: &RgFlow, device: &Device) -> Option<Self> {
-        CpuDecoder::suits(device).then(|| Self::new(flow))
+        host_memory(device).then(|| Self::new(flow))
     }
 
     /// The model this was packed from.
@@ -131,9 +131,9 @@ impl PackedFlow {
         self.inner.device.clone()
     }
 
-    /// The packed inverse as a full-image decoder.
-    pub fn decoder(&self) -> &CpuDecoder {
-        &self.inner.inverse
+    /// The packed inverse (f32) as a full-image decoder, shared with this.
+    pub fn decoder(&self) -> Decoder {
+        Decoder::Packed(Arc::clone(&self.inner.inverse))
     }
 
     /// Values per image, `C·L²`.

@@ -4,8 +4,8 @@ use burn::prelude::*;
 use burn::tensor::TensorData;
 
 use crate::error::{Error, Result};
+use crate::explore::factors::LatentSite;
 use crate::flow::RgFlow;
-use crate::ops::factors::LatentSite;
 
 /// The image-space response `∂x/∂z` of one latent at the encoding
 /// `z: [1, C, L, L]`, by a central difference of step `eps` in the pixel
