@@ -2,7 +2,8 @@
 // site, checks the backend line, moves a temperature slider with the
 // keyboard, and checks that the face grid changed and is not blank. Saves a
 // screenshot per run. Also: a missing weight file gives a message on the
-// page, a foreign `?model=` is refused, a poisoned cache entry is replaced,
+// page, an element missing from the page fails the load and is named, a
+// foreign `?model=` is refused, a poisoned cache entry is replaced,
 // an oversized upload is refused, and "Play walk" clicked twice stops.
 // Usage: node page.test.mjs DIST_DIR OUT_DIR
 import assert from 'node:assert/strict';
@@ -181,6 +182,28 @@ async function missingWeights(browser, base) {
   await page.close();
 }
 
+// The page finds every element it uses at start: one missing fails the load
+// and names it (not later, on a click).
+async function missingElement(browser, base) {
+  const html = fs.readFileSync(path.join(dist, 'index.html'), 'utf8');
+  assert.ok(html.includes('id="mix-out"'), 'the page has #mix-out');
+  const page = await browser.newPage();
+  await page.setRequestInterception(true);
+  page.on('request', (req) => {
+    if (new URL(req.url()).pathname === '/') {
+      req.respond({ status: 200, contentType: 'text/html; charset=utf-8', body: html.replace('id="mix-out"', 'id="mix-gone"') });
+    } else {
+      req.continue();
+    }
+  });
+  await page.goto(base + '?backend=cpu');
+  await page.waitForSelector('#app[data-state="failed"]', { timeout: TIMEOUT });
+  const status = await page.$eval('#status', (e) => e.textContent);
+  assert.match(status, /#mix-out is missing/, 'message for a missing element');
+  console.log(`ok missing element: “${status}”`);
+  await page.close();
+}
+
 // ?model= loads weight files from this site only.
 async function foreignWeights(browser, base) {
   for (const model of ['https://example.com/evil.rgflow', 'data:application/octet-stream;base64,AAAA']) {
@@ -235,6 +258,7 @@ try {
     await run(gpu, server.url, 'cpu', '?backend=cpu', /CPU/);
     await panels(gpu, server.url);
     await missingWeights(gpu, server.url);
+    await missingElement(gpu, server.url);
     await foreignWeights(gpu, server.url);
     await poisonedCache(gpu, server.url);
   } finally {

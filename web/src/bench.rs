@@ -2,6 +2,8 @@
 //! batch of 16, ms per inpainting stroke. Results go to `#bench` (and the
 //! console) for `tests/browser/bench.mjs` to collect.
 
+use web_sys::HtmlElement;
+
 use crate::engine::{Engine, Face};
 use crate::error::Result;
 use crate::ui::now;
@@ -11,7 +13,8 @@ const REPEATS: usize = 3;
 /// Sampler rounds of one stroke (as the Inpaint panel's default).
 pub const STROKE_ROUNDS: usize = 8;
 
-pub async fn run(engine: &Engine, first_face_ms: f64) {
+pub async fn run(engine: &Engine, out: &HtmlElement, first_face_ms: f64) {
+    let show = |line: &str, done: bool| show(out, line, done);
     show(&format!("backend: {}", engine.backend().label()), false);
     show(
         &format!(
@@ -19,7 +22,7 @@ pub async fn run(engine: &Engine, first_face_ms: f64) {
         ),
         false,
     );
-    if let Err(e) = measure(engine).await {
+    if let Err(e) = measure(engine, &show).await {
         show(&format!("benchmark failed: {e}"), false);
     }
     show("", true);
@@ -27,22 +30,18 @@ pub async fn run(engine: &Engine, first_face_ms: f64) {
 
 /// Appends a line to `#bench` (as soon as it is measured, so a slow backend
 /// still reports what it got); `done` marks the end for the test driver.
-fn show(line: &str, done: bool) {
+fn show(out: &HtmlElement, line: &str, done: bool) {
     if !line.is_empty() {
         web_sys::console::log_1(&line.into());
+        let text = out.text_content().unwrap_or_default();
+        out.set_text_content(Some(&format!("{text}{line}\n")));
     }
-    if let Some(e) = web_sys::window().and_then(|w| w.document()).and_then(|d| d.get_element_by_id("bench")) {
-        if !line.is_empty() {
-            let text = e.text_content().unwrap_or_default();
-            e.set_text_content(Some(&format!("{text}{line}\n")));
-        }
-        if done {
-            let _ = e.set_attribute("data-done", "true");
-        }
+    if done {
+        let _ = out.set_attribute("data-done", "true");
     }
 }
 
-async fn measure(engine: &Engine) -> Result<()> {
+async fn measure(engine: &Engine, show: &impl Fn(&str, bool)) -> Result<()> {
     let temps = crate::ui::default_temperatures(engine.levels());
     let batch = crate::ui::GRID;
     engine.sample(batch, &temps, 1).await?;

@@ -25,7 +25,7 @@ pub fn start() {
     std::panic::set_hook(Box::new(|info| {
         let text = format!("The demo crashed: {info}");
         web_sys::console::error_1(&text.clone().into());
-        ui::status("status", &text, true);
+        ui::page_status(&text, true);
     }));
     wasm_bindgen_futures::spawn_local(ui::start());
 }

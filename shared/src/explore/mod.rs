@@ -8,6 +8,8 @@ pub mod levels;
 pub mod receptive;
 
 pub use factors::{LatentSite, random_walk, vary_latent};
-pub use inpaint::{ConeSampler, Hole, InpaintOptions, InpaintResult, Inpainter, SampleOptions, inpaint};
+pub use inpaint::{ConeSampler, Hole, SampleOptions};
+#[cfg(feature = "autodiff")]
+pub use inpaint::{InpaintOptions, InpaintResult, Inpainter, inpaint};
 pub use levels::{level_values, mix_levels, with_level_values};
 pub use receptive::{receptive_field, receptive_field_tensor};

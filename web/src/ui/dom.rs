@@ -36,12 +36,6 @@ pub fn on<E: JsCast + 'static>(target: &web_sys::EventTarget, event: &str, handl
     closure.forget();
 }
 
-pub fn set_text(id: &str, text: &str) {
-    if let Some(e) = document().get_element_by_id(id) {
-        e.set_text_content(Some(text));
-    }
-}
-
 pub fn create(tag: &str) -> Element {
     document().create_element(tag).expect("element")
 }

@@ -6,10 +6,10 @@ use std::rc::Rc;
 
 use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::Closure;
-use web_sys::{Event, HtmlCanvasElement, HtmlElement, HtmlInputElement, HtmlSelectElement, MouseEvent};
+use web_sys::{Event, HtmlInputElement, HtmlSelectElement, MouseEvent};
 
 use super::live::Live;
-use super::{App, by_id, create, draw_image, ms, now, on, report};
+use super::{App, create, draw_image, ms, now, on, report};
 use crate::error::Result;
 
 /// Frames of one walk loop.
@@ -30,11 +30,13 @@ pub fn init(app: &Rc<App>) -> Result<Rc<Live>> {
     let top = levels - 1;
     let c = app.engine.config().clone();
     let per_channel = app.engine.flow().lattice().level_elements(top, 1).len();
-    let box_: HtmlElement = by_id("explore-sliders")?;
+    let elements = &app.page.explore;
+    let box_ = &elements.sliders;
     box_.set_inner_html("");
     let live = Live::new();
     let state =
         Rc::new(RefCell::new(Sliders { generation: u64::MAX, channel: 0, original: Vec::new(), values: Vec::new() }));
+    let mut inputs = Vec::with_capacity(per_channel);
     for j in 0..per_channel {
         let input: HtmlInputElement = create("input").unchecked_into();
         input.set_type("range");
@@ -44,6 +46,7 @@ pub fn init(app: &Rc<App>) -> Result<Rc<Live>> {
         }
         input.set_attribute("aria-label", &format!("top-level latent {}", j + 1)).ok();
         box_.append_child(&input).ok();
+        inputs.push(input.clone());
         let (st, l) = (state.clone(), live.clone());
         on(&input, "input", move |e: Event| {
             let v = e
@@ -60,19 +63,17 @@ pub fn init(app: &Rc<App>) -> Result<Rc<Live>> {
             l.trigger();
         });
     }
-    let set_sliders = move |s: &Sliders| {
-        for j in 0..per_channel {
-            if let (Ok(input), Some(v)) =
-                (by_id::<HtmlInputElement>(&format!("factor-{j}")), s.values.get(s.channel * per_channel + j))
-            {
+    let set_sliders = Rc::new(move |s: &Sliders| {
+        for (j, input) in inputs.iter().enumerate() {
+            if let Some(v) = s.values.get(s.channel * per_channel + j) {
                 input.set_value_as_number(*v as f64);
             }
         }
-    };
+    });
     {
-        let (a, st) = (app.clone(), state.clone());
+        let (a, st, set_sliders) = (app.clone(), state.clone(), set_sliders.clone());
         live.set(move || {
-            let (a, st) = (a.clone(), st.clone());
+            let (a, st, set_sliders) = (a.clone(), st.clone(), set_sliders.clone());
             async move {
                 let result = async {
                     let face = a.picked();
@@ -90,18 +91,17 @@ pub fn init(app: &Rc<App>) -> Result<Rc<Live>> {
                     let t = now();
                     let values = st.borrow().values.clone();
                     let edited = a.engine.with_level_latents(&face, top, values).await?;
-                    draw_image(&by_id::<HtmlCanvasElement>("explore-canvas")?, &edited.x01, c.channels, c.image_size);
+                    draw_image(&a.page.explore.canvas, &edited.x01, c.channels, c.image_size);
                     Ok(format!("Decoded in {} on {}", ms(now() - t), a.backend_label()))
                 }
                 .await;
-                report("explore-status", result);
+                report(&a.page.explore.status, result);
             }
         });
     }
     {
-        let (st, l) = (state.clone(), live.clone());
-        let channel: HtmlSelectElement = by_id("explore-channel")?;
-        on(&channel, "input", move |e: Event| {
+        let (st, l, set_sliders) = (state.clone(), live.clone(), set_sliders.clone());
+        on(&elements.channel, "input", move |e: Event| {
             let ch = e
                 .target()
                 .and_then(|t| t.dyn_into::<HtmlSelectElement>().ok())
@@ -116,8 +116,7 @@ pub fn init(app: &Rc<App>) -> Result<Rc<Live>> {
     }
     {
         let (st, l) = (state.clone(), live.clone());
-        let reset: HtmlElement = by_id("explore-reset")?;
-        on(&reset, "click", move |_: MouseEvent| {
+        on(&elements.reset, "click", move |_: MouseEvent| {
             let mut s = st.borrow_mut();
             s.values = s.original.clone();
             set_sliders(&s);
@@ -125,13 +124,13 @@ pub fn init(app: &Rc<App>) -> Result<Rc<Live>> {
             l.trigger();
         });
     }
-    walk(app, levels)?;
+    walk(app, levels);
     Ok(live)
 }
 
 /// The random-walk animation: compute one loop of frames, then play it.
-fn walk(app: &Rc<App>, levels: usize) -> Result<()> {
-    let select: HtmlSelectElement = by_id("walk-level")?;
+fn walk(app: &Rc<App>, levels: usize) {
+    let select = &app.page.explore.walk_level;
     select.set_inner_html("");
     for l in 0..levels {
         let label = if l == 0 {
@@ -144,12 +143,12 @@ fn walk(app: &Rc<App>, levels: usize) -> Result<()> {
         select.insert_adjacent_html("beforeend", &format!("<option value={l}>level {l}{label}</option>")).ok();
     }
     select.set_value(&(levels - 1).to_string());
-    let button: HtmlElement = by_id("walk-play")?;
+    let button = &app.page.explore.walk_play;
     let timer: Rc<Cell<Option<i32>>> = Rc::new(Cell::new(None));
     let frames: Rc<RefCell<Vec<Vec<f32>>>> = Rc::new(RefCell::new(Vec::new()));
     let (a, b) = (app.clone(), button.clone());
     let c = app.engine.config().clone();
-    on(&button, "click", move |_: MouseEvent| {
+    on(button, "click", move |_: MouseEvent| {
         let window = web_sys::window().expect("window");
         // "Stop" stops both a running animation and a walk still being
         // computed (which then never starts its timer): a second click can
@@ -166,19 +165,19 @@ fn walk(app: &Rc<App>, levels: usize) -> Result<()> {
         b.set_text_content(Some("Stop"));
         let _ = b.set_attribute("aria-pressed", "true");
         wasm_bindgen_futures::spawn_local(async move {
-            let level = by_id::<HtmlSelectElement>("walk-level").ok().and_then(|s| s.value().parse().ok()).unwrap_or(0);
+            let level = a.page.explore.walk_level.value().parse().unwrap_or(0);
             let t = now();
             match a.engine.random_walk(&a.picked(), level, FRAMES, a.generation() ^ level as u64).await {
                 Ok(walk) => {
                     report(
-                        "walk-status",
+                        &a.page.explore.walk_status,
                         Ok(format!("{FRAMES} frames of level {level} in {} on {}", ms(now() - t), a.backend_label())),
                     );
                     *frames.borrow_mut() = walk;
                 }
-                Err(e) => return report("walk-status", Err(e)),
+                Err(e) => return report(&a.page.explore.walk_status, Err(e)),
             }
-            let Ok(canvas) = by_id::<HtmlCanvasElement>("walk-canvas") else { return };
+            let canvas = a.page.explore.walk_canvas.clone();
             let frame = Cell::new(0usize);
             let tick = Closure::<dyn FnMut()>::new(move || {
                 let f = frames.borrow();
@@ -197,5 +196,4 @@ fn walk(app: &Rc<App>, levels: usize) -> Result<()> {
             tick.forget();
         });
     });
-    Ok(())
 }

@@ -5,10 +5,10 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use web_sys::{Event, HtmlCanvasElement, HtmlElement, MouseEvent, PointerEvent};
+use web_sys::{Event, HtmlCanvasElement, MouseEvent, PointerEvent};
 
 use super::live::Live;
-use super::{App, by_id, canvas_pixel, draw_image, input_value, ms, now, on, report};
+use super::{App, canvas_pixel, draw_image, ms, now, on, parsed, report};
 use crate::engine::Face;
 use crate::error::Result;
 
@@ -78,7 +78,8 @@ pub fn init(app: &Rc<App>) -> Result<Rc<Live>> {
     let size = app.engine.config().image_size;
     let channels = app.engine.config().channels;
     let state = Rc::new(RefCell::new(Canvas::new(app)));
-    let canvas: HtmlCanvasElement = by_id("inpaint-canvas")?;
+    let elements = &app.page.inpaint;
+    let canvas = elements.canvas.clone();
     let live = Live::new();
     let redraw = {
         let canvas = canvas.clone();
@@ -94,23 +95,27 @@ pub fn init(app: &Rc<App>) -> Result<Rc<Live>> {
                 }
                 redraw(&st.borrow());
                 if !st.borrow().mask.contains(&true) {
-                    report("inpaint-status", Ok("Paint over the face (or press “Erase centre”) to inpaint".into()));
+                    report(
+                        &a.page.inpaint.status,
+                        Ok("Paint over the face (or press “Erase centre”) to inpaint".into()),
+                    );
                     return;
                 }
                 let result = fill(&a, &st, &redraw).await;
-                report("inpaint-status", result);
+                report(&a.page.inpaint.status, result);
             }
         });
     }
+    let brush = elements.brush.clone();
     let stroke = move |state: &Rc<RefCell<Canvas>>, canvas: &HtmlCanvasElement, e: &PointerEvent| {
         let Some((x, y)) = canvas_pixel(canvas, e.client_x() as f64, e.client_y() as f64) else { return };
-        let radius = input_value("inpaint-brush").and_then(|v| v.parse::<f64>().ok()).unwrap_or(2.0);
+        let radius = parsed::<f64>(&brush).unwrap_or(2.0);
         state.borrow_mut().paint(size, x, y, radius);
     };
     // Every brush movement asks for a completion; `Live` runs at most one
     // at a time and then one more for whatever was painted meanwhile.
     {
-        let (st, cv, redraw, l) = (state.clone(), canvas.clone(), redraw.clone(), live.clone());
+        let (st, cv, redraw, l, stroke) = (state.clone(), canvas.clone(), redraw.clone(), live.clone(), stroke.clone());
         on(&canvas, "pointerdown", move |e: PointerEvent| {
             e.prevent_default();
             let _ = cv.set_pointer_capture(e.pointer_id());
@@ -136,8 +141,7 @@ pub fn init(app: &Rc<App>) -> Result<Rc<Live>> {
     }
     {
         let (st, l) = (state.clone(), live.clone());
-        let erase: HtmlElement = by_id("inpaint-erase")?;
-        on(&erase, "click", move |_: MouseEvent| {
+        on(&elements.erase, "click", move |_: MouseEvent| {
             let c = size as f64 / 2.0;
             st.borrow_mut().paint(size, c as usize, c as usize, size as f64 / 6.0);
             l.trigger();
@@ -145,33 +149,30 @@ pub fn init(app: &Rc<App>) -> Result<Rc<Live>> {
     }
     {
         let (a, st, l) = (app.clone(), state.clone(), live.clone());
-        let reset: HtmlElement = by_id("inpaint-reset")?;
-        on(&reset, "click", move |_: MouseEvent| {
+        on(&elements.reset, "click", move |_: MouseEvent| {
             *st.borrow_mut() = Canvas::new(&a);
             l.trigger();
         });
     }
     {
         let (st, l) = (state.clone(), live.clone());
-        let another: HtmlElement = by_id("inpaint-another")?;
-        on(&another, "click", move |_: MouseEvent| {
+        on(&elements.another, "click", move |_: MouseEvent| {
             st.borrow_mut().seed += 1;
             l.trigger();
         });
     }
     // A new temperature or round count redraws the completion.
-    for id in ["inpaint-temperature", "inpaint-rounds"] {
+    for slider in [&elements.temperature, &elements.rounds] {
         let l = live.clone();
-        let slider: HtmlElement = by_id(id)?;
-        on(&slider, "input", move |_: Event| l.trigger());
+        on(slider, "input", move |_: Event| l.trigger());
     }
     Ok(live)
 }
 
 /// Draws a completion of everything painted so far, redrawing as it goes.
 async fn fill(app: &App, state: &RefCell<Canvas>, redraw: &impl Fn(&Canvas)) -> Result<String> {
-    let rounds = input_value("inpaint-rounds").and_then(|v| v.parse::<usize>().ok()).unwrap_or(8).max(1);
-    let temperature = input_value("inpaint-temperature").and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.8);
+    let rounds = parsed::<usize>(&app.page.inpaint.rounds).unwrap_or(8).max(1);
+    let temperature = parsed::<f64>(&app.page.inpaint.temperature).unwrap_or(0.8);
     let plane = state.borrow().mask.len();
     let (face, mask, seed) = {
         let mut s = state.borrow_mut();

@@ -6,6 +6,7 @@ mod explore;
 mod inpaint;
 mod live;
 mod mix;
+mod page;
 mod photo;
 mod receptive;
 mod sample;
@@ -13,8 +14,7 @@ mod sample;
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
-use wasm_bindgen::JsCast;
-use web_sys::{HtmlElement, HtmlProgressElement, KeyboardEvent, MouseEvent};
+use web_sys::{HtmlElement, KeyboardEvent, MouseEvent};
 
 use crate::backend::{self, Preference};
 use crate::engine::{BackendKind, Engine, Face};
@@ -22,6 +22,7 @@ use crate::error::Result;
 use crate::weights;
 pub use dom::now;
 use live::Live;
+pub use page::Page;
 pub use sample::{GRID, default_temperatures};
 
 /// Default location of the weights, relative to the page.
@@ -30,6 +31,8 @@ pub const DEFAULT_MODEL_URL: &str = "models/celeba32.rgflow";
 /// State shared by the panels.
 pub struct App {
     pub engine: Rc<Engine>,
+    /// The page's elements.
+    pub page: Page,
     /// The face the Mix, Inpaint, Explore and Receptive panels work on.
     picked: RefCell<Face>,
     /// Bumped whenever `picked` changes.
@@ -38,8 +41,8 @@ pub struct App {
     photo: RefCell<Option<Face>>,
     /// Per-level temperatures set in the Sample panel.
     temperatures: RefCell<Vec<f64>>,
-    /// Panel id → its refresh job.
-    panels: RefCell<Vec<(String, Rc<Live>)>>,
+    /// Panel name → its refresh job.
+    panels: RefCell<Vec<(&'static str, Rc<Live>)>>,
     active: RefCell<String>,
 }
 
@@ -78,8 +81,8 @@ impl App {
         self.engine.backend().label()
     }
 
-    fn register(&self, id: &str, live: Rc<Live>) {
-        self.panels.borrow_mut().push((id.to_string(), live));
+    fn register(&self, name: &'static str, live: Rc<Live>) {
+        self.panels.borrow_mut().push((name, live));
     }
 
     fn refresh_active(&self) {
@@ -92,40 +95,43 @@ impl App {
     /// Shows one panel and refreshes it.
     fn activate(&self, id: &str) {
         *self.active.borrow_mut() = id.to_string();
-        for (panel, _) in self.panels.borrow().iter() {
-            let shown = panel == id;
-            if let Ok(section) = dom::by_id::<HtmlElement>(&format!("panel-{panel}")) {
-                section.set_hidden(!shown);
-            }
-            if let Ok(tab) = dom::by_id::<HtmlElement>(&format!("tab-{panel}")) {
-                let _ = tab.set_attribute("aria-selected", if shown { "true" } else { "false" });
-                tab.set_tab_index(if shown { 0 } else { -1 });
-            }
+        for tab in &self.page.tabs {
+            let shown = tab.name == id;
+            tab.panel.set_hidden(!shown);
+            let _ = tab.button.set_attribute("aria-selected", if shown { "true" } else { "false" });
+            tab.button.set_tab_index(if shown { 0 } else { -1 });
         }
         self.refresh_active();
     }
 }
 
-/// Shows a message in a panel's status line (`error` styles it as one).
-pub fn status(id: &str, text: &str, error: bool) {
+/// Shows a message in a status line (`error` styles it as one).
+pub fn status(line_element: &HtmlElement, text: &str, error: bool) {
     // Also on the console, where a tester or a bug report finds it.
-    let line = wasm_bindgen::JsValue::from(format!("{id}: {text}"));
+    let line = wasm_bindgen::JsValue::from(format!("{}: {text}", line_element.id()));
     if error {
         web_sys::console::warn_1(&line)
     } else {
         web_sys::console::log_1(&line)
     }
-    if let Ok(e) = dom::by_id::<HtmlElement>(id) {
-        e.set_text_content(Some(text));
-        let _ = e.class_list().toggle_with_force("error", error);
+    line_element.set_text_content(Some(text));
+    let _ = line_element.class_list().toggle_with_force("error", error);
+}
+
+/// Shows a message in the page's `#status` line, found by its id: for a
+/// crash or a failed start, when the [`Page`] may not exist.
+pub fn page_status(text: &str, error: bool) {
+    match dom::by_id::<HtmlElement>("status") {
+        Ok(line) => status(&line, text, error),
+        Err(_) => web_sys::console::error_1(&text.into()),
     }
 }
 
 /// Reports the outcome of a panel's job in its status line.
-pub fn report(id: &str, result: Result<String>) {
+pub fn report(line: &HtmlElement, result: Result<String>) {
     match result {
-        Ok(text) => status(id, &text, false),
-        Err(e) => status(id, &e.to_string(), true),
+        Ok(text) => status(line, &text, false),
+        Err(e) => status(line, &e.to_string(), true),
     }
 }
 
@@ -138,7 +144,7 @@ fn query(name: &str) -> Option<String> {
 pub async fn start() {
     let t0 = now();
     if let Err(e) = run(t0).await {
-        status("status", &format!("The demo could not start: {e}"), true);
+        page_status(&format!("The demo could not start: {e}"), true);
         if let Ok(body) = dom::by_id::<HtmlElement>("app") {
             let _ = body.set_attribute("data-state", "failed");
         }
@@ -146,19 +152,21 @@ pub async fn start() {
 }
 
 async fn run(t0: f64) -> Result<()> {
+    let page = Page::find()?;
+    let frame = &page.frame;
     let preference = if query("backend").as_deref() == Some("cpu") { Preference::Cpu } else { Preference::Auto };
-    status("status", "Starting the compute backend…", false);
+    status(&frame.status, "Starting the compute backend…", false);
     let chosen = backend::choose(preference).await;
     let backend_text = match (&chosen.kind, &chosen.fallback_reason) {
         (BackendKind::WebGpu, _) => "WebGPU".to_string(),
         (BackendKind::Cpu, Some(reason)) => format!("CPU — {reason}"),
         (BackendKind::Cpu, None) => "CPU".to_string(),
     };
-    dom::set_text("backend", &backend_text);
+    frame.backend.set_text_content(Some(&backend_text));
 
     let url = weights::same_origin_url(&query("model").unwrap_or_else(|| DEFAULT_MODEL_URL.to_string()))?;
-    status("status", &format!("Loading the model ({url})…"), false);
-    let progress: HtmlProgressElement = dom::by_id("load-progress")?;
+    status(&frame.status, &format!("Loading the model ({url})…"), false);
+    let progress = &frame.load_progress;
     let show = |loaded: u64, total: Option<u64>| match total {
         Some(total) if total > 0 => {
             progress.set_max(total as f64);
@@ -180,26 +188,24 @@ async fn run(t0: f64) -> Result<()> {
     let (size, origin) = (download.bytes.len(), download.origin);
     weights::remember(&url, download).await;
     let c = engine.config().clone();
-    dom::set_text(
-        "model",
-        &format!(
-            "{}×{}×{}, {} levels, {:.2} M parameters, {:.1} MB{}",
-            c.channels,
-            c.image_size,
-            c.image_size,
-            engine.levels(),
-            engine.flow().num_parameters() as f64 / 1e6,
-            size as f64 / 1e6,
-            if origin == weights::Origin::Cache { " (cached)" } else { "" }
-        ),
-    );
-    status("status", "Drawing the first faces…", false);
+    frame.model.set_text_content(Some(&format!(
+        "{}×{}×{}, {} levels, {:.2} M parameters, {:.1} MB{}",
+        c.channels,
+        c.image_size,
+        c.image_size,
+        engine.levels(),
+        engine.flow().num_parameters() as f64 / 1e6,
+        size as f64 / 1e6,
+        if origin == weights::Origin::Cache { " (cached)" } else { "" }
+    )));
+    status(&frame.status, "Drawing the first faces…", false);
     let levels = engine.levels();
     let engine = Rc::new(engine);
     let first = engine.sample(1, &sample::default_temperatures(levels), 0).await?.remove(0);
     let first_face_ms = now() - t0;
     let app = Rc::new(App {
         engine,
+        page,
         picked: RefCell::new(first),
         generation: Cell::new(0),
         photo: RefCell::new(None),
@@ -213,28 +219,26 @@ async fn run(t0: f64) -> Result<()> {
     app.register("explore", explore::init(&app)?);
     app.register("receptive", receptive::init(&app)?);
     app.register("photo", photo::init(&app)?);
-    tabs(&app)?;
+    tabs(&app);
     app.activate("sample");
-    progress.set_hidden(true);
-    status("status", &format!("Ready in {:.0} ms.", now() - t0), false);
-    let root: HtmlElement = dom::by_id("app")?;
-    let _ = root.set_attribute("data-state", "ready");
+    let frame = &app.page.frame;
+    frame.load_progress.set_hidden(true);
+    status(&frame.status, &format!("Ready in {:.0} ms.", now() - t0), false);
+    let _ = frame.app.set_attribute("data-state", "ready");
     if query("bench").is_some() {
-        crate::bench::run(&app.engine, first_face_ms).await;
+        crate::bench::run(&app.engine, &frame.bench, first_face_ms).await;
     }
     Ok(())
 }
 
 /// Tab buttons: click, and arrow keys between tabs (WAI-ARIA tabs pattern).
-fn tabs(app: &Rc<App>) -> Result<()> {
-    let ids: Vec<String> = app.panels.borrow().iter().map(|(id, _)| id.clone()).collect();
-    for (i, id) in ids.iter().enumerate() {
-        let tab: HtmlElement = dom::by_id(&format!("tab-{id}"))?;
-        let (a, panel) = (app.clone(), id.clone());
-        dom::on(&tab, "click", move |_: MouseEvent| a.activate(&panel));
-        let (a, ids) = (app.clone(), ids.clone());
-        dom::on(&tab, "keydown", move |e: KeyboardEvent| {
-            let n = ids.len();
+fn tabs(app: &Rc<App>) {
+    let n = app.page.tabs.len();
+    for (i, tab) in app.page.tabs.iter().enumerate() {
+        let (a, name) = (app.clone(), tab.name);
+        dom::on(&tab.button, "click", move |_: MouseEvent| a.activate(name));
+        let a = app.clone();
+        dom::on(&tab.button, "keydown", move |e: KeyboardEvent| {
             let next = match e.key().as_str() {
                 "ArrowRight" => (i + 1) % n,
                 "ArrowLeft" => (i + n - 1) % n,
@@ -243,13 +247,11 @@ fn tabs(app: &Rc<App>) -> Result<()> {
                 _ => return,
             };
             e.prevent_default();
-            a.activate(&ids[next]);
-            if let Ok(t) = dom::by_id::<HtmlElement>(&format!("tab-{}", ids[next])) {
-                let _ = t.focus();
-            }
+            let next = &a.page.tabs[next];
+            a.activate(next.name);
+            let _ = next.button.focus();
         });
     }
-    Ok(())
 }
 
 /// Milliseconds as text.
@@ -257,9 +259,9 @@ pub fn ms(t: f64) -> String {
     if t < 10.0 { format!("{t:.1} ms") } else { format!("{t:.0} ms") }
 }
 
-pub(crate) use dom::{by_id, canvas_pixel, create, draw_field, draw_image, draw_tiles, on};
+pub(crate) use dom::{canvas_pixel, create, draw_field, draw_image, draw_tiles, on};
 
-/// Casts for event targets.
-pub(crate) fn input_value(id: &str) -> Option<String> {
-    dom::document().get_element_by_id(id)?.dyn_into::<web_sys::HtmlInputElement>().ok().map(|i| i.value())
+/// An input's value parsed as `T`, if it parses.
+pub(crate) fn parsed<T: std::str::FromStr>(input: &web_sys::HtmlInputElement) -> Option<T> {
+    input.value().trim().parse().ok()
 }

@@ -5,17 +5,17 @@ use std::rc::Rc;
 
 use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::JsFuture;
-use web_sys::{Event, HtmlCanvasElement, HtmlElement, HtmlInputElement, MouseEvent};
+use web_sys::{Event, HtmlInputElement, MouseEvent};
 
 use super::live::Live;
-use super::{App, by_id, draw_image, ms, now, on, report, status};
+use super::{App, draw_image, ms, now, on, report, status};
 use crate::error::{Result, WebError};
 use rgflow::pixels::{self, Crop};
 
 pub fn init(app: &Rc<App>) -> Result<Rc<Live>> {
-    let input: HtmlInputElement = by_id("photo-file")?;
+    let elements = &app.page.photo;
     let a = app.clone();
-    on(&input, "change", move |e: Event| {
+    on(&elements.file, "change", move |e: Event| {
         let Some(file) = e
             .target()
             .and_then(|t| t.dyn_into::<HtmlInputElement>().ok())
@@ -25,24 +25,23 @@ pub fn init(app: &Rc<App>) -> Result<Rc<Live>> {
             return;
         };
         let a = a.clone();
-        status("photo-status", &format!("Reading {}…", file.name()), false);
+        status(&a.page.photo.status, &format!("Reading {}…", file.name()), false);
         wasm_bindgen_futures::spawn_local(async move {
             let result = load(&a, &file).await;
-            report("photo-status", result);
+            report(&a.page.photo.status, result);
         });
     });
-    let use_button: HtmlElement = by_id("photo-use")?;
     let a = app.clone();
-    on(&use_button, "click", move |_: MouseEvent| match a.photo() {
+    on(&elements.use_photo, "click", move |_: MouseEvent| match a.photo() {
         Some(face) => {
             a.pick(face);
             status(
-                "photo-status",
+                &a.page.photo.status,
                 "The photo is now the face of the Mix, Inpaint, Explore and Receptive panels",
                 false,
             );
         }
-        None => status("photo-status", "Upload a photo first", true),
+        None => status(&a.page.photo.status, "Upload a photo first", true),
     });
     // Nothing to refresh: the panel changes only on upload.
     Ok(Live::new())
@@ -68,8 +67,8 @@ async fn load(app: &App, file: &web_sys::File) -> Result<String> {
     let x01: Vec<f32> = chw.iter().map(|&v| v as f32 / 255.0).collect();
     let t = now();
     let (face, bpd) = app.engine.encode(x01).await?;
-    draw_image(&by_id::<HtmlCanvasElement>("photo-canvas")?, &face.x01, c.channels, c.image_size);
-    by_id::<HtmlElement>("photo-use")?.remove_attribute("disabled").ok();
+    draw_image(&app.page.photo.canvas, &face.x01, c.channels, c.image_size);
+    app.page.photo.use_photo.set_disabled(false);
     app.set_photo(face);
     Ok(format!("{name}: {bpd:.3} bits/dim (encoded in {} on {})", ms(now() - t), app.backend_label()))
 }

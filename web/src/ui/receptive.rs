@@ -7,7 +7,7 @@ use std::rc::Rc;
 use web_sys::{Event, HtmlCanvasElement, HtmlSelectElement, KeyboardEvent, MouseEvent};
 
 use super::live::Live;
-use super::{App, by_id, canvas_pixel, draw_field, draw_image, ms, now, on, report};
+use super::{App, canvas_pixel, draw_field, draw_image, ms, now, on, report};
 use crate::error::Result;
 
 pub fn init(app: &Rc<App>) -> Result<Rc<Live>> {
@@ -15,7 +15,8 @@ pub fn init(app: &Rc<App>) -> Result<Rc<Live>> {
     let size = app.engine.config().image_size;
     let channels = app.engine.config().channels;
     let site_level = app.engine.flow().lattice().site_level.clone();
-    let select: HtmlSelectElement = by_id("rf-level")?;
+    let elements = &app.page.receptive;
+    let select = &elements.level;
     select.set_inner_html("");
     for l in 0..levels {
         let label = if l == 0 {
@@ -27,8 +28,7 @@ pub fn init(app: &Rc<App>) -> Result<Rc<Live>> {
         };
         select.insert_adjacent_html("beforeend", &format!("<option value={l}>level {l}{label}</option>")).ok();
     }
-    let level_of =
-        |id: &str| by_id::<HtmlSelectElement>(id).ok().and_then(|s| s.value().parse::<usize>().ok()).unwrap_or(0);
+    let level_of = |select: &HtmlSelectElement| select.value().parse::<usize>().unwrap_or(0);
     // The chosen site; starts at the first site of level 0.
     let site = Rc::new(Cell::new(site_level.iter().position(|&l| l == 0).unwrap_or(0)));
     let live = Live::new();
@@ -39,16 +39,17 @@ pub fn init(app: &Rc<App>) -> Result<Rc<Live>> {
             async move {
                 let result = async {
                     let face = a.picked();
-                    let level = level_of("rf-level");
+                    let elements = &a.page.receptive;
+                    let level = level_of(&elements.level);
                     if site_level[site.get()] != level {
                         site.set(site_level.iter().position(|&l| l == level).unwrap_or(0));
                     }
-                    let channel = level_of("rf-channel");
-                    draw_image(&by_id::<HtmlCanvasElement>("rf-face")?, &face.x01, channels, size);
-                    draw_sites(&by_id::<HtmlCanvasElement>("rf-sites")?, &site_level, level, site.get(), size);
+                    let channel = level_of(&elements.channel);
+                    draw_image(&elements.face, &face.x01, channels, size);
+                    draw_sites(&elements.sites, &site_level, level, site.get(), size);
                     let t = now();
                     let field = a.engine.receptive_field(&face, site.get(), channel).await?;
-                    draw_field(&by_id::<HtmlCanvasElement>("rf-field")?, &field, channels, size);
+                    draw_field(&elements.field, &field, channels, size);
                     let support =
                         (0..size * size).filter(|&p| (0..channels).any(|c| field[c * size * size + p] != 0.0)).count();
                     Ok(format!(
@@ -61,22 +62,21 @@ pub fn init(app: &Rc<App>) -> Result<Rc<Live>> {
                     ))
                 }
                 .await;
-                report("rf-status", result);
+                report(&a.page.receptive.status, result);
             }
         });
     }
-    for id in ["rf-level", "rf-channel"] {
-        let target: HtmlSelectElement = by_id(id)?;
+    for target in [&elements.level, &elements.channel] {
         let l = live.clone();
-        on(&target, "input", move |_: Event| l.trigger());
+        on(target, "input", move |_: Event| l.trigger());
     }
     // Click on the face or the site map: the nearest site of the level.
-    for id in ["rf-face", "rf-sites"] {
-        let canvas: HtmlCanvasElement = by_id(id)?;
+    for canvas in [&elements.face, &elements.sites] {
         let (cv, chosen, levels_of_sites, l) = (canvas.clone(), site.clone(), site_level.clone(), live.clone());
-        on(&canvas, "click", move |e: MouseEvent| {
+        let level_select = elements.level.clone();
+        on(canvas, "click", move |e: MouseEvent| {
             let Some((x, y)) = canvas_pixel(&cv, e.client_x() as f64, e.client_y() as f64) else { return };
-            let level = level_of("rf-level");
+            let level = level_of(&level_select);
             let nearest = (0..size * size)
                 .filter(|&s| levels_of_sites[s] == level)
                 .min_by_key(|&s| (s / size).abs_diff(y).pow(2) + (s % size).abs_diff(x).pow(2));
@@ -87,7 +87,8 @@ pub fn init(app: &Rc<App>) -> Result<Rc<Live>> {
         });
         // Arrow keys step to the next site of the level in that direction.
         let (chosen, levels_of_sites, l) = (site.clone(), site_level.clone(), live.clone());
-        on(&canvas, "keydown", move |e: KeyboardEvent| {
+        let level_select = elements.level.clone();
+        on(canvas, "keydown", move |e: KeyboardEvent| {
             let (dr, dc): (isize, isize) = match e.key().as_str() {
                 "ArrowUp" => (-1, 0),
                 "ArrowDown" => (1, 0),
@@ -96,7 +97,7 @@ pub fn init(app: &Rc<App>) -> Result<Rc<Live>> {
                 _ => return,
             };
             e.prevent_default();
-            let level = level_of("rf-level");
+            let level = level_of(&level_select);
             let (mut r, mut c) = ((chosen.get() / size) as isize, (chosen.get() % size) as isize);
             for _ in 0..size {
                 r = (r + dr).rem_euclid(size as isize);

@@ -3,10 +3,11 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use web_sys::{Event, HtmlCanvasElement, HtmlElement, HtmlInputElement, MouseEvent};
+use web_sys::{Event, HtmlInputElement, MouseEvent};
 
+use super::dom::by_id;
 use super::live::Live;
-use super::{App, by_id, canvas_pixel, create, draw_tiles, input_value, ms, now, on, report};
+use super::{App, canvas_pixel, create, draw_tiles, ms, now, on, parsed, report};
 use crate::engine::Face;
 use crate::error::Result;
 
@@ -24,7 +25,8 @@ pub fn default_temperatures(levels: usize) -> Vec<f64> {
 
 pub fn init(app: &Rc<App>) -> Result<Rc<Live>> {
     let levels = app.engine.levels();
-    let temps_box: HtmlElement = by_id("sample-temps")?;
+    let elements = &app.page.sample;
+    let temps_box = &elements.temperatures;
     temps_box.set_inner_html("");
     let live = Live::new();
     for (level, t) in app.temperatures().into_iter().enumerate() {
@@ -38,7 +40,9 @@ pub fn init(app: &Rc<App>) -> Result<Rc<Live>> {
             "<span>{name}</span><input type=range id=temp-{level} min=0 max=1.5 step=0.05 value={t}><output id=temp-out-{level}>{t:.2}</output>"
         ));
         temps_box.append_child(&label).ok();
+        // Made here, so found here (and only here).
         let input: HtmlInputElement = by_id(&format!("temp-{level}"))?;
+        let output: web_sys::HtmlElement = by_id(&format!("temp-out-{level}"))?;
         let (a, l) = (app.clone(), live.clone());
         on(&input, "input", move |e: Event| {
             let v: f64 = e
@@ -49,18 +53,18 @@ pub fn init(app: &Rc<App>) -> Result<Rc<Live>> {
             let mut temps = a.temperatures();
             temps[level] = v;
             a.set_temperatures(temps);
-            super::dom::set_text(&format!("temp-out-{level}"), &format!("{v:.2}"));
+            output.set_text_content(Some(&format!("{v:.2}")));
             l.trigger();
         });
     }
     let faces: Rc<RefCell<Vec<Face>>> = Rc::new(RefCell::new(Vec::new()));
-    let grid: HtmlCanvasElement = by_id("sample-grid")?;
+    let grid = elements.grid.clone();
     {
         let (a, faces, grid) = (app.clone(), faces.clone(), grid.clone());
         live.set(move || {
             let (a, faces, grid) = (a.clone(), faces.clone(), grid.clone());
             async move {
-                let seed = input_value("sample-seed").and_then(|s| s.trim().parse::<u64>().ok()).unwrap_or(0);
+                let seed = parsed::<u64>(&a.page.sample.seed).unwrap_or(0);
                 let t = now();
                 let result = a.engine.sample(GRID, &a.temperatures(), seed).await.map(|new| {
                     let c = a.engine.config();
@@ -78,20 +82,16 @@ pub fn init(app: &Rc<App>) -> Result<Rc<Live>> {
                         a.backend_label()
                     )
                 });
-                report("sample-status", result);
+                report(&a.page.sample.status, result);
             }
         });
     }
-    let seed: HtmlInputElement = by_id("sample-seed")?;
     let l = live.clone();
-    on(&seed, "input", move |_: Event| l.trigger());
-    let reseed: HtmlElement = by_id("sample-reseed")?;
-    let l = live.clone();
-    on(&reseed, "click", move |_: MouseEvent| {
-        if let Ok(seed) = by_id::<HtmlInputElement>("sample-seed") {
-            let next = seed.value().trim().parse::<u64>().unwrap_or(0).wrapping_add(1);
-            seed.set_value(&next.to_string());
-        }
+    on(&elements.seed, "input", move |_: Event| l.trigger());
+    let (l, seed) = (live.clone(), elements.seed.clone());
+    on(&elements.reseed, "click", move |_: MouseEvent| {
+        let next = parsed::<u64>(&seed).unwrap_or(0).wrapping_add(1);
+        seed.set_value(&next.to_string());
         l.trigger();
     });
     let (a, faces_for_click) = (app.clone(), faces.clone());
@@ -103,7 +103,7 @@ pub fn init(app: &Rc<App>) -> Result<Rc<Live>> {
         let face = faces_for_click.borrow().get(index).cloned();
         if let Some(face) = face {
             a.pick(face);
-            report("sample-status", Ok(format!("Face {} picked: the other panels now use it", index + 1)));
+            report(&a.page.sample.status, Ok(format!("Face {} picked: the other panels now use it", index + 1)));
         }
     });
     Ok(live)

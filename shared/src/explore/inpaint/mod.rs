@@ -9,12 +9,15 @@
 //!   known pixels back and re-encodes, a few times, so the cone's latents come
 //!   to agree with the known pixels (the RePaint idea carried over to a flow).
 //!   No gradients; `K` completions at once, seeded, a temperature per level.
-//! - [`Inpainter`] finds the mode: Adam on `log p(x)` over the hole's pixels.
-//!   A flow's density prefers smooth images, so this fill is nearly flat.
+//! - `Inpainter` finds the mode: Adam on `log p(x)` over the hole's pixels
+//!   (with the `autodiff` feature: it differentiates through the flow). A
+//!   flow's density prefers smooth images, so this fill is nearly flat.
 
+#[cfg(feature = "autodiff")]
 mod map;
 mod sample;
 
+#[cfg(feature = "autodiff")]
 pub use map::{InpaintOptions, InpaintResult, Inpainter, inpaint};
 pub use sample::{ConeSampler, SampleOptions};
 
