@@ -13,13 +13,26 @@ try {
     const browser = await puppeteer.launch({ executablePath: chromePath(), args: chromeArgs(true), protocolTimeout: 20 * 60 * 1000 });
     try {
       const page = await browser.newPage();
+      // When the page turns ready (its first face drawn), by the page's own
+      // clock: the same measure for any build of the page.
+      await page.evaluateOnNewDocument(() => {
+        new MutationObserver((_, observer) => {
+          const app = document.getElementById('app');
+          if (app && app.dataset.state === 'ready') {
+            window.__readyAt = performance.now();
+            observer.disconnect();
+          }
+        }).observe(document, { subtree: true, attributes: true, attributeFilter: ['data-state'] });
+      });
       await page.goto(server.url + query);
       // A slow backend (SwiftShader) reports what it measured within the limit.
       const finished = await page.waitForSelector('#bench[data-done], #app[data-state="failed"]', { timeout: LIMIT })
         .then(() => true, () => false);
       const text = await page.$eval('#bench', (e) => e.textContent || '');
       const status = await page.$eval('#status', (e) => e.textContent);
-      console.log(`== ${name}${finished ? '' : ` (stopped after ${minutes} min)`}\n${text || 'no result: ' + status}\n`);
+      const readyAt = await page.evaluate(() => window.__readyAt);
+      const ready = readyAt === undefined ? '' : `page ready (first face drawn) ${readyAt.toFixed(0)} ms after navigation start\n`;
+      console.log(`== ${name}${finished ? '' : ` (stopped after ${minutes} min)`}\n${ready}${text || 'no result: ' + status}\n`);
     } finally {
       await browser.close();
     }

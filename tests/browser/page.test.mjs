@@ -1,8 +1,8 @@
 // End-to-end test of the demo page in headless Chromium: it loads the built
 // site, checks the backend line, moves a temperature slider with the
 // keyboard, and checks that the face grid changed and is not blank. Saves a
-// screenshot per run. Also: a missing weight file gives a message on the
-// page, an element missing from the page fails the load and is named, a
+// screenshot per run. Also: the page stays responsive while the engine's
+// worker inpaints, a missing weight file gives a message on the page, an element missing from the page fails the load and is named, a
 // foreign `?model=` is refused, a poisoned cache entry is replaced,
 // an oversized upload is refused, and "Play walk" clicked twice stops.
 // Usage: node page.test.mjs DIST_DIR OUT_DIR
@@ -83,6 +83,7 @@ async function panels(browser, base) {
   await page.click('#inpaint-erase');
   console.log('  inpaint:', await settle('inpaint-status', /rounds in/));
   console.log('  inpaint stroke:', await brushStroke(page, settle));
+  console.log('  responsive:', await responsive(page, settle));
   await page.click('#tab-explore');
   console.log('  explore:', await settle('explore-status', /Decoded in/));
   // Play, then Stop while the walk is still being computed: no animation may start.
@@ -170,6 +171,39 @@ async function brushStroke(page, settle) {
   assert.deepEqual(outside, [], 'pixels changed outside the brush stroke');
   assert.ok(filled >= 0.8 * near, `only ${filled} of the ${near} pixels on the stroke were filled`);
   return `${filled} of ${near} pixels on the stroke filled, none changed outside it; ${text}`;
+}
+
+// The page keeps running while the engine works (it is in a Web Worker): a
+// 5 ms timer keeps ticking through a 32-round inpainting fill. Were the fill
+// on the main thread, the longest gap between ticks would be the fill itself.
+async function responsive(page, settle) {
+  await page.click('#inpaint-reset');
+  await settle('inpaint-status', /Paint over/);
+  await page.$eval('#inpaint-rounds', (e) => { e.value = e.max; e.dispatchEvent(new Event('input')); });
+  await settle('inpaint-status', /Paint over/);
+  const r = await page.evaluate(() => new Promise((resolve) => {
+    const status = document.getElementById('inpaint-status');
+    const rounds = document.getElementById('inpaint-rounds').value;
+    const ticks = [];
+    const timer = setInterval(() => ticks.push(performance.now()), 5);
+    const t0 = performance.now();
+    const observer = new MutationObserver(() => {
+      if (!new RegExp(`^${rounds} rounds in`).test(status.textContent) && !status.classList.contains('error')) return;
+      const t1 = performance.now();
+      clearInterval(timer);
+      observer.disconnect();
+      const points = [t0, ...ticks.filter((t) => t > t0 && t < t1), t1];
+      const maxGap = Math.max(...points.slice(1).map((t, i) => t - points[i]));
+      resolve({ maxGap, busy: t1 - t0, ticks: points.length - 2, text: status.textContent, error: status.classList.contains('error') });
+    });
+    observer.observe(status, { childList: true, characterData: true, subtree: true });
+    document.getElementById('inpaint-erase').click();
+  }));
+  assert.ok(!r.error, `inpaint-status: ${r.text}`);
+  assert.ok(r.busy > 50, `the fill took ${r.busy.toFixed(0)} ms: too short to tell a frozen page from a live one`);
+  assert.ok(r.maxGap < Math.max(50, r.busy / 4),
+    `the page froze for ${r.maxGap.toFixed(0)} ms of a ${r.busy.toFixed(0)} ms fill (the engine runs on the main thread?)`);
+  return `a 5 ms timer ticked ${r.ticks} times during a ${r.busy.toFixed(0)} ms fill, longest gap ${r.maxGap.toFixed(0)} ms; ${r.text}`;
 }
 
 async function missingWeights(browser, base) {

@@ -37,9 +37,11 @@ pub async fn choose(preference: Preference) -> Chosen {
 }
 
 /// Why WebGPU cannot work here, if that is known before asking for an adapter.
+/// (The global scope's navigator: a window's or, in the engine's worker, a
+/// worker's.)
 #[cfg(target_arch = "wasm32")]
 fn missing_webgpu() -> Option<String> {
-    let navigator = web_sys::window()?.navigator();
+    let navigator = js_sys::Reflect::get(&js_sys::global(), &"navigator".into()).ok()?;
     let gpu = js_sys::Reflect::get(&navigator, &"gpu".into()).ok()?;
     (gpu.is_undefined() || gpu.is_null()).then(|| "this browser has no WebGPU (navigator.gpu is missing)".to_string())
 }

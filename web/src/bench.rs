@@ -4,24 +4,36 @@
 
 use web_sys::HtmlElement;
 
-use crate::engine::{Engine, Face};
+use crate::engine::Face;
 use crate::error::Result;
 use crate::ui::now;
+use crate::worker::client::EngineClient;
 
 /// Timed repetitions after one warm-up.
 const REPEATS: usize = 3;
 /// Sampler rounds of one stroke (as the Inpaint panel's default).
 pub const STROKE_ROUNDS: usize = 8;
 
-pub async fn run(engine: &Engine, out: &HtmlElement, first_face_ms: f64) {
+/// `marks`: the start-up's steps, in ms from navigation start (the first
+/// face among them).
+pub async fn run(engine: &EngineClient, out: &HtmlElement, marks: &[(&str, f64)]) {
     let show = |line: &str, done: bool| show(out, line, done);
     show(&format!("backend: {}", engine.backend().label()), false);
-    show(
-        &format!(
-            "time to first face: {first_face_ms:.0} ms (page start to the first face decoded, weights download included)"
-        ),
-        false,
-    );
+    let mark = |name: &str| marks.iter().find(|(n, _)| *n == name).map(|(_, t)| *t);
+    if let (Some(first), Some(start)) = (mark("first face"), mark("page wasm started")) {
+        show(
+            &format!(
+                "time to first face: {first:.0} ms from navigation start, {:.0} ms from the page's wasm start \
+                 (the worker's wasm, weights download, backend start and the first face decoded)",
+                first - start
+            ),
+            false,
+        );
+    }
+    let mut steps = marks.to_vec();
+    steps.sort_by(|a, b| a.1.total_cmp(&b.1));
+    let steps: Vec<String> = steps.iter().map(|(name, t)| format!("{name} {t:.0}")).collect();
+    show(&format!("start-up, ms from navigation start: {}", steps.join(", ")), false);
     if let Err(e) = measure(engine, &show).await {
         show(&format!("benchmark failed: {e}"), false);
     }
@@ -41,7 +53,7 @@ fn show(out: &HtmlElement, line: &str, done: bool) {
     }
 }
 
-async fn measure(engine: &Engine, show: &impl Fn(&str, bool)) -> Result<()> {
+async fn measure(engine: &EngineClient, show: &impl Fn(&str, bool)) -> Result<()> {
     let temps = crate::ui::default_temperatures(engine.levels());
     let batch = crate::ui::GRID;
     engine.sample(batch, &temps, 1).await?;
@@ -60,12 +72,14 @@ async fn measure(engine: &Engine, show: &impl Fn(&str, bool)) -> Result<()> {
             mask[r * size + c] = true;
         }
     }
+    // As the Inpaint panel runs one: rounds in the worker, two at a time.
     let stroke = || async {
-        let mut sampler = engine.cone_sampler(&face, &mask, engine.stroke_options(0.8, STROKE_ROUNDS, 1)?)?;
-        for _ in 0..STROKE_ROUNDS {
-            engine.sampler_round(&mut sampler).await?;
+        let stroke = engine.stroke(&face, &mask, 0.8, STROKE_ROUNDS, 1).await?;
+        let mut image = Vec::new();
+        for _ in 0..STROKE_ROUNDS / 2 {
+            image = stroke.rounds(2).await?;
         }
-        engine.sampled(&sampler).await
+        Ok::<_, crate::WebError>(image)
     };
     stroke().await?;
     let t = now();

@@ -16,7 +16,7 @@ use rgflow::{LevelTemperatures, PackedFlow, RgFlow, RgFlowConfig};
 use crate::error::{Result, WebError};
 
 /// Which compute backend runs the model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum BackendKind {
     /// burn-wgpu on the browser's WebGPU (or native wgpu).
     WebGpu,
@@ -34,7 +34,7 @@ impl BackendKind {
 }
 
 /// One image together with its latents, both on the host.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Face {
     /// Pixels in `[0, 1]`, `[C, L, L]` flattened.
     pub x01: Vec<f32>,

@@ -12,6 +12,10 @@ pub enum WebError {
     /// A compute backend failed (WebGPU lost, readback failed).
     #[error("backend: {0}")]
     Backend(String),
+    /// The engine's worker refused a request (its text as the engine said
+    /// it), failed to start, or is gone.
+    #[error("{0}")]
+    Engine(String),
     /// Bad input from the user (not an image, wrong size).
     #[error("{0}")]
     Input(String),

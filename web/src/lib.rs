@@ -3,11 +3,13 @@
 //! share one implementation of the model and of its scale-aware operations.
 //!
 //! [`engine`] holds every operation without touching the DOM (and is what
-//! the wasm-bindgen tests call); `ui` wires it to the page of `index.html`.
+//! the wasm-bindgen tests call); [`worker`] runs it in a Web Worker, and `ui`
+//! wires the worker's client to the page of `index.html`.
 
 pub mod backend;
 pub mod engine;
 pub mod error;
+pub mod worker;
 
 #[cfg(target_arch = "wasm32")]
 mod bench;

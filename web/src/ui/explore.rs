@@ -29,7 +29,7 @@ pub fn init(app: &Rc<App>) -> Result<Rc<Live>> {
     let levels = app.engine.levels();
     let top = levels - 1;
     let c = app.engine.config().clone();
-    let per_channel = app.engine.flow().lattice().level_elements(top, 1).len();
+    let per_channel = app.engine.lattice().level_elements(top, 1).len();
     let elements = &app.page.explore;
     let box_ = &elements.sliders;
     box_.set_inner_html("");

@@ -1,6 +1,7 @@
 //! Inpaint panel: paint over a face (mouse, pen or finger) and watch the
 //! model draw a completion of the painted pixels while the brush moves,
-//! round by round, re-running only the O(log L) blocks in their causal cone.
+//! round by round, re-running only the O(log L) blocks in their causal cone
+//! (in the engine's worker: the brush never waits for a round).
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -180,14 +181,13 @@ async fn fill(app: &App, state: &RefCell<Canvas>, redraw: &impl Fn(&Canvas)) -> 
         (s.base.clone(), s.mask.clone(), s.seed)
     };
     let t = now();
-    let options = app.engine.stroke_options(temperature, rounds, seed)?;
-    let mut sampler = app.engine.cone_sampler(&face, &mask, options)?;
-    for round in 1..=rounds {
-        app.engine.sampler_round(&mut sampler).await?;
-        if round % SHOW_EVERY != 0 && round != rounds {
-            continue;
-        }
-        let image = app.engine.sampled(&sampler).await?;
+    let stroke = app.engine.stroke(&face, &mask, temperature, rounds, seed).await?;
+    let mut done = 0;
+    while done < rounds {
+        // Rounds in the worker; the page draws what they give every few.
+        let step = SHOW_EVERY.min(rounds - done);
+        let image = stroke.rounds(step).await?;
+        done += step;
         let mut s = state.borrow_mut();
         // Pixels painted meanwhile stay grey until the next run fills them.
         for (e, v) in image.into_iter().enumerate() {
@@ -203,7 +203,7 @@ async fn fill(app: &App, state: &RefCell<Canvas>, redraw: &impl Fn(&Canvas)) -> 
         ms(elapsed),
         ms(elapsed / rounds as f64),
         app.backend_label(),
-        sampler.blocks_per_round(),
-        2 * sampler.blocks_total()
+        stroke.blocks_per_round(),
+        2 * stroke.blocks_total()
     ))
 }

@@ -16,10 +16,10 @@ use std::rc::Rc;
 
 use web_sys::{HtmlElement, KeyboardEvent, MouseEvent};
 
-use crate::backend::{self, Preference};
-use crate::engine::{BackendKind, Engine, Face};
+use crate::engine::{BackendKind, Face};
 use crate::error::Result;
 use crate::weights;
+use crate::worker::client::{EngineClient, EngineWorker, WORKER_URL};
 pub use dom::now;
 use live::Live;
 pub use page::Page;
@@ -30,7 +30,8 @@ pub const DEFAULT_MODEL_URL: &str = "models/celeba32.rgflow";
 
 /// State shared by the panels.
 pub struct App {
-    pub engine: Rc<Engine>,
+    /// The model, computed in the engine's worker.
+    pub engine: Rc<EngineClient>,
     /// The page's elements.
     pub page: Page,
     /// The face the Mix, Inpaint, Explore and Receptive panels work on.
@@ -154,15 +155,11 @@ pub async fn start() {
 async fn run(t0: f64) -> Result<()> {
     let page = Page::find()?;
     let frame = &page.frame;
-    let preference = if query("backend").as_deref() == Some("cpu") { Preference::Cpu } else { Preference::Auto };
+    // The worker compiles the engine's wasm while the weights download; its
+    // backend starts as soon as it listens.
+    let worker = EngineWorker::spawn(WORKER_URL, |why| page_status(why, true))?;
     status(&frame.status, "Starting the compute backend…", false);
-    let chosen = backend::choose(preference).await;
-    let backend_text = match (&chosen.kind, &chosen.fallback_reason) {
-        (BackendKind::WebGpu, _) => "WebGPU".to_string(),
-        (BackendKind::Cpu, Some(reason)) => format!("CPU — {reason}"),
-        (BackendKind::Cpu, None) => "CPU".to_string(),
-    };
-    frame.backend.set_text_content(Some(&backend_text));
+    let started = worker.start(query("backend").as_deref() == Some("cpu"));
 
     let url = weights::same_origin_url(&query("model").unwrap_or_else(|| DEFAULT_MODEL_URL.to_string()))?;
     status(&frame.status, &format!("Loading the model ({url})…"), false);
@@ -175,16 +172,21 @@ async fn run(t0: f64) -> Result<()> {
         _ => progress.remove_attribute("value").unwrap_or(()),
     };
     let mut download = weights::load(&url, true, &show).await?;
+    let mut marks = vec![("page wasm started", t0), ("weights downloaded", now())];
+    let (kind, reason) = started.await?;
+    marks.push(("backend started", now()));
+    frame.backend.set_text_content(Some(&backend_line(kind, reason.as_deref())));
     // A cached copy that fails validation is dropped and fetched again; a
     // file enters the cache only once it loaded.
-    let engine = match Engine::load(download.bytes.clone(), &url, chosen.device.clone(), chosen.kind) {
+    let engine = match EngineClient::load(&worker, download.bytes.clone(), &url, kind).await {
         Err(_) if download.origin == weights::Origin::Cache => {
             weights::evict(&url).await;
             download = weights::load(&url, false, &show).await?;
-            Engine::load(download.bytes.clone(), &url, chosen.device, chosen.kind)?
+            EngineClient::load(&worker, download.bytes.clone(), &url, kind).await?
         }
         loaded => loaded?,
     };
+    marks.push(("model loaded", now()));
     let (size, origin) = (download.bytes.len(), download.origin);
     weights::remember(&url, download).await;
     let c = engine.config().clone();
@@ -194,7 +196,7 @@ async fn run(t0: f64) -> Result<()> {
         c.image_size,
         c.image_size,
         engine.levels(),
-        engine.flow().num_parameters() as f64 / 1e6,
+        engine.num_parameters() as f64 / 1e6,
         size as f64 / 1e6,
         if origin == weights::Origin::Cache { " (cached)" } else { "" }
     )));
@@ -202,7 +204,10 @@ async fn run(t0: f64) -> Result<()> {
     let levels = engine.levels();
     let engine = Rc::new(engine);
     let first = engine.sample(1, &sample::default_temperatures(levels), 0).await?.remove(0);
-    let first_face_ms = now() - t0;
+    marks.push(("first face", now()));
+    if let Some(at) = worker.ready_at() {
+        marks.push(("worker listening", at));
+    }
     let app = Rc::new(App {
         engine,
         page,
@@ -226,9 +231,18 @@ async fn run(t0: f64) -> Result<()> {
     status(&frame.status, &format!("Ready in {:.0} ms.", now() - t0), false);
     let _ = frame.app.set_attribute("data-state", "ready");
     if query("bench").is_some() {
-        crate::bench::run(&app.engine, &frame.bench, first_face_ms).await;
+        crate::bench::run(&app.engine, &frame.bench, &marks).await;
     }
     Ok(())
+}
+
+/// The backend line: which backend, and why not WebGPU.
+fn backend_line(kind: BackendKind, fallback_reason: Option<&str>) -> String {
+    match (kind, fallback_reason) {
+        (BackendKind::WebGpu, _) => "WebGPU".to_string(),
+        (BackendKind::Cpu, Some(reason)) => format!("CPU — {reason}"),
+        (BackendKind::Cpu, None) => "CPU".to_string(),
+    }
 }
 
 /// Tab buttons: click, and arrow keys between tabs (WAI-ARIA tabs pattern).

@@ -14,7 +14,7 @@ pub fn init(app: &Rc<App>) -> Result<Rc<Live>> {
     let levels = app.engine.levels();
     let size = app.engine.config().image_size;
     let channels = app.engine.config().channels;
-    let site_level = app.engine.flow().lattice().site_level.clone();
+    let site_level = app.engine.lattice().site_level.clone();
     let elements = &app.page.receptive;
     let select = &elements.level;
     select.set_inner_html("");
