@@ -4,13 +4,15 @@ side-by-side comparison on the same machine.
 
     git clone https://github.com/hongyehu/RG-Flow /tmp/RG-Flow
     pip install torch==2.5.1 numpy
-    python3 bench/pytorch_reference.py /tmp/RG-Flow/code [--threads 2]
+    python3 bench/pytorch_reference.py /tmp/RG-Flow/code [--threads 2] [--cuda 0]
 
 It builds their MERA of RNVP / ResNetReshape networks exactly as their
 `main.build_mera`, jitters every parameter by 0.02 (as `trainer bench` does:
 the zero-initialised final scales would make every coupling the identity),
 and times their training step (`logit_transform` -> `log_prob` -> backward ->
-`clip_grad_norm_` -> AdamW) and `flow.sample` on batches of uniform images.
+`clip_grad_norm_` -> AdamW) and `flow.sample` on batches of uniform images,
+on the CPU or (`--cuda N`, their own flag) on a GPU, synchronised before
+each clock read.
 Modules their data and plotting code imports but the model does not need
 (h5py, PIL, torchvision, matplotlib, skimage) are stubbed, so only torch and numpy are required.
 """
@@ -49,6 +51,7 @@ def main():
     cli.add_argument("--nresblocks", default="2")
     cli.add_argument("--nmlp", default="2")
     cli.add_argument("--nhidden", default="128")
+    cli.add_argument("--cuda", default="", help="their --cuda: GPU indices (e.g. 0); empty for the CPU")
     opts = cli.parse_args()
 
     # Their `args` module parses sys.argv when imported.
@@ -56,6 +59,8 @@ def main():
                 "--nlayers", opts.nlayers, "--nresblocks", opts.nresblocks,
                 "--nmlp", opts.nmlp, "--nhidden", opts.nhidden,
                 "--batch_size", str(opts.batch), "--out_dir", ""]
+    if opts.cuda:
+        sys.argv += ["--cuda", opts.cuda]
     sys.path.insert(0, opts.authors_code)
     stub_modules()
 
@@ -66,6 +71,13 @@ def main():
     torch.manual_seed(0)
     import main as authors  # builds nothing at import: training runs under __main__
     from utils import logit_transform
+    from args import args as their_args
+
+    device = their_args.device
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
 
     flow = authors.build_mera()
     with torch.no_grad():
@@ -76,12 +88,14 @@ def main():
     nparams = sum(p.numel() for p in params)
     print(f"authors' PyTorch {torch.__version__}: L 32 C 3 nlayers {opts.nlayers} nresblocks "
           f"{opts.nresblocks} nmlp {opts.nmlp} nhidden {opts.nhidden}; {nparams} parameters; "
-          f"batch {opts.batch}; {torch.get_num_threads()} threads")
+          f"batch {opts.batch}; {torch.get_num_threads()} threads; device {device}"
+          + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
 
     num_dims = 3 * 32 * 32
     elapsed = 0.0
     for step in range(opts.steps + 2):
-        x01 = torch.rand(opts.batch, 3, 32, 32)
+        x01 = torch.rand(opts.batch, 3, 32, 32, device=device)
+        sync()
         t0 = time.perf_counter()
         x, ldj_logit = logit_transform(x01)
         loss = -(flow.log_prob(x) + ldj_logit).mean() / num_dims
@@ -89,6 +103,7 @@ def main():
         loss.backward()
         clip_grad_norm_(params, 1.0)
         optimizer.step()
+        sync()
         if step >= 2:
             elapsed += time.perf_counter() - t0
     ms = elapsed / opts.steps * 1e3
@@ -98,8 +113,10 @@ def main():
     elapsed = 0.0
     with torch.no_grad():
         for batch in range(opts.sample_batches + 1):
+            sync()
             t0 = time.perf_counter()
             flow.sample(opts.batch)
+            sync()
             if batch >= 1:
                 elapsed += time.perf_counter() - t0
     ms = elapsed / opts.sample_batches * 1e3

@@ -30,6 +30,7 @@ pub mod cone;
 pub mod config;
 pub mod coupling;
 pub mod decoder;
+pub mod dispatch;
 pub mod error;
 pub mod explore;
 pub mod flow;

@@ -1,4 +1,5 @@
-//! `trainer bench`: training and sampling throughput for a config, printed,
+//! `trainer bench`: training and sampling throughput for a config (and, on a
+//! GPU backend, the dispatches a step and a sampling batch take), printed,
 //! never asserted. Compare with the authors' PyTorch code at the same config
 //! on the same idle machine.
 
@@ -123,6 +124,23 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             print_product_bound(&model.valid(), images_per_sec, stack_precision);
         }
     }
+    #[cfg(feature = "wgpu")]
+    if !args.sample_only && !rgflow::host_memory(&device) {
+        // One step as `train` runs it: per-image losses and the gradient
+        // norm read back, clipped, AdamW.
+        let x01 = Tensor::<4>::random(dims, Distribution::Uniform(0.0, 1.0), &device);
+        let x01 = rgflow::dispatch::read_to_host(x01).try_into_vec_as::<f32>().expect("f32 images");
+        let count = counted(&train_device, || {
+            let devices = [train_device.clone()];
+            let crate::parallel::StepGradients { mut grads, .. } =
+                crate::parallel::gradients(&model, x01, args.batch, &devices);
+            if let Some(norm) = clip_global_norm(&model, &mut grads, 1.0) {
+                let _ = rgflow::dispatch::read_to_host(norm.inner());
+            }
+            model = optim.step(1e-3, model.clone(), grads);
+        });
+        print_count("train", "step", &count);
+    }
 
     let valid = model.valid();
     let temps = LevelTemperatures::uniform(config.levels(), 1.0);
@@ -136,6 +154,14 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         per_batch * 1e3,
         args.batch
     );
+    #[cfg(feature = "wgpu")]
+    if !rgflow::host_memory(&device) {
+        let z = latents(u64::MAX)?;
+        let count = counted(&device, || {
+            let _ = rgflow::dispatch::read_to_host(valid.decode(z));
+        });
+        print_count("sample", "batch", &count);
+    }
 
     if rgflow::host_memory(&device) {
         for precision in [ProductPrecision::F32, ProductPrecision::Bf16] {
@@ -173,6 +199,28 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         per_batch * 1e3
     );
     Ok(())
+}
+
+/// Dispatches, distinct kernels and host reads of `work`, on a device
+/// synchronised before and after it (so burn's fusion launches exactly the
+/// work's kernels inside the count).
+#[cfg(feature = "wgpu")]
+fn counted(device: &Device, work: impl FnOnce()) -> rgflow::dispatch::DispatchCount {
+    sync(device);
+    let counter = rgflow::dispatch::DispatchCounter::start();
+    work();
+    sync(device);
+    counter.finish()
+}
+
+#[cfg(feature = "wgpu")]
+fn print_count(what: &str, per: &str, count: &rgflow::dispatch::DispatchCount) {
+    let top: Vec<String> = count
+        .most_launched(6)
+        .iter()
+        .map(|(name, n)| format!("{n} {}", rgflow::dispatch::short_kernel_name(name)))
+        .collect();
+    println!("{what}:  per {per}: {count}; most launched: {}", top.join(", "));
 }
 
 /// Mean seconds of `run` over `batches` inputs made by `input(i)` (made

@@ -25,7 +25,7 @@ pub struct StepGradients {
 }
 
 fn host(t: Tensor<1>) -> Vec<f32> {
-    t.inner().into_data().try_into_vec_as::<f32>().expect("f32 loss")
+    rgflow::dispatch::read_to_host(t.inner()).try_into_vec_as::<f32>().expect("f32 loss")
 }
 
 /// Forward and backward of a batch (`x01`: `len` images, host values) on

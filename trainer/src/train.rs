@@ -367,7 +367,7 @@ impl Run {
         let mean = bpd.iter().sum::<f64>() / bpd.len() as f64;
         let std = (bpd.iter().map(|b| (b - mean).powi(2)).sum::<f64>() / (bpd.len().max(2) - 1) as f64).sqrt();
         let grad_norm = global_norm(&self.model, &mut grads, self.settings.clip_grad)
-            .map(|g| g.inner().into_scalar::<f32>() as f64);
+            .map(|g| rgflow::dispatch::read_to_host(g.inner()).try_to_vec::<f32>().expect("f32 norm")[0] as f64);
         let applied = mean.is_finite() && grad_norm.is_none_or(f64::is_finite);
         if applied {
             self.model = self.optim.step(lr, self.model, grads);
