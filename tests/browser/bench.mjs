@@ -1,15 +1,22 @@
 // Browser benchmark: loads the built page with `?bench` on every backend
 // headless Chromium offers here and prints the page's figures (time to
 // first face, ms per face in a batch of 16, ms per inpainting stroke).
-// Usage: node bench.mjs [DIST_DIR] [MINUTES_PER_BACKEND]
+// Usage: node bench.mjs [DIST_DIR] [MINUTES_PER_BACKEND] [BACKENDS]
+// BACKENDS is a comma-separated subset of cpu,webgpu (default both).
 import puppeteer from 'puppeteer-core';
 import { serve, chromeArgs, chromePath } from './serve.mjs';
 
-const [dist = '../../dist', minutes = '20'] = process.argv.slice(2);
+const [dist = '../../dist', minutes = '20', backends = 'cpu,webgpu'] = process.argv.slice(2);
 const LIMIT = Number(minutes) * 60 * 1000;
+const QUERIES = { cpu: '?bench&backend=cpu', webgpu: '?bench' };
+const chosen = backends.split(',');
+for (const name of chosen) {
+  if (!(name in QUERIES)) throw new Error(`unknown backend '${name}' (expected a subset of ${Object.keys(QUERIES).join(',')})`);
+}
 const server = await serve(dist);
 try {
-  for (const [name, query] of [['cpu', '?bench&backend=cpu'], ['webgpu', '?bench']]) {
+  for (const name of chosen) {
+    const query = QUERIES[name];
     const browser = await puppeteer.launch({ executablePath: chromePath(), args: chromeArgs(true), protocolTimeout: 20 * 60 * 1000 });
     try {
       const page = await browser.newPage();

@@ -4,8 +4,8 @@
 
 use web_sys::HtmlElement;
 
-use crate::engine::Face;
 use crate::error::Result;
+use crate::face::Face;
 use crate::ui::now;
 use crate::worker::client::EngineClient;
 

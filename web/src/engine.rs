@@ -13,34 +13,9 @@ use rgflow::explore::levels::{level_values, mix_levels, with_level_values};
 use rgflow::explore::receptive::receptive_field_tensor;
 use rgflow::{LevelTemperatures, PackedFlow, RgFlow, RgFlowConfig};
 
+use crate::backend::BackendKind;
 use crate::error::{Result, WebError};
-
-/// Which compute backend runs the model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum BackendKind {
-    /// burn-wgpu on the browser's WebGPU (or native wgpu).
-    WebGpu,
-    /// burn-flex on the CPU (single-threaded in wasm).
-    Cpu,
-}
-
-impl BackendKind {
-    pub fn label(self) -> &'static str {
-        match self {
-            BackendKind::WebGpu => "WebGPU",
-            BackendKind::Cpu => "CPU (burn-flex)",
-        }
-    }
-}
-
-/// One image together with its latents, both on the host.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Face {
-    /// Pixels in `[0, 1]`, `[C, L, L]` flattened.
-    pub x01: Vec<f32>,
-    /// Latents, `[C, L, L]` flattened (level of a site: `RgFlow::lattice().site_level`).
-    pub z: Vec<f32>,
-}
+use crate::face::Face;
 
 /// A loaded model on a device.
 pub struct Engine {

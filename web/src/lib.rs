@@ -5,10 +5,19 @@
 //! [`engine`] holds every operation without touching the DOM (and is what
 //! the wasm-bindgen tests call); [`worker`] runs it in a Web Worker, and `ui`
 //! wires the worker's client to the page of `index.html`.
+//!
+//! The `engine` feature (on by default) brings the model's compute: the
+//! engine, its backends and the worker's side. The page's binary is built
+//! without it (`data-cargo-no-default-features` in `index.html`), so its
+//! module carries none of the backends' code: CubeCL registers its kernel
+//! builders from start-up constructors, which keeps all of them in any
+//! binary that merely links it.
 
 pub mod backend;
+#[cfg(feature = "engine")]
 pub mod engine;
 pub mod error;
+pub mod face;
 pub mod worker;
 
 #[cfg(target_arch = "wasm32")]
@@ -18,8 +27,11 @@ pub mod ui;
 #[cfg(target_arch = "wasm32")]
 pub mod weights;
 
-pub use engine::{BackendKind, Engine, Face};
+pub use backend::BackendKind;
+#[cfg(feature = "engine")]
+pub use engine::Engine;
 pub use error::{Result, WebError};
+pub use face::Face;
 
 /// Entry point of the page (called by the binary's `main`).
 #[cfg(target_arch = "wasm32")]

@@ -10,8 +10,8 @@ use web_sys::{Event, HtmlCanvasElement, MouseEvent, PointerEvent};
 
 use super::live::Live;
 use super::{App, canvas_pixel, draw_image, ms, now, on, parsed, report};
-use crate::engine::Face;
 use crate::error::Result;
+use crate::face::Face;
 
 /// Rounds between two redraws.
 const SHOW_EVERY: usize = 2;

@@ -8,8 +8,8 @@ use web_sys::Event;
 
 use super::live::Live;
 use super::{App, draw_image, draw_tiles, ms, now, on, parsed, report};
-use crate::engine::Face;
 use crate::error::{Result, WebError};
+use crate::face::Face;
 
 /// The strip for one (A, B) pair, kept while only λ moves.
 struct Strip {

@@ -16,8 +16,9 @@ use std::rc::Rc;
 
 use web_sys::{HtmlElement, KeyboardEvent, MouseEvent};
 
-use crate::engine::{BackendKind, Face};
+use crate::backend::BackendKind;
 use crate::error::Result;
+use crate::face::Face;
 use crate::weights;
 use crate::worker::client::{EngineClient, EngineWorker, WORKER_URL};
 pub use dom::now;

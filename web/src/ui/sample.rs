@@ -8,8 +8,8 @@ use web_sys::{Event, HtmlInputElement, MouseEvent};
 use super::dom::by_id;
 use super::live::Live;
 use super::{App, canvas_pixel, create, draw_tiles, ms, now, on, parsed, report};
-use crate::engine::Face;
 use crate::error::Result;
+use crate::face::Face;
 
 /// Faces in the grid (the benchmark's batch too).
 pub const GRID: usize = 16;

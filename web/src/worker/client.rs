@@ -17,8 +17,9 @@ use wasm_bindgen::prelude::*;
 use web_sys::{Event, MessageEvent, Worker, WorkerOptions, WorkerType};
 
 use super::protocol::{Envelope, FromWorker, ModelInfo, Request, Response, StrokeInfo, decode, encode};
-use crate::engine::{BackendKind, Face};
+use crate::backend::BackendKind;
 use crate::error::{Result, WebError};
+use crate::face::Face;
 
 /// The worker's loader, written by trunk next to the page (`data-loader-shim`
 /// on the worker's `<link>` in `index.html`).

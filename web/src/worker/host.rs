@@ -8,8 +8,8 @@ use burn::prelude::*;
 use rgflow::explore::inpaint::ConeSampler;
 
 use super::protocol::{ModelInfo, Request, Response, StrokeInfo};
-use crate::backend::{self, Preference};
-use crate::engine::{BackendKind, Engine};
+use crate::backend::{self, BackendKind, Preference};
+use crate::engine::Engine;
 use crate::error::{Result, WebError};
 
 /// Strokes kept at once: the page ends each one, so more means a page that

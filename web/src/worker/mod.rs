@@ -7,10 +7,11 @@
 //! runs natively in tests), `serve` is the worker's message loop and
 //! `client` the page's [`Engine`](crate::Engine)-like view of the worker.
 
+#[cfg(feature = "engine")]
 pub mod host;
 pub mod protocol;
 
 #[cfg(target_arch = "wasm32")]
 pub mod client;
-#[cfg(target_arch = "wasm32")]
+#[cfg(all(feature = "engine", target_arch = "wasm32"))]
 pub mod serve;

@@ -9,8 +9,9 @@
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{BackendKind, Face};
+use crate::backend::BackendKind;
 use crate::error::{Result, WebError};
+use crate::face::Face;
 
 /// A question from the page, answered by one [`Response`] (or an error).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
