@@ -1,9 +1,10 @@
 //! Counting what a piece of work asks of a GPU runtime: kernel dispatches,
 //! distinct compiled kernels and the host reads it waits for.
 //!
-//! On a GPU this model is launch-bound, not arithmetic-bound (2.4 M
-//! parameters, a few hundred small ops per pass), so these counts — not
-//! FLOPs — say how far a pass is from what the device allows. Dispatches and
+//! On a GPU this model's time goes to its many small ops (2.4 M parameters,
+//! tens of thousands of kernels per training step), not to arithmetic, so
+//! these counts — not FLOPs — say how far a pass is from what the device
+//! allows. Dispatches and
 //! kernels come from CubeCL's own hooks, on the thread that issues each
 //! launch (`cubecl::logging::LaunchObserver`, `cubecl::launched`): every
 //! CubeCL backend (wgpu, WebGPU, CUDA) reports there, whatever op or fused
@@ -32,21 +33,13 @@
 //! let values = read_to_host(x.exp());
 //! let count = counter.finish();
 //! // The CPU backend launches no CubeCL kernels; the read is ours.
-//! assert_eq!((count.dispatches, count.host_reads), (0, 1));
+//! assert_eq!((count.dispatches(), count.host_reads), (0, 1));
 //! assert_eq!(values.try_to_vec::<f32>().unwrap().len(), 2);
 //! # }
 //! ```
 
-#[cfg(feature = "wgpu")]
-use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
-#[cfg(feature = "wgpu")]
-use std::sync::{Arc, Mutex};
 
-#[cfg(feature = "wgpu")]
-use burn::cubecl::launched::LaunchedKernels;
-#[cfg(feature = "wgpu")]
-use burn::cubecl::logging::{LaunchObservation, LaunchObserver};
 use burn::prelude::*;
 use burn::tensor::TensorData;
 
@@ -66,29 +59,109 @@ pub fn host_reads() -> usize {
 }
 
 #[cfg(feature = "wgpu")]
-/// What was counted between [`DispatchCounter::start`] and
-/// [`DispatchCounter::finish`].
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct DispatchCount {
-    /// Kernel launches issued (each one dispatch on the device).
-    pub dispatches: usize,
-    /// Distinct kernels among them: compiled variants, told apart by
-    /// CubeCL's kernel id (name, settings and shapes it specialises on).
-    pub kernels: usize,
-    /// Launches per kernel name, as the kernels name themselves.
-    pub by_name: BTreeMap<String, usize>,
-    /// Reads made through [`read_to_host`].
-    pub host_reads: usize,
-}
+pub use counter::{DispatchCount, DispatchCounter};
 
+/// The counter, over CubeCL's hooks (only where a CubeCL backend is built in).
 #[cfg(feature = "wgpu")]
-impl DispatchCount {
-    /// The `n` most launched kernel names, most launched first (ties by name).
-    pub fn most_launched(&self, n: usize) -> Vec<(&str, usize)> {
-        let mut names: Vec<(&str, usize)> = self.by_name.iter().map(|(k, &v)| (k.as_str(), v)).collect();
-        names.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
-        names.truncate(n);
-        names
+mod counter {
+    use std::collections::{BTreeMap, HashMap};
+    use std::sync::{Arc, Mutex};
+
+    use burn::cubecl::launched::LaunchedKernels;
+    use burn::cubecl::logging::{LaunchObservation, LaunchObserver};
+
+    /// What was counted between [`DispatchCounter::start`] and
+    /// [`DispatchCounter::finish`].
+    #[derive(Debug, Clone, Default, PartialEq, Eq)]
+    pub struct DispatchCount {
+        /// Distinct kernels among them: compiled variants, told apart by
+        /// CubeCL's kernel id (name, settings and shapes it specialises on).
+        pub kernels: usize,
+        /// Launches per kernel name, as the kernels name themselves.
+        pub by_name: BTreeMap<String, usize>,
+        /// Reads made through [`read_to_host`](super::read_to_host).
+        pub host_reads: usize,
+    }
+
+    impl DispatchCount {
+        /// Kernel launches issued (each one dispatch on the device).
+        pub fn dispatches(&self) -> usize {
+            self.by_name.values().sum()
+        }
+
+        /// The `n` most launched kernel names, most launched first (ties by name).
+        pub fn most_launched(&self, n: usize) -> Vec<(&str, usize)> {
+            let mut names: Vec<(&str, usize)> = self.by_name.iter().map(|(k, &v)| (k.as_str(), v)).collect();
+            names.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+            names.truncate(n);
+            names
+        }
+    }
+
+    impl std::fmt::Display for DispatchCount {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(
+                f,
+                "{} dispatches ({} distinct kernels, {} kernel names), {} host reads",
+                self.dispatches(),
+                self.kernels,
+                self.by_name.len(),
+                self.host_reads
+            )
+        }
+    }
+
+    /// Launches per kernel name, told by CubeCL on the issuing thread.
+    #[derive(Default)]
+    struct Launches(Mutex<HashMap<&'static str, usize>>);
+
+    impl LaunchObserver for Launches {
+        fn launched(&self, kernel: &'static str) {
+            // A poisoned lock only means another launch's count panicked; the
+            // map itself is still whole.
+            let mut counts = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            *counts.entry(kernel).or_default() += 1;
+        }
+    }
+
+    /// Counts dispatches, distinct kernels and host reads from
+    /// [`start`](Self::start) to [`finish`](Self::finish), on every thread and
+    /// device (CubeCL's hooks are process-wide): one counter at a time is
+    /// meaningful, and work on other threads in between is counted too.
+    #[must_use = "counting stops when the counter is finished or dropped"]
+    pub struct DispatchCounter {
+        launches: Arc<Launches>,
+        observation: LaunchObservation,
+        kernels: LaunchedKernels,
+        host_reads_at_start: usize,
+    }
+
+    impl DispatchCounter {
+        /// Starts counting.
+        pub fn start() -> Self {
+            let launches = Arc::new(Launches::default());
+            Self {
+                observation: LaunchObservation::new(launches.clone()),
+                launches,
+                kernels: LaunchedKernels::new(),
+                host_reads_at_start: super::host_reads(),
+            }
+        }
+
+        /// Stops counting and returns what was counted.
+        pub fn finish(self) -> DispatchCount {
+            let Self { launches, observation, kernels, host_reads_at_start } = self;
+            drop(observation);
+            let kernels = kernels.finish().len();
+            let by_name: BTreeMap<String, usize> = launches
+                .0
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .map(|(name, &count)| (name.to_string(), count))
+                .collect();
+            DispatchCount { kernels, by_name, host_reads: super::host_reads() - host_reads_at_start }
+        }
     }
 }
 
@@ -135,82 +208,6 @@ pub fn short_kernel_name(name: &str) -> String {
     }
     flush(&mut segment, &mut out, depth);
     out
-}
-
-#[cfg(feature = "wgpu")]
-impl std::fmt::Display for DispatchCount {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} dispatches ({} distinct kernels, {} kernel names), {} host reads",
-            self.dispatches,
-            self.kernels,
-            self.by_name.len(),
-            self.host_reads
-        )
-    }
-}
-
-#[cfg(feature = "wgpu")]
-/// Launches per kernel name, told by CubeCL on the issuing thread.
-#[derive(Default)]
-struct Launches(Mutex<HashMap<&'static str, usize>>);
-
-#[cfg(feature = "wgpu")]
-impl LaunchObserver for Launches {
-    fn launched(&self, kernel: &'static str) {
-        // A poisoned lock only means another launch's count panicked; the
-        // map itself is still whole.
-        let mut counts = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        *counts.entry(kernel).or_default() += 1;
-    }
-}
-
-#[cfg(feature = "wgpu")]
-/// Counts dispatches, distinct kernels and host reads from
-/// [`start`](Self::start) to [`finish`](Self::finish), on every thread and
-/// device (CubeCL's hooks are process-wide): one counter at a time is
-/// meaningful, and work on other threads in between is counted too.
-#[must_use = "counting stops when the counter is finished or dropped"]
-pub struct DispatchCounter {
-    launches: Arc<Launches>,
-    observation: LaunchObservation,
-    kernels: LaunchedKernels,
-    host_reads_at_start: usize,
-}
-
-#[cfg(feature = "wgpu")]
-impl DispatchCounter {
-    /// Starts counting.
-    pub fn start() -> Self {
-        let launches = Arc::new(Launches::default());
-        Self {
-            observation: LaunchObservation::new(launches.clone()),
-            launches,
-            kernels: LaunchedKernels::new(),
-            host_reads_at_start: host_reads(),
-        }
-    }
-
-    /// Stops counting and returns what was counted.
-    pub fn finish(self) -> DispatchCount {
-        let Self { launches, observation, kernels, host_reads_at_start } = self;
-        drop(observation);
-        let kernels = kernels.finish().len();
-        let by_name: BTreeMap<String, usize> = launches
-            .0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(|(name, &count)| (name.to_string(), count))
-            .collect();
-        DispatchCount {
-            dispatches: by_name.values().sum(),
-            kernels,
-            by_name,
-            host_reads: host_reads() - host_reads_at_start,
-        }
-    }
 }
 
 #[cfg(test)]

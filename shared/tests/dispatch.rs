@@ -17,7 +17,7 @@ fn counts_wgpu_dispatches_kernels_and_reads() {
     let once = DispatchCounter::start();
     let a = read_to_host(x.clone().exp().sum());
     let once = once.finish();
-    assert!(once.dispatches >= 1, "{once}");
+    assert!(once.dispatches() >= 1, "{once}");
     assert_eq!(once.host_reads, 1);
     assert!(a.try_to_vec::<f32>().unwrap()[0] > 30.0);
 
@@ -27,7 +27,7 @@ fn counts_wgpu_dispatches_kernels_and_reads() {
         let _ = read_to_host(x.clone().exp().sum());
     }
     let twice = twice.finish();
-    assert_eq!(twice.dispatches, 2 * once.dispatches, "{once} / {twice}");
+    assert_eq!(twice.dispatches(), 2 * once.dispatches(), "{once} / {twice}");
     assert_eq!(twice.kernels, once.kernels, "{once} / {twice}");
     assert_eq!(twice.host_reads, 2);
     assert_eq!(twice.most_launched(1)[0].1, *twice.by_name.values().max().unwrap());

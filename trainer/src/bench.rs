@@ -129,7 +129,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         // One step as `train` runs it: per-image losses and the gradient
         // norm read back, clipped, AdamW.
         let x01 = Tensor::<4>::random(dims, Distribution::Uniform(0.0, 1.0), &device);
-        let x01 = rgflow::dispatch::read_to_host(x01).try_into_vec_as::<f32>().expect("f32 images");
+        // The step's input, made on the host as `train` gets it (not counted).
+        let x01 = x01.into_data().try_into_vec_as::<f32>().expect("f32 images");
         let count = counted(&train_device, || {
             let devices = [train_device.clone()];
             let crate::parallel::StepGradients { mut grads, .. } =
