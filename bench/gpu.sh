@@ -13,6 +13,9 @@
 #   CELEBA_DIR    a CelebA folder for the training run (skipped if missing)
 #   LABEL=TRAINER a name and a trainer binary built with the `wgpu` feature,
 #                 e.g. fusion=target/debug/trainer
+# PARTS=sampling times sampling only, with the first build: burn ops against
+# the fused GPU decoder at batch 1024, the fused decoder alone at 256, 4096
+# and 16384, and the authors' PyTorch at 1024 and 4096.
 set -uo pipefail
 
 AUTHORS=${1:?usage: bench/gpu.sh AUTHORS_CODE CELEBA_DIR LABEL=TRAINER ...}
@@ -39,6 +42,19 @@ torch() {
 
 log "GPU: $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || echo 'nvidia-smi missing')"
 log "CPU: $(nproc) cores;$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)"
+
+if [ "${PARTS:-all}" = sampling ]; then
+    first=${1#*=}
+    part sample-1024 150 "$first" bench --backend wgpu --sample-only --batch 1024 --sample-batches 5
+    for batch in 256 4096 16384; do
+        part "fused-$batch" 60 "$first" bench --backend wgpu --sample-only --fused-sampling-only \
+            --batch "$batch" --sample-batches 5
+    done
+    torch 1024 1 5
+    torch 4096 1 5
+    log "done"
+    exit 0
+fi
 
 for batch in 256 1024; do
     for build in "$@"; do

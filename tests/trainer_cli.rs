@@ -244,6 +244,22 @@ fn sample_precisions_agree() {
     assert!(err.contains("--precision bf16 is a CPU decoder option"), "{err}");
 }
 
+/// `sample --backend wgpu` (the fused GPU decoder, on lavapipe here) draws
+/// the picture the CPU draws.
+#[test]
+fn sample_on_the_gpu_matches_the_cpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let png = |backend: &str| {
+        let path = dir.path().join(format!("{backend}.png"));
+        ok(&["sample", "--out", path.to_str().unwrap(), "--count", "4", "--temperature", "0.7", "--backend", backend]);
+        image::open(&path).unwrap().to_rgb8()
+    };
+    let (cpu, gpu) = (png("flex"), png("wgpu"));
+    assert_eq!(cpu.dimensions(), gpu.dimensions());
+    let worst = cpu.as_raw().iter().zip(gpu.as_raw()).map(|(a, b)| a.abs_diff(*b)).max().unwrap();
+    assert!(worst <= 1, "pixels differ by up to {worst} levels");
+}
+
 /// `RGFLOW_CPU_KERNELS` picks the matrix-product kernels: the portable
 /// loops sample the same picture as the CPU's best kernels (up to float
 /// rounding), and a family the CPU lacks is refused before any work.

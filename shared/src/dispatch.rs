@@ -53,7 +53,14 @@ pub fn read_to_host<const D: usize>(tensor: Tensor<D>) -> TensorData {
     tensor.into_data()
 }
 
-/// Host reads made through [`read_to_host`] since the process started.
+/// Counts a host read made without [`read_to_host`] (the GPU decoder
+/// reads its own buffers).
+pub(crate) fn note_host_read() {
+    HOST_READS.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Host reads made through [`read_to_host`] (and by the GPU decoder)
+/// since the process started.
 pub fn host_reads() -> usize {
     HOST_READS.load(Ordering::Relaxed)
 }

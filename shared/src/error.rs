@@ -37,6 +37,9 @@ pub enum Error {
     /// A tensor argument has the wrong shape.
     #[error("shape mismatch: {0}")]
     Shape(String),
+    /// The compute device failed or cannot run what was asked.
+    #[error("device: {0}")]
+    Device(String),
     /// Bytes that do not decode as a PNG or JPEG image.
     #[error("not a readable image: {0}")]
     Image(String),

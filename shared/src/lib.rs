@@ -48,6 +48,8 @@ pub mod weights;
 
 pub use cone::PackedFlow;
 pub use config::{PriorKind, RgFlowConfig};
+#[cfg(feature = "wgpu")]
+pub use decoder::GpuDecoder;
 pub use decoder::{CpuDecoder, Decoder, host_memory};
 pub use error::{Error, Result};
 pub use flow::{Direction, RgFlow};

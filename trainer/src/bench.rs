@@ -36,6 +36,10 @@ pub struct BenchArgs {
     /// Time sampling only (no training steps, no log-likelihood).
     #[arg(long)]
     pub sample_only: bool,
+    /// On a GPU, sample with the fused GPU decoder only (skip the burn-ops
+    /// decode it replaces, whose kernels take long to compile).
+    #[arg(long)]
+    pub fused_sampling_only: bool,
     /// How the coupling stacks run forward (and backward) on the CPU: one
     /// fused op per sub-layer, or composed from per-op kernels (the path
     /// before the fused one, for comparison). Other backends always compose.
@@ -146,22 +150,53 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let valid = model.valid();
     let temps = LevelTemperatures::uniform(config.levels(), 1.0);
     let latents = |i: u64| valid.sample_latents(args.batch, &temps, i, &device);
-    let per_batch = seconds_per_batch(args.sample_batches, &device, latents, |z| {
-        let _ = valid.decode(z).into_data();
-    })?;
-    println!(
-        "sample: {:.1} images/s  ({:.0} ms per batch of {}; burn ops on {backend_name})",
-        args.batch as f64 / per_batch,
-        per_batch * 1e3,
-        args.batch
-    );
+    let skip_ops = args.fused_sampling_only && !rgflow::host_memory(&device);
+    if !skip_ops {
+        let per_batch = seconds_per_batch(args.sample_batches, &device, latents, |z| {
+            let _ = valid.decode(z).into_data();
+        })?;
+        println!(
+            "sample: {:.1} images/s  ({:.0} ms per batch of {}; burn ops on {backend_name})",
+            args.batch as f64 / per_batch,
+            per_batch * 1e3,
+            args.batch
+        );
+    }
     #[cfg(feature = "wgpu")]
     if !rgflow::host_memory(&device) {
         let z = latents(u64::MAX)?;
-        let count = counted(&device, || {
-            let _ = rgflow::dispatch::read_to_host(valid.decode(z));
-        });
-        print_count("sample", "batch", &count);
+        if !skip_ops {
+            let count = counted(&device, || {
+                let _ = rgflow::dispatch::read_to_host(valid.decode(z.clone()));
+            });
+            print_count("sample", "batch", &count);
+        }
+
+        if let Some(decoder) = rgflow::GpuDecoder::for_device(&valid, &device)? {
+            // Latents from the host (where `sample_latents` draws them),
+            // pixels back on the host: upload, kernels, read back.
+            let mut total = 0.0;
+            for i in 0..=args.sample_batches {
+                let z = latents(i as u64)?.into_data().try_into_vec_as::<f32>().expect("f32 latents");
+                let t0 = Instant::now();
+                let _ = decoder.pixels(&z)?;
+                if i >= 1 {
+                    total += t0.elapsed().as_secs_f64();
+                }
+            }
+            let per_batch = total / args.sample_batches.max(1) as f64;
+            println!(
+                "sample: {:.1} images/s  ({:.0} ms per batch; fused GPU decoder, tiles of {:?} block rows)",
+                args.batch as f64 / per_batch,
+                per_batch * 1e3,
+                decoder.tile_rows()
+            );
+            let z = z.into_data().try_into_vec_as::<f32>().expect("f32 latents");
+            let count = counted(&device, || {
+                let _ = decoder.pixels(&z);
+            });
+            print_count("sample (fused)", "batch", &count);
+        }
     }
 
     if rgflow::host_memory(&device) {

@@ -16,6 +16,8 @@
 //! updates, residual sums and the state itself stay f32. Pixels move by about
 //! half a level of 255 on average (`tests/decoder.rs`, on the shipped model).
 
+#[cfg(feature = "wgpu")]
+mod gpu;
 pub(crate) mod matmul;
 mod pack;
 mod swish;
@@ -28,6 +30,8 @@ use crate::config::RgFlowConfig;
 use crate::error::{Error, Result};
 use crate::flow::RgFlow;
 use crate::preprocess;
+#[cfg(feature = "wgpu")]
+pub use gpu::GpuDecoder;
 pub use matmul::Isa;
 use matmul::{Bf16, MR, TileKernels};
 use pack::PackedStack;
@@ -90,8 +94,10 @@ pub fn host_memory(device: &Device) -> bool {
 
 /// Latents to images on a flow's device, the fastest way that device allows:
 /// the packed [`CpuDecoder`] where tensors live in host memory
-/// ([`host_memory`]), burn ops ([`RgFlow::decode`]) elsewhere (the GPU
-/// backends). Both give the same images in f32.
+/// ([`host_memory`]), the fused `GpuDecoder` on CubeCL devices (native
+/// wgpu; in the browser it needs the asynchronous read of
+/// `GpuDecoder::pixels_async`), burn ops ([`RgFlow::decode`]) elsewhere.
+/// All give the same images in f32.
 ///
 /// ```
 /// # use burn::prelude::*;
@@ -108,6 +114,9 @@ pub fn host_memory(device: &Device) -> bool {
 pub enum Decoder {
     /// The packed CPU decoder (shared: [`crate::PackedFlow`] hands out its own).
     Packed(std::sync::Arc<CpuDecoder>),
+    /// Fused kernels on a CubeCL device, one launch per sub-layer.
+    #[cfg(feature = "wgpu")]
+    Gpu(std::sync::Arc<GpuDecoder>),
     /// burn ops on the flow's device (boxed: a flow is a few hundred bytes
     /// of handles, the packed variant one pointer).
     Ops(Box<RgFlow>),
@@ -128,15 +137,30 @@ impl Decoder {
                 "bf16 products are an option of the packed CPU decoder; on {device:?} latents decode with burn ops, in f32"
             )))
         } else {
+            #[cfg(all(feature = "wgpu", not(target_arch = "wasm32")))]
+            if let Some(decoder) = GpuDecoder::for_device(flow, device)? {
+                return Ok(Decoder::Gpu(decoder));
+            }
             Ok(Decoder::Ops(Box::new(flow.clone())))
         }
     }
 
+    /// Burn ops on the flow's device whatever the device (for comparisons).
+    pub fn ops(flow: &RgFlow) -> Self {
+        Decoder::Ops(Box::new(flow.clone()))
+    }
+
     /// Latents to `[0, 1]` images (clamped): `z: [B, C, L, L] -> [B, C, L, L]`
     /// on `z`'s device.
+    ///
+    /// # Panics
+    /// When the GPU decoder's read back fails (a lost device), as burn's
+    /// own reads do.
     pub fn decode(&self, z: Tensor<4>) -> Tensor<4> {
         match self {
             Decoder::Packed(decoder) => decoder.decode(z),
+            #[cfg(feature = "wgpu")]
+            Decoder::Gpu(decoder) => decoder.decode(z).unwrap_or_else(|e| panic!("{e}")),
             Decoder::Ops(flow) => flow.decode(z),
         }
     }
@@ -145,7 +169,7 @@ impl Decoder {
     pub fn packed(&self) -> Option<&CpuDecoder> {
         match self {
             Decoder::Packed(decoder) => Some(decoder),
-            Decoder::Ops(_) => None,
+            _ => None,
         }
     }
 
@@ -159,6 +183,8 @@ impl std::fmt::Display for Decoder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Decoder::Packed(decoder) => write!(f, "packed CPU decoder, {} products", decoder.precision()),
+            #[cfg(feature = "wgpu")]
+            Decoder::Gpu(_) => f.write_str("fused GPU decoder"),
             Decoder::Ops(_) => f.write_str("burn ops"),
         }
     }

@@ -62,44 +62,105 @@ pub(super) struct PackedStack<E: Operand> {
 
 impl<E: Operand> PackedStack<E> {
     pub fn new(stack: &CouplingStack) -> Self {
-        let layout = stack.layout();
-        let mut halves = Vec::new();
-        // The inverse undoes the forward's halves in reverse, last layer first.
-        for (s_net, t_net) in stack.s_layers.iter().zip(&stack.t_layers).rev() {
-            for (conditioning, updated) in layout.halves().into_iter().rev() {
-                halves.push(PackedHalf {
-                    s: PackedNet::new(s_net, &conditioning, &updated),
-                    t: PackedNet::new(t_net, &conditioning, &updated),
-                    conditioning,
-                    updated,
-                });
-            }
-        }
-        Self { dim: layout.dim(), halves }
+        let halves = inverse_halves(stack)
+            .into_iter()
+            .map(|half| PackedHalf {
+                s: PackedNet::new(half.s),
+                t: PackedNet::new(half.t),
+                conditioning: half.conditioning,
+                updated: half.updated,
+            })
+            .collect();
+        Self { dim: stack.layout().dim(), halves }
     }
 }
 
 impl<E: Operand> PackedNet<E> {
-    fn new(net: &MlpResNet, conditioning: &[usize], updated: &[usize]) -> Self {
-        let last_block = net.res_blocks.len() - 1;
+    fn new(net: PlainNet) -> Self {
         let blocks = net
-            .res_blocks
-            .iter()
-            .enumerate()
-            .map(|(b, block)| pack_block(block, (b == 0).then_some(conditioning), (b == last_block).then_some(updated)))
+            .blocks
+            .into_iter()
+            .map(|layers| {
+                layers
+                    .into_iter()
+                    .map(|l| PackedLayer {
+                        beta: l.beta,
+                        matrix: PackedMatrix::new(&l.weight, &l.bias, l.inputs, l.outputs),
+                    })
+                    .collect()
+            })
             .collect();
-        let scale = host(net.scale.scale.val());
-        Self { blocks, scale: updated.iter().map(|&i| scale[i]).collect() }
+        Self { blocks, scale: net.scale }
     }
+}
+
+/// One linear layer and the Swish before it, restricted to the inputs and
+/// outputs a half uses, as plain row-major host values.
+#[derive(Debug, Clone)]
+pub(super) struct PlainLayer {
+    /// Inputs `K` (rows of the weight).
+    pub inputs: usize,
+    /// Outputs `N` (columns).
+    pub outputs: usize,
+    /// The Swish's `β`, `[K]`.
+    pub beta: Vec<f32>,
+    /// The weight-normalised weight, `[K, N]` row-major.
+    pub weight: Vec<f32>,
+    /// The bias, `[N]`.
+    pub bias: Vec<f32>,
+}
+
+/// One s or t network for one half: residual blocks of [`PlainLayer`]s and
+/// the final scale over the updated half.
+#[derive(Debug, Clone)]
+pub(super) struct PlainNet {
+    pub blocks: Vec<Vec<PlainLayer>>,
+    pub scale: Vec<f32>,
+}
+
+/// One half of a coupling layer with plain networks (see [`PackedHalf`]).
+#[derive(Debug, Clone)]
+pub(super) struct PlainHalf {
+    pub conditioning: Vec<usize>,
+    pub updated: Vec<usize>,
+    pub s: PlainNet,
+    pub t: PlainNet,
+}
+
+/// A stack's halves in the order the inverse runs them — last coupling
+/// layer first, each second half first — with the checkerboard's zeros cut
+/// out of their networks. The one home of that order for every decoder.
+pub(super) fn inverse_halves(stack: &CouplingStack) -> Vec<PlainHalf> {
+    let layout = stack.layout();
+    let mut halves = Vec::new();
+    for (s_net, t_net) in stack.s_layers.iter().zip(&stack.t_layers).rev() {
+        for (conditioning, updated) in layout.halves().into_iter().rev() {
+            halves.push(PlainHalf {
+                s: plain_net(s_net, &conditioning, &updated),
+                t: plain_net(t_net, &conditioning, &updated),
+                conditioning,
+                updated,
+            });
+        }
+    }
+    halves
+}
+
+fn plain_net(net: &MlpResNet, conditioning: &[usize], updated: &[usize]) -> PlainNet {
+    let last_block = net.res_blocks.len() - 1;
+    let blocks = net
+        .res_blocks
+        .iter()
+        .enumerate()
+        .map(|(b, block)| plain_block(block, (b == 0).then_some(conditioning), (b == last_block).then_some(updated)))
+        .collect();
+    let scale = host(net.scale.scale.val());
+    PlainNet { blocks, scale: updated.iter().map(|&i| scale[i]).collect() }
 }
 
 /// A residual block's layers; `inputs` restricts the first layer's inputs,
 /// `outputs` the last layer's outputs.
-fn pack_block<E: Operand>(
-    block: &ResBlock,
-    inputs: Option<&[usize]>,
-    outputs: Option<&[usize]>,
-) -> Vec<PackedLayer<E>> {
+fn plain_block(block: &ResBlock, inputs: Option<&[usize]>, outputs: Option<&[usize]>) -> Vec<PlainLayer> {
     let last = block.linears.len() - 1;
     block
         .linears
@@ -123,7 +184,7 @@ fn pack_block<E: Operand>(
                 bias = cols.iter().map(|&c| bias[c]).collect();
                 beta = rows.iter().map(|&r| beta[r]).collect();
             }
-            PackedLayer { beta, matrix: PackedMatrix::new(&w, &bias, rows.len(), cols.len()) }
+            PlainLayer { inputs: rows.len(), outputs: cols.len(), beta, weight: w, bias }
         })
         .collect()
 }
