@@ -11,7 +11,7 @@ use rgflow::explore::factors::{LatentSite, random_walk};
 use rgflow::explore::inpaint::{ConeSampler, SampleOptions};
 use rgflow::explore::levels::{level_values, mix_levels, with_level_values};
 use rgflow::explore::receptive::receptive_field_tensor;
-use rgflow::{LevelTemperatures, PackedFlow, RgFlow, RgFlowConfig};
+use rgflow::{GpuDecoder, LevelTemperatures, PackedFlow, RgFlow, RgFlowConfig};
 
 use crate::backend::BackendKind;
 use crate::error::{Result, WebError};
@@ -24,8 +24,11 @@ pub struct Engine {
     /// sampler's local passes.
     packed: Option<PackedFlow>,
     /// Latents to images: the packed flow's decoder on the CPU backend,
-    /// burn ops on WebGPU.
+    /// burn ops elsewhere (where `gpu` is none).
     decoder: Decoder,
+    /// On WebGPU, the fused GPU decoder: one kernel launch per sub-layer,
+    /// three kernels to compile instead of burn's dozens.
+    gpu: Option<std::sync::Arc<GpuDecoder>>,
     device: Device,
     backend: BackendKind,
 }
@@ -39,6 +42,12 @@ pub async fn read<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
 impl Engine {
     /// Validates and loads a weight file (as written by `trainer export`).
     pub fn load(bytes: Vec<u8>, source: &str, device: Device, backend: BackendKind) -> Result<Self> {
+        // The GPU decoder packs its weights from host values; a WebGPU
+        // tensor cannot be read synchronously, so it packs from a CPU copy.
+        let host_flow = match backend {
+            BackendKind::WebGpu => Some(rgflow::weights::from_bytes(bytes.clone(), source, &Device::flex())?),
+            BackendKind::Cpu => None,
+        };
         let flow = rgflow::weights::from_bytes(bytes, source, &device)?;
         let packed = PackedFlow::for_device(&flow, &device);
         let decoder = match &packed {
@@ -46,12 +55,20 @@ impl Engine {
             Some(packed) => packed.decoder(),
             None => Decoder::for_device(&flow, &device, ProductPrecision::F32)?,
         };
-        Ok(Self { flow, packed, decoder, device, backend })
+        let gpu = match &host_flow {
+            Some(host_flow) => GpuDecoder::for_device(host_flow, &device)?,
+            None => None,
+        };
+        Ok(Self { flow, packed, decoder, gpu, device, backend })
     }
 
-    /// Latents to `[0, 1]` images: `[B, C, L, L] -> [B, C, L, L]`.
-    fn decode_tensor(&self, z: Tensor<4>) -> Tensor<4> {
-        self.decoder.decode(z)
+    /// Latents to `[0, 1]` images on the host: `[B, C, L, L]` in, as many
+    /// values out (the GPU decoder's read back is asynchronous too).
+    async fn decode_to_host(&self, z: Tensor<4>) -> Result<Vec<f32>> {
+        match &self.gpu {
+            Some(gpu) => Ok(gpu.pixels_async(&read(z).await?).await?),
+            None => read(self.decoder.decode(z)).await,
+        }
     }
 
     pub fn flow(&self) -> &RgFlow {
@@ -98,14 +115,13 @@ impl Engine {
     pub async fn sample(&self, n: usize, temperatures: &[f64], seed: u64) -> Result<Vec<Face>> {
         let temps = LevelTemperatures::new(temperatures.to_vec(), self.levels())?;
         let z = self.flow.sample_latents(n, &temps, seed, &self.device)?;
-        let x = self.decode_tensor(z.clone());
-        let (x, z) = (read(x).await?, read(z).await?);
+        let (x, z) = (self.decode_to_host(z.clone()).await?, read(z).await?);
         Ok(self.split(x).into_iter().zip(self.split(z)).map(|(x01, z)| Face { x01, z }).collect())
     }
 
     /// Images of latents, `n·C·L·L` values in, as many out.
     pub async fn decode(&self, z: Vec<f32>, n: usize) -> Result<Vec<f32>> {
-        read(self.decode_tensor(self.tensor(z, n)?)).await
+        self.decode_to_host(self.tensor(z, n)?).await
     }
 
     /// Encodes an image (`[0, 1]` values) and scores it: the face and its
@@ -129,7 +145,7 @@ impl Engine {
         let zb = self.tensor(b.z.clone(), 1)?;
         let mixed: Vec<Tensor<4>> =
             (0..k).map(|lambda| mix_levels(&self.flow, za.clone(), zb.clone(), lambda)).collect();
-        let x = read(self.decode_tensor(Tensor::cat(mixed, 0))).await?;
+        let x = self.decode_to_host(Tensor::cat(mixed, 0)).await?;
         Ok(self.split(x))
     }
 
@@ -148,8 +164,7 @@ impl Engine {
         }
         let values = Tensor::<2>::from_data(TensorData::new(values, [1, count]), &self.device);
         let z = with_level_values(&self.flow, self.tensor(face.z.clone(), 1)?, level, values);
-        let x = self.decode_tensor(z.clone());
-        Ok(Face { x01: read(x).await?, z: read(z).await? })
+        Ok(Face { x01: self.decode_to_host(z.clone()).await?, z: read(z).await? })
     }
 
     /// A closed random walk of the latents of one level: `frames` images.
@@ -157,7 +172,7 @@ impl Engine {
         self.check_level(level)?;
         let angle = std::f64::consts::TAU / frames as f64;
         let z = random_walk(&self.flow, self.tensor(face.z.clone(), 1)?, level, frames, angle, seed)?;
-        Ok(self.split(read(self.decode_tensor(z)).await?))
+        Ok(self.split(self.decode_to_host(z).await?))
     }
 
     /// `∂x/∂z` of the latent at `site` (row-major index) and `channel`: `[C, L, L]`.

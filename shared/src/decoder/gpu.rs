@@ -418,6 +418,9 @@ impl GpuDecoder {
     }
 
     /// Packs `flow`'s weights (read once) onto `device`, a CubeCL device.
+    /// The weights are read synchronously from `flow`'s own device: in a
+    /// browser, where WebGPU cannot block, pass a copy of the flow loaded
+    /// on the CPU (`Device::flex()`).
     pub fn new(flow: &RgFlow, device: &Device) -> Result<Arc<Self>> {
         Self::build(flow, device, false).map(Arc::new)
     }
