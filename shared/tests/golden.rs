@@ -98,6 +98,13 @@ fn run_golden(device: &Device) {
         let decoder = CpuDecoder::new(&flow, decoder::ProductPrecision::F32);
         let x = decoder.inverse(&values(tensor4(&state, "test.inverse_z", device)));
         check(&case, "decoder x", &x, &state, "test.inverse_x");
+
+        // The fused GPU decoder's, where the device is a GPU one.
+        #[cfg(feature = "wgpu")]
+        if let Some(gpu) = rgflow::GpuDecoder::for_device(&flow, device).unwrap() {
+            let x = gpu.inverse(&values(tensor4(&state, "test.inverse_z", device))).unwrap();
+            check(&case, "GPU decoder x", &x, &state, "test.inverse_x");
+        }
     }
 }
 

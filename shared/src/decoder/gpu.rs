@@ -483,7 +483,16 @@ impl GpuDecoder {
     /// Latents to `[0, 1]` pixels (clamped), on host values: `z: [B, C·L²]`
     /// (canonical `[C, L, L]` order per image) `-> [B, C·L²]`.
     pub fn pixels(&self, z: &[f32]) -> Result<Vec<f32>> {
-        let output = self.launch(z);
+        self.read(self.launch(z, true))
+    }
+
+    /// The inverse flow on host values: `z: [B, C·L²]` (canonical order per
+    /// image) `-> x: [B, C·L²]` in logit space (as [`RgFlow::inverse`]).
+    pub fn inverse(&self, z: &[f32]) -> Result<Vec<f32>> {
+        self.read(self.launch(z, false))
+    }
+
+    fn read(&self, output: Handle) -> Result<Vec<f32>> {
         crate::dispatch::note_host_read();
         let bytes = self.client.read_one(output).map_err(read_error)?;
         Ok(f32::from_bytes(&bytes).to_vec())
@@ -491,7 +500,7 @@ impl GpuDecoder {
 
     /// [`Self::pixels`] with an asynchronous read back (what the browser needs).
     pub async fn pixels_async(&self, z: &[f32]) -> Result<Vec<f32>> {
-        let output = self.launch(z);
+        let output = self.launch(z, true);
         crate::dispatch::note_host_read();
         let mut bytes = self.client.read_async(vec![output]).await.map_err(read_error)?;
         Ok(f32::from_bytes(&bytes.remove(0)).to_vec())
@@ -506,8 +515,9 @@ impl GpuDecoder {
         Ok(Tensor::from_data(burn::tensor::TensorData::new(self.pixels(&z)?, dims), &device))
     }
 
-    /// Every launch of a batch; returns the handle of the pixels.
-    fn launch(&self, z: &[f32]) -> Handle {
+    /// Every launch of a batch; returns the handle of the pixels (or, without
+    /// `to_pixels`, of the logits).
+    fn launch(&self, z: &[f32], to_pixels: bool) -> Handle {
         let n = self.num_dims;
         assert_eq!(z.len() % n, 0, "latents are not [B, {n}]");
         let total = z.len();
@@ -517,7 +527,7 @@ impl GpuDecoder {
         let mut spare = client.empty(size_of_val(z));
         let depth = self.sublayers.len();
         for j in 0..=depth {
-            self.gather(&state, &spare, self.gather_bases[j], total, j == depth);
+            self.gather(&state, &spare, self.gather_bases[j], total, to_pixels && j == depth);
             std::mem::swap(&mut state, &mut spare);
             if j == depth {
                 break;
