@@ -55,6 +55,7 @@ pub fn read_to_host<const D: usize>(tensor: Tensor<D>) -> TensorData {
 
 /// Counts a host read made without [`read_to_host`] (the GPU decoder
 /// reads its own buffers).
+#[cfg(feature = "wgpu")]
 pub(crate) fn note_host_read() {
     HOST_READS.fetch_add(1, Ordering::Relaxed);
 }

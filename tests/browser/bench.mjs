@@ -2,13 +2,14 @@
 // headless Chromium offers here and prints the page's figures (time to
 // first face, ms per face in a batch of 16, ms per inpainting stroke).
 // Usage: node bench.mjs [DIST_DIR] [MINUTES_PER_BACKEND] [BACKENDS]
-// BACKENDS is a comma-separated subset of cpu,webgpu (default both).
+// BACKENDS is a comma-separated subset of cpu,webgpu,auto (default cpu,webgpu;
+// auto: the page times both at start-up and keeps the faster).
 import puppeteer from 'puppeteer-core';
 import { serve, chromeArgs, chromePath } from './serve.mjs';
 
 const [dist = '../../dist', minutes = '20', backends = 'cpu,webgpu'] = process.argv.slice(2);
 const LIMIT = Number(minutes) * 60 * 1000;
-const QUERIES = { cpu: '?bench&backend=cpu', webgpu: '?bench' };
+const QUERIES = { cpu: '?bench&backend=cpu', webgpu: '?bench&backend=webgpu', auto: '?bench' };
 const chosen = backends.split(',');
 for (const name of chosen) {
   if (!(name in QUERIES)) throw new Error(`unknown backend '${name}' (expected a subset of ${Object.keys(QUERIES).join(',')})`);

@@ -35,6 +35,9 @@ async function run(browser, base, name, query, expectBackend) {
   await page.waitForSelector('#app[data-state="ready"], #app[data-state="failed"]', { timeout: TIMEOUT });
   const status = await page.$eval('#status', (e) => e.textContent);
   assert.equal(await page.$eval('#app', (e) => e.dataset.state), 'ready', `${name}: page did not start: ${status}`);
+  // (The backend line may change after start-up: the page times both backends.)
+  await page.waitForFunction((source) => new RegExp(source).test(document.querySelector('#backend').textContent),
+    { timeout: TIMEOUT }, expectBackend.source).catch(() => {});
   const backend = await page.$eval('#backend', (e) => e.textContent);
   assert.match(backend, expectBackend, `${name}: backend line`);
   await page.waitForFunction(() => /faces in/.test(document.querySelector('#sample-status').textContent), { timeout: TIMEOUT });
@@ -288,7 +291,10 @@ const server = await serve(dist);
 try {
   const gpu = await puppeteer.launch({ executablePath: chromePath(), args: chromeArgs(true), protocolTimeout: TIMEOUT });
   try {
-    await run(gpu, server.url, 'webgpu', '', /WebGPU/);
+    await run(gpu, server.url, 'webgpu', '?backend=webgpu', /^WebGPU$/);
+    // No backend asked for: the worker times both and says which won.
+    await run(gpu, server.url, 'auto', '',
+      /^(WebGPU — faster here than the CPU|CPU — faster here than WebGPU) \(\d+ ms per face on the CPU, \d+ on WebGPU\)$/);
     await run(gpu, server.url, 'cpu', '?backend=cpu', /CPU/);
     await panels(gpu, server.url);
     await missingWeights(gpu, server.url);

@@ -41,6 +41,17 @@ pub enum Preference {
     Cpu,
 }
 
+impl BackendKind {
+    /// The backend `?backend=` names (`cpu` or `webgpu`), if any.
+    pub fn from_query(value: Option<&str>) -> Option<Self> {
+        match value {
+            Some("cpu") => Some(BackendKind::Cpu),
+            Some("webgpu") => Some(BackendKind::WebGpu),
+            _ => None,
+        }
+    }
+}
+
 #[cfg(feature = "engine")]
 /// Initialises WebGPU asynchronously (a browser cannot block) or falls back.
 pub async fn choose(preference: Preference) -> Chosen {

@@ -85,7 +85,10 @@ fn the_worker_host_answers_the_page_protocol() {
     let early = ask(Request::Load { bytes: WEIGHTS.to_vec(), source: "models/celeba32.rgflow".into() });
     assert!(early.unwrap_err().contains("start it before loading"));
     assert!(ask(Request::Sample { n: 1, temperatures: vec![1.0], seed: 0 }).unwrap_err().contains("no model"));
-    assert!(matches!(ask(Request::Start { cpu: true }), Ok(Response::Started { backend: BackendKind::Cpu, .. })));
+    assert!(matches!(
+        ask(Request::Start { forced: Some(BackendKind::Cpu) }),
+        Ok(Response::Started { backend: BackendKind::Cpu, .. })
+    ));
     let refused = ask(Request::Load { bytes: b"junk".to_vec(), source: "junk.rgflow".into() }).unwrap_err();
     assert!(refused.contains("junk.rgflow"), "{refused}");
     let Ok(Response::Loaded(info)) =
@@ -96,6 +99,9 @@ fn the_worker_host_answers_the_page_protocol() {
     let engine = engine();
     assert_eq!(serde_json::to_string(engine.config()).unwrap(), info.config_json);
     assert_eq!(info.num_parameters, engine.flow().num_parameters());
+    assert_eq!(info.backend, BackendKind::Cpu);
+    // A forced backend is kept: nothing to time.
+    assert!(matches!(ask(Request::PickBackend), Ok(Response::Picked { backend: BackendKind::Cpu, choice: None })));
 
     // Sampling equals the engine's own.
     let temps = temperatures(engine.levels());

@@ -160,7 +160,7 @@ async fn run(t0: f64) -> Result<()> {
     // backend starts as soon as it listens.
     let worker = EngineWorker::spawn(WORKER_URL, |why| page_status(why, true))?;
     status(&frame.status, "Starting the compute backend…", false);
-    let started = worker.start(query("backend").as_deref() == Some("cpu"));
+    let started = worker.start(BackendKind::from_query(query("backend").as_deref()));
 
     let url = weights::same_origin_url(&query("model").unwrap_or_else(|| DEFAULT_MODEL_URL.to_string()))?;
     status(&frame.status, &format!("Loading the model ({url})…"), false);
@@ -179,15 +179,21 @@ async fn run(t0: f64) -> Result<()> {
     frame.backend.set_text_content(Some(&backend_line(kind, reason.as_deref())));
     // A cached copy that fails validation is dropped and fetched again; a
     // file enters the cache only once it loaded.
-    let engine = match EngineClient::load(&worker, download.bytes.clone(), &url, kind).await {
+    let engine = match EngineClient::load(&worker, download.bytes.clone(), &url).await {
         Err(_) if download.origin == weights::Origin::Cache => {
             weights::evict(&url).await;
             download = weights::load(&url, false, &show).await?;
-            EngineClient::load(&worker, download.bytes.clone(), &url, kind).await?
+            EngineClient::load(&worker, download.bytes.clone(), &url).await?
         }
         loaded => loaded?,
     };
     marks.push(("model loaded", now()));
+    // Unforced on WebGPU, the first faces come from the CPU while the worker
+    // then times WebGPU against it (kernels compile on first use).
+    let race = kind == BackendKind::WebGpu && engine.backend() == BackendKind::Cpu;
+    if race {
+        frame.backend.set_text_content(Some("CPU for now — timing WebGPU against it…"));
+    }
     let (size, origin) = (download.bytes.len(), download.origin);
     weights::remember(&url, download).await;
     let c = engine.config().clone();
@@ -231,6 +237,12 @@ async fn run(t0: f64) -> Result<()> {
     frame.load_progress.set_hidden(true);
     status(&frame.status, &format!("Ready in {:.0} ms.", now() - t0), false);
     let _ = frame.app.set_attribute("data-state", "ready");
+    if race {
+        let (backend, choice) = app.engine.pick_backend().await?;
+        let name = if backend == BackendKind::WebGpu { "WebGPU" } else { "CPU" };
+        let line = choice.map_or_else(|| name.to_string(), |choice| format!("{name} — {choice}"));
+        frame.backend.set_text_content(Some(&line));
+    }
     if query("bench").is_some() {
         crate::bench::run(&app.engine, &frame.bench, &marks).await;
     }

@@ -189,10 +189,14 @@ impl EngineWorker {
         self.link.borrow().ready_at
     }
 
-    /// Starts the compute backend (`cpu`: the CPU even where WebGPU works):
-    /// which one runs, and why it is not WebGPU.
-    pub fn start(&self, cpu: bool) -> impl Future<Output = Result<(BackendKind, Option<String>)>> + 'static {
-        let reply = self.call(Request::Start { cpu });
+    /// Starts the compute backend (`forced`: that one, as `?backend=` asks;
+    /// else the choice is made at load): which one runs, and why it is not
+    /// WebGPU.
+    pub fn start(
+        &self,
+        forced: Option<BackendKind>,
+    ) -> impl Future<Output = Result<(BackendKind, Option<String>)>> + 'static {
+        let reply = self.call(Request::Start { forced });
         async move {
             match reply.await? {
                 Response::Started { backend, fallback_reason } => Ok((backend, fallback_reason)),
@@ -224,18 +228,28 @@ pub struct EngineClient {
     config: RgFlowConfig,
     lattice: MeraLattice,
     num_parameters: usize,
-    backend: BackendKind,
+    backend: std::cell::Cell<BackendKind>,
 }
 
 impl EngineClient {
-    /// Loads a weight file in the worker (started on `backend`).
-    pub async fn load(worker: &Rc<EngineWorker>, bytes: Vec<u8>, source: &str, backend: BackendKind) -> Result<Self> {
+    /// Loads a weight file in the worker (after an unforced start on
+    /// WebGPU it runs on the CPU until [`Self::pick_backend`]).
+    pub async fn load(worker: &Rc<EngineWorker>, bytes: Vec<u8>, source: &str) -> Result<Self> {
         let request = Request::Load { bytes, source: source.to_string() };
-        let ModelInfo { config_json, num_parameters } = ask!(worker, request, "Load", Response::Loaded(info) => info)?;
+        let ModelInfo { config_json, num_parameters, backend } =
+            ask!(worker, request, "Load", Response::Loaded(info) => info)?;
         let config: RgFlowConfig = serde_json::from_str(&config_json)
             .map_err(|e| WebError::Backend(format!("the engine's model config: {e}")))?;
         let lattice = MeraLattice::new(config.image_size, config.kernel_size);
-        Ok(Self { worker: worker.clone(), config, lattice, num_parameters, backend })
+        Ok(Self { worker: worker.clone(), config, lattice, num_parameters, backend: std::cell::Cell::new(backend) })
+    }
+
+    /// Has the worker time WebGPU against the CPU and keep the faster: the
+    /// backend now running and why, when both were timed.
+    pub async fn pick_backend(&self) -> Result<(BackendKind, Option<String>)> {
+        let (backend, choice) = ask!(self.worker, Request::PickBackend, "PickBackend", Response::Picked { backend, choice } => (backend, choice))?;
+        self.backend.set(backend);
+        Ok((backend, choice))
     }
 
     pub fn config(&self) -> &RgFlowConfig {
@@ -251,7 +265,7 @@ impl EngineClient {
     }
 
     pub fn backend(&self) -> BackendKind {
-        self.backend
+        self.backend.get()
     }
 
     /// Number of levels (index 0 = finest).

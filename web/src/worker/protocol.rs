@@ -16,9 +16,15 @@ use crate::face::Face;
 /// A question from the page, answered by one [`Response`] (or an error).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Request {
-    /// Starts the compute backend: WebGPU where it works, else the CPU
-    /// (always the CPU when `cpu`). Answered by [`Response::Started`].
-    Start { cpu: bool },
+    /// Starts the compute backend: `forced` (`?backend=`), or WebGPU where
+    /// it works (else the CPU). Unforced with WebGPU working, the model
+    /// loads on the CPU first and [`Request::PickBackend`] times both.
+    /// Answered by [`Response::Started`].
+    Start { forced: Option<BackendKind> },
+    /// Times the model on WebGPU and on the CPU and keeps the faster (after
+    /// an unforced start on WebGPU; otherwise keeps what runs): answered by
+    /// [`Response::Picked`].
+    PickBackend,
     /// Loads a weight file (as written by `trainer export`); `source` names
     /// it in errors. Answered by [`Response::Loaded`].
     Load {
@@ -74,6 +80,11 @@ pub enum Response {
     Values(Vec<f32>),
     StrokeStarted(StrokeInfo),
     Ended,
+    /// The backend the model now runs on and, when both were timed, why.
+    Picked {
+        backend: BackendKind,
+        choice: Option<String>,
+    },
 }
 
 /// What the page needs to know of a loaded model.
@@ -83,6 +94,9 @@ pub struct ModelInfo {
     /// the weight file holds).
     pub config_json: String,
     pub num_parameters: usize,
+    /// The backend the model runs on (the CPU until [`Request::PickBackend`]
+    /// after an unforced start).
+    pub backend: BackendKind,
 }
 
 /// A started stroke: its id and how much of the network a round re-runs.
@@ -132,7 +146,9 @@ mod tests {
     fn messages_survive_the_round_trip() {
         let face = Face { x01: vec![0.25, 1.0], z: vec![-1.5, f32::MAX] };
         let requests = [
-            Request::Start { cpu: true },
+            Request::Start { forced: Some(BackendKind::Cpu) },
+            Request::Start { forced: None },
+            Request::PickBackend,
             Request::Load { bytes: vec![0, 1, 255], source: "models/x.rgflow".into() },
             Request::Sample { n: 16, temperatures: vec![0.6, 0.9], seed: u64::MAX },
             Request::StartStroke {
