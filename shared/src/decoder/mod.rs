@@ -370,6 +370,17 @@ mod tests {
     use super::*;
     use crate::testing::{host_uniform, jitter_parameters};
 
+    /// Model shapes the decoders are checked on: `(L, C, nlayers, nresblocks,
+    /// nmlp, nhidden)`, padding rows (a batch of 3), columns (odd widths)
+    /// and the bf16 inner pairs, one and several residual blocks and linear
+    /// layers, per-level depths.
+    pub(super) const SHAPES: [(usize, usize, &str, &str, &str, &str); 4] = [
+        (8, 1, "2", "1", "1", "16"),
+        (16, 3, "2,1,1", "2", "2", "7"),
+        (32, 3, "2,1,1,1", "2", "2", "40"),
+        (16, 1, "1", "3", "1", "9"),
+    ];
+
     fn max_abs(a: &[f32], b: &[f32]) -> f32 {
         a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
     }
@@ -380,13 +391,7 @@ mod tests {
     #[test]
     fn packed_inverse_matches_the_flow() {
         let device = Device::flex();
-        let cases = [
-            (8, 1, "2", "1", "1", "16"),
-            (16, 3, "2,1,1", "2", "2", "7"),
-            (32, 3, "2,1,1,1", "2", "2", "40"),
-            (16, 1, "1", "3", "1", "9"),
-        ];
-        for (size, channels, nlayers, nres, nmlp, nhidden) in cases {
+        for (size, channels, nlayers, nres, nmlp, nhidden) in SHAPES {
             let config = RgFlowConfig::from_level_specs(size, channels, nlayers, nres, nmlp, nhidden).unwrap();
             let flow = jitter_parameters(config.init(&device), 0.1, 5);
             let z = host_uniform([3, channels, size, size], -2.0, 2.0, 9, &device);
