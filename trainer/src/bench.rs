@@ -137,11 +137,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         let x01 = x01.into_data().try_into_vec_as::<f32>().expect("f32 images");
         let count = counted(&train_device, || {
             let devices = [train_device.clone()];
-            let crate::parallel::StepGradients { mut grads, .. } =
+            let crate::parallel::StepGradients { mut grads, nats } =
                 crate::parallel::gradients(&model, x01, args.batch, &devices);
-            if let Some(norm) = clip_global_norm(&model, &mut grads, 1.0) {
-                let _ = rgflow::dispatch::read_to_host(norm.inner());
-            }
+            let norm = clip_global_norm(&model, &mut grads, 1.0);
+            let _ = crate::train::read_losses_and_norm(nats, norm);
             model = optim.step(1e-3, model.clone(), grads);
         });
         print_count("train", "step", &count);

@@ -20,12 +20,10 @@ use crate::data::images_tensor;
 pub struct StepGradients {
     /// Gradient of the batch's mean loss, on the first device.
     pub grads: GradientsParams,
-    /// Each image's loss in nats per dimension, in batch order.
-    pub nats: Vec<f32>,
-}
-
-fn host(t: Tensor<1>) -> Vec<f32> {
-    rgflow::dispatch::read_to_host(t.inner()).try_into_vec_as::<f32>().expect("f32 loss")
+    /// Each image's loss in nats per dimension, in batch order: `[B]` on
+    /// the first device, not yet read (the step reads it together with the
+    /// gradient norm, in one host read).
+    pub nats: Tensor<1>,
 }
 
 /// Forward and backward of a batch (`x01`: `len` images, host values) on
@@ -36,10 +34,10 @@ pub fn gradients(model: &RgFlow, x01: Vec<f32>, len: usize, devices: &[Device]) 
     if devices.len() == 1 {
         let nats = model.nats_per_dim(images_tensor(x01, len, config, main));
         let grads = GradientsParams::from_grads(nats.clone().mean().backward(), model);
-        return StepGradients { grads, nats: host(nats) };
+        return StepGradients { grads, nats: nats.inner() };
     }
     let per_image = config.num_dims();
-    let results: Vec<(GradientsParams, Vec<f32>)> = std::thread::scope(|scope| {
+    let results: Vec<(GradientsParams, Tensor<1>)> = std::thread::scope(|scope| {
         let workers: Vec<_> = shares(len, devices.len())
             .into_iter()
             .zip(devices)
@@ -49,19 +47,21 @@ pub fn gradients(model: &RgFlow, x01: Vec<f32>, len: usize, devices: &[Device]) 
                 scope.spawn(move || {
                     let nats = replica.nats_per_dim(images_tensor(share, images.len(), config, device));
                     let loss = nats.clone().sum().div_scalar(len as f64);
-                    (GradientsParams::from_grads(loss.backward(), &replica), host(nats))
+                    (GradientsParams::from_grads(loss.backward(), &replica), nats.inner())
                 })
             })
             .collect();
         workers.into_iter().map(|w| w.join().expect("a device's training thread panicked")).collect()
     });
+    // The first share ran on the first device: its losses say where (without autodiff) that is.
+    let target = results[0].1.device();
     let mut sum = GradientsAccumulator::new();
-    let mut nats = Vec::with_capacity(len);
+    let mut nats = Vec::with_capacity(results.len());
     for (grads, share_nats) in results {
         sum.accumulate(model, grads.to_device(main, model));
-        nats.extend(share_nats);
+        nats.push(share_nats.to_device(&target));
     }
-    StepGradients { grads: sum.grads(), nats }
+    StepGradients { grads: sum.grads(), nats: Tensor::cat(nats, 0) }
 }
 
 /// `len` images in `parts` contiguous shares, as equal as they go, none empty
@@ -112,7 +112,10 @@ mod tests {
         let x01: Vec<f32> = (0..5 * config.num_dims()).map(|i| ((i * 37 % 251) as f32 + 0.5) / 256.0).collect();
         let one = gradients(&model, x01.clone(), 5, std::slice::from_ref(device));
         let two = gradients(&model, x01, 5, &[device.clone(), second.clone()]);
-        for (a, b) in one.nats.iter().zip(&two.nats) {
+        let host = |t: Tensor<1>| t.into_data().try_into_vec_as::<f32>().unwrap();
+        let (one_nats, two_nats) = (host(one.nats.clone()), host(two.nats.clone()));
+        assert_eq!(one_nats.len(), 5);
+        for (a, b) in one_nats.iter().zip(&two_nats) {
             assert!((a - b).abs() < 1e-5, "losses {a} vs {b}");
         }
         let (mut a, mut b) = (Flatten(&one.grads, Vec::new()), Flatten(&two.grads, Vec::new()));

@@ -364,11 +364,12 @@ impl Run {
         let lr = self.settings.schedule.at(self.state.step);
         // The authors minimise nats per dimension; bits are for display.
         let StepGradients { mut grads, nats } = parallel::gradients(&self.model, batch.x01, batch.len, devices);
+        let norm = global_norm(&self.model, &mut grads, self.settings.clip_grad);
+        // The step's one host read: the losses and the gradient norm together.
+        let (nats, grad_norm) = read_losses_and_norm(nats, norm);
         let bpd: Vec<f64> = nats.iter().map(|&n| rgflow::preprocess::nats_to_bits_per_dim(n as f64)).collect();
         let mean = bpd.iter().sum::<f64>() / bpd.len() as f64;
         let std = (bpd.iter().map(|b| (b - mean).powi(2)).sum::<f64>() / (bpd.len().max(2) - 1) as f64).sqrt();
-        let grad_norm = global_norm(&self.model, &mut grads, self.settings.clip_grad)
-            .map(|g| rgflow::dispatch::read_to_host(g.inner()).try_to_vec::<f32>().expect("f32 norm")[0] as f64);
         let applied = mean.is_finite() && grad_norm.is_none_or(f64::is_finite);
         if applied {
             self.model = self.optim.step(lr, self.model, grads);
@@ -620,6 +621,19 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
 /// `clip > 0`. `None` only for a model without parameters.
 fn global_norm(model: &RgFlow, grads: &mut burn::optim::GradientsParams, clip: f64) -> Option<Tensor<1>> {
     if clip > 0.0 { clip_global_norm(model, grads, clip) } else { crate::optim::global_norm(model, grads) }
+}
+
+/// A step's per-image losses (`[B]`) and gradient norm (`[1]`, when there is
+/// one), both on the first device, read to the host in one read (one device
+/// synchronisation on a GPU): `(losses, norm)`.
+pub(crate) fn read_losses_and_norm(nats: Tensor<1>, norm: Option<Tensor<1>>) -> (Vec<f32>, Option<f64>) {
+    let values = match &norm {
+        Some(norm) => Tensor::cat(vec![nats, norm.clone().inner()], 0),
+        None => nats,
+    };
+    let mut values = rgflow::dispatch::read_to_host(values).try_into_vec_as::<f32>().expect("f32 losses");
+    let norm = norm.map(|_| f64::from(values.pop().expect("the norm follows the losses")));
+    (values, norm)
 }
 
 /// Mean ± std over images of the test bpd with one dequantisation draw (the
