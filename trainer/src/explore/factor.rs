@@ -46,6 +46,8 @@ pub fn run(args: FactorArgs) -> anyhow::Result<()> {
             (0..flow.lattice().levels()).map(|l| LatentSite::first_of_level(&flow, l, 0)).collect::<Result<_, _>>()?
         }
     };
+    // The device's fastest decoder (packed on the CPU, fused on a GPU).
+    let decoder = rgflow::Decoder::for_device(&flow, &device, rgflow::decoder::ProductPrecision::F32)?;
     let mut strips = Vec::new();
     for latent in &latents {
         let e = latent.element(&flow)?;
@@ -53,7 +55,7 @@ pub fn run(args: FactorArgs) -> anyhow::Result<()> {
         let n = args.count.max(2);
         let values: Vec<f32> =
             (0..n).map(|i| value - args.range + 2.0 * args.range * i as f32 / (n - 1) as f32).collect();
-        strips.push(flow.decode(vary_latent(&flow, z.clone(), *latent, &values)?));
+        strips.push(decoder.decode(vary_latent(&flow, z.clone(), *latent, &values)?));
         println!("row {}: latent {latent:?} (level {})", strips.len(), latent.level(&flow));
     }
     save_grid(Tensor::cat(strips, 0), args.count.max(2), args.model.zoom, &args.out)?;
