@@ -587,7 +587,10 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         }
         let sampler = run.average.as_ref().map_or_else(|| run.model.valid(), |a| a.model().clone());
         let temperatures = LevelTemperatures::uniform(config.levels(), 0.8);
-        let samples = sampler.sample(64, &temperatures, seed ^ run.state.epoch, &sampler.devices()[0])?;
+        let device = &sampler.devices()[0];
+        let z = sampler.sample_latents(64, &temperatures, seed ^ run.state.epoch, device)?;
+        // The device's fastest decoder (packed on the CPU, fused on a GPU).
+        let samples = rgflow::Decoder::for_device(&sampler, device, rgflow::decoder::ProductPrecision::F32)?.decode(z);
         save_grid(samples, 8, 2, &args.out.join("samples").join(format!("epoch-{:04}.png", run.state.epoch + 1)))?;
         report.write(&run.held_out("epoch", test_loader.as_ref())?)?;
         evaluated_at = Some(run.state.step);
