@@ -153,6 +153,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     if !skip_ops {
         let per_batch = seconds_per_batch(args.sample_batches, &device, latents, |z| {
             let _ = valid.decode(z).into_data();
+            Ok(())
         })?;
         println!(
             "sample: {:.1} images/s  ({:.0} ms per batch of {}; burn ops on {backend_name})",
@@ -174,16 +175,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         if let Some(decoder) = rgflow::GpuDecoder::for_device(&valid, &device)? {
             // Latents from the host (where `sample_latents` draws them),
             // pixels back on the host: upload, kernels, read back.
-            let mut total = 0.0;
-            for i in 0..=args.sample_batches {
-                let z = latents(i as u64)?.into_data().try_into_vec_as::<f32>().expect("f32 latents");
-                let t0 = Instant::now();
-                let _ = decoder.pixels(&z)?;
-                if i >= 1 {
-                    total += t0.elapsed().as_secs_f64();
-                }
-            }
-            let per_batch = total / args.sample_batches.max(1) as f64;
+            let host_latents = |i| latents(i).map(|z| z.into_data().try_into_vec_as::<f32>().expect("f32 latents"));
+            let per_batch = seconds_per_batch(args.sample_batches, &device, host_latents, |z| {
+                decoder.pixels(&z)?;
+                Ok(())
+            })?;
             println!(
                 "sample: {:.1} images/s  ({:.0} ms per batch; fused GPU decoder, tiles of {:?} block rows)",
                 args.batch as f64 / per_batch,
@@ -205,6 +201,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             let t_pack = t0.elapsed().as_secs_f64();
             let per_batch = seconds_per_batch(args.sample_batches, &device, latents, |z| {
                 let _ = decoder.decode(z).into_data();
+                Ok(())
             })?;
             let ran = decoder.precision();
             let note = if ran == precision {
@@ -227,6 +224,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let images = |_| Ok(Tensor::<4>::random(dims, Distribution::Uniform(0.0, 1.0), &device));
     let per_batch = seconds_per_batch(args.sample_batches, &device, images, |x01| {
         let _ = valid.bits_per_dim(x01).into_data();
+        Ok(())
     })?;
     println!(
         "eval:   {:.1} images/s  (log-likelihood, {:.0} ms per batch)",
@@ -260,18 +258,18 @@ fn print_count(what: &str, per: &str, count: &rgflow::dispatch::DispatchCount) {
 
 /// Mean seconds of `run` over `batches` inputs made by `input(i)` (made
 /// outside the timing), after one warm-up batch.
-fn seconds_per_batch(
+fn seconds_per_batch<I>(
     batches: usize,
     device: &Device,
-    mut input: impl FnMut(u64) -> rgflow::Result<Tensor<4>>,
-    mut run: impl FnMut(Tensor<4>),
+    mut input: impl FnMut(u64) -> rgflow::Result<I>,
+    mut run: impl FnMut(I) -> anyhow::Result<()>,
 ) -> anyhow::Result<f64> {
     let mut total = 0.0;
     for i in 0..=batches {
         let x = input(i as u64)?;
         sync(device);
         let t0 = Instant::now();
-        run(x);
+        run(x)?;
         if i >= 1 {
             total += t0.elapsed().as_secs_f64();
         }

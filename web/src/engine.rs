@@ -42,23 +42,28 @@ pub async fn read<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
 impl Engine {
     /// Validates and loads a weight file (as written by `trainer export`).
     pub fn load(bytes: Vec<u8>, source: &str, device: Device, backend: BackendKind) -> Result<Self> {
-        // The GPU decoder packs its weights from host values; a WebGPU
-        // tensor cannot be read synchronously, so it packs from a CPU copy.
-        let host_flow = match backend {
-            BackendKind::WebGpu => Some(rgflow::weights::from_bytes(bytes.clone(), source, &Device::flex())?),
-            BackendKind::Cpu => None,
-        };
-        let flow = rgflow::weights::from_bytes(bytes, source, &device)?;
+        // Loaded on the CPU first: the GPU decoder packs its weights from host
+        // values, and a WebGPU tensor cannot be read synchronously.
+        let host_flow = rgflow::weights::from_bytes(bytes, source, &Device::flex())?;
+        Self::from_host_flow(&host_flow, device, backend)
+    }
+
+    /// The model `self` runs, on another device.
+    pub fn on(&self, device: Device, backend: BackendKind) -> Result<Self> {
+        Self::from_host_flow(&self.flow, device, backend)
+    }
+
+    /// The model of `host_flow` (loaded on the CPU) on `device`.
+    fn from_host_flow(host_flow: &RgFlow, device: Device, backend: BackendKind) -> Result<Self> {
+        let flow =
+            if host_flow.devices()[0] == device { host_flow.clone() } else { host_flow.clone().to_device(&device) };
         let packed = PackedFlow::for_device(&flow, &device);
         let decoder = match &packed {
             // The packed flow's own decoder: the inverse is packed once.
             Some(packed) => packed.decoder(),
             None => Decoder::for_device(&flow, &device, ProductPrecision::F32)?,
         };
-        let gpu = match &host_flow {
-            Some(host_flow) => GpuDecoder::for_device(host_flow, &device)?,
-            None => None,
-        };
+        let gpu = GpuDecoder::for_device(host_flow, &device)?;
         Ok(Self { flow, packed, decoder, gpu, device, backend })
     }
 
@@ -68,6 +73,18 @@ impl Engine {
         match &self.gpu {
             Some(gpu) => Ok(gpu.pixels_async(&read(z).await?).await?),
             None => read(self.decoder.decode(z)).await,
+        }
+    }
+
+    /// [`Self::decode_to_host`] and the latents' values too, `(x01, z)`,
+    /// with `z` read once.
+    async fn face_values(&self, z: Tensor<4>) -> Result<(Vec<f32>, Vec<f32>)> {
+        match &self.gpu {
+            Some(gpu) => {
+                let z = read(z).await?;
+                Ok((gpu.pixels_async(&z).await?, z))
+            }
+            None => Ok((read(self.decoder.decode(z.clone())).await?, read(z).await?)),
         }
     }
 
@@ -115,7 +132,7 @@ impl Engine {
     pub async fn sample(&self, n: usize, temperatures: &[f64], seed: u64) -> Result<Vec<Face>> {
         let temps = LevelTemperatures::new(temperatures.to_vec(), self.levels())?;
         let z = self.flow.sample_latents(n, &temps, seed, &self.device)?;
-        let (x, z) = (self.decode_to_host(z.clone()).await?, read(z).await?);
+        let (x, z) = self.face_values(z).await?;
         Ok(self.split(x).into_iter().zip(self.split(z)).map(|(x01, z)| Face { x01, z }).collect())
     }
 
@@ -164,7 +181,8 @@ impl Engine {
         }
         let values = Tensor::<2>::from_data(TensorData::new(values, [1, count]), &self.device);
         let z = with_level_values(&self.flow, self.tensor(face.z.clone(), 1)?, level, values);
-        Ok(Face { x01: self.decode_to_host(z.clone()).await?, z: read(z).await? })
+        let (x01, z) = self.face_values(z).await?;
+        Ok(Face { x01, z })
     }
 
     /// A closed random walk of the latents of one level: `frames` images.

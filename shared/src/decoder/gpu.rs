@@ -415,10 +415,7 @@ impl GpuDecoder {
     /// The decoder for `flow` on `device` when it is a CubeCL device
     /// (`None` elsewhere).
     pub fn for_device(flow: &RgFlow, device: &Device) -> Result<Option<Arc<Self>>> {
-        match cube_client(device) {
-            Some(_) => Self::new(flow, device).map(Some),
-            None => Ok(None),
-        }
+        cube_client(device).map(|client| Self::build(flow, client, false).map(Arc::new)).transpose()
     }
 
     /// Packs `flow`'s weights (read once) onto `device`, a CubeCL device.
@@ -426,13 +423,14 @@ impl GpuDecoder {
     /// browser, where WebGPU cannot block, pass a copy of the flow loaded
     /// on the CPU (`Device::flex()`).
     pub fn new(flow: &RgFlow, device: &Device) -> Result<Arc<Self>> {
-        Self::build(flow, device, false).map(Arc::new)
-    }
-
-    /// [`Self::new`], its stack kernel launched with bounds checks or not.
-    fn build(flow: &RgFlow, device: &Device, checked: bool) -> Result<Self> {
         let client = cube_client(device)
             .ok_or_else(|| Error::Device(format!("the GPU decoder runs on a CubeCL (wgpu) device, not {device:?}")))?;
+        Self::build(flow, client, false).map(Arc::new)
+    }
+
+    /// [`Self::new`] on `client`'s device, its stack kernel launched with
+    /// bounds checks or not.
+    fn build(flow: &RgFlow, client: Client, checked: bool) -> Result<Self> {
         let config = flow.config();
         let max_shared = client.properties().hardware.max_shared_memory_size;
         let lattice = flow.lattice();
@@ -733,7 +731,8 @@ mod tests {
             // The launches without bounds checks read and write only in
             // bounds: with checks (out-of-bounds reads give 0, writes are
             // dropped) the numbers are the same.
-            let checked = GpuDecoder::build(&flow, &gpu, true).unwrap().pixels(&host(z.clone())).unwrap();
+            let client = super::cube_client(&gpu).unwrap();
+            let checked = GpuDecoder::build(&flow, client, true).unwrap().pixels(&host(z.clone())).unwrap();
             assert_eq!(checked, got, "L{size}: checked and unchecked launches differ");
             let identity = host(crate::preprocess::logit_to_pixels(z, config.logit_constraint).clamp(0.0, 1.0));
             let moved = identity.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);

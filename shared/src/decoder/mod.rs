@@ -145,11 +145,6 @@ impl Decoder {
         }
     }
 
-    /// Burn ops on the flow's device whatever the device (for comparisons).
-    pub fn ops(flow: &RgFlow) -> Self {
-        Decoder::Ops(Box::new(flow.clone()))
-    }
-
     /// Latents to `[0, 1]` images (clamped): `z: [B, C, L, L] -> [B, C, L, L]`
     /// on `z`'s device.
     ///

@@ -27,8 +27,8 @@ pub struct Host {
     /// No backend was forced and WebGPU started: the model loads on the
     /// CPU, and PickBackend times WebGPU against it.
     race: bool,
-    /// The weight file and its name, until PickBackend has used them.
-    race_weights: Option<(Vec<u8>, String)>,
+    /// A model loaded in race mode waits for PickBackend.
+    race_pending: bool,
     engine: Option<Engine>,
     /// Live strokes by id (ids only grow, so the first is the oldest).
     strokes: BTreeMap<u32, ConeSampler>,
@@ -46,7 +46,7 @@ impl Host {
             let preference = if forced == Some(BackendKind::Cpu) { Preference::Cpu } else { Preference::Auto };
             let chosen = backend::choose(preference).await;
             self.race = forced.is_none() && chosen.kind == BackendKind::WebGpu;
-            self.race_weights = None;
+            self.race_pending = false;
             self.device = Some((chosen.device, chosen.kind));
             self.engine = None;
             self.strokes.clear();
@@ -61,7 +61,7 @@ impl Host {
             // Unforced on WebGPU: the CPU first (no kernels to compile before
             // the first face), the weights kept for PickBackend.
             let engine = if self.race {
-                self.race_weights = Some((bytes.clone(), source.clone()));
+                self.race_pending = true;
                 Engine::load(bytes, &source, Device::flex(), BackendKind::Cpu)?
             } else {
                 Engine::load(bytes, &source, device, kind)?
@@ -77,13 +77,13 @@ impl Host {
         }
         if let Request::PickBackend = request {
             let engine = self.engine.take().ok_or_else(|| WebError::Input("no model is loaded yet".into()))?;
-            let (Some((bytes, source)), Some((device, _))) = (self.race_weights.take(), self.device.clone()) else {
+            let (true, Some((device, _))) = (std::mem::take(&mut self.race_pending), self.device.clone()) else {
                 let backend = engine.backend();
                 self.engine = Some(engine);
                 return Ok(Response::Picked { backend, choice: None });
             };
             self.strokes.clear();
-            let (engine, choice) = faster_engine(engine, bytes, &source, device).await?;
+            let (engine, choice) = faster_engine(engine, device).await?;
             let backend = engine.backend();
             self.engine = Some(engine);
             return Ok(Response::Picked { backend, choice: Some(choice) });
@@ -141,11 +141,11 @@ impl Host {
     }
 }
 
-/// The model on the CPU (`on_cpu`) and loaded on WebGPU (`gpu`), each timed
-/// on a small batch of faces after a warm-up one; the faster is kept, with
-/// the reason.
-async fn faster_engine(on_cpu: Engine, bytes: Vec<u8>, source: &str, gpu: Device) -> Result<(Engine, String)> {
-    let on_gpu = Engine::load(bytes, source, gpu, BackendKind::WebGpu)?;
+/// The model on the CPU (`on_cpu`) and the same on WebGPU (`gpu`), each
+/// timed on a small batch of faces after a warm-up one; the faster is kept,
+/// with the reason.
+async fn faster_engine(on_cpu: Engine, gpu: Device) -> Result<(Engine, String)> {
+    let on_gpu = on_cpu.on(gpu, BackendKind::WebGpu)?;
     let (gpu_ms, cpu_ms) = (ms_per_face(&on_gpu).await?, ms_per_face(&on_cpu).await?);
     let timing = format!("{cpu_ms:.0} ms per face on the CPU, {gpu_ms:.0} on WebGPU");
     Ok(if gpu_ms <= cpu_ms {
