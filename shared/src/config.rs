@@ -1,7 +1,8 @@
 //! Model configuration: the same knobs as the authors' `args.py`.
 
 use burn::config::Config;
-use burn::prelude::Device;
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::prelude::{Device, Tensor};
 
 use crate::error::Error;
 
@@ -197,13 +198,37 @@ impl RgFlowConfig {
 
     /// Builds the model with the authors' initialisation.
     ///
+    /// Every parameter is drawn here, in the module's order, so one seed gives
+    /// one model whatever runs first.
+    ///
     /// # Panics
     /// If the config is invalid; call [`Self::validate`] first on untrusted input.
     pub fn init(&self, device: &Device) -> RgFlow {
+        let flow = self.init_lazy(device);
+        flow.visit(&mut Materialise);
+        flow
+    }
+
+    /// The model's structure with its parameters not yet made (burn's lazy
+    /// parameters): for loading weights into, which then never draws or
+    /// fills values it would overwrite (a third of a model load).
+    ///
+    /// # Panics
+    /// As [`Self::init`].
+    pub(crate) fn init_lazy(&self, device: &Device) -> RgFlow {
         if let Err(e) = self.validate() {
             panic!("{e}");
         }
         RgFlow::new(self, device)
+    }
+}
+
+/// Makes every lazy parameter it visits.
+struct Materialise;
+
+impl ModuleVisitor for Materialise {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        param.val();
     }
 }
 

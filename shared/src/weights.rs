@@ -94,9 +94,15 @@ pub fn save(flow: &RgFlow, path: &Path, precision: StoragePrecision) -> Result<(
 
 /// Reads the config stored in a weight file without loading the weights.
 pub fn read_config(bytes: &[u8], source: &str) -> Result<RgFlowConfig> {
-    let reader = Reader::from_bytes(Bytes::from_bytes_vec(bytes.to_vec()))
-        .map_err(|e| Error::weights(source, format!("not an rgflow weight file ({e})")))?;
+    let reader = open(bytes.to_vec(), source)?;
     config_from_metadata(reader.metadata(), source)
+}
+
+/// Reads a weight file's header (its metadata and tensor table; the tensors'
+/// data stays where it is).
+fn open(bytes: Vec<u8>, source: &str) -> Result<Reader> {
+    Reader::from_bytes(Bytes::from_bytes_vec(bytes))
+        .map_err(|e| Error::weights(source, format!("not an rgflow weight file ({e})")))
 }
 
 fn config_from_metadata(meta: &std::collections::BTreeMap<String, String>, source: &str) -> Result<RgFlowConfig> {
@@ -122,35 +128,35 @@ fn config_from_metadata(meta: &std::collections::BTreeMap<String, String>, sourc
 /// The file must carry our format tag and version, and every tensor must
 /// match the stored config's model in name and shape, with none left over.
 pub fn from_bytes(bytes: Vec<u8>, source: &str, device: &Device) -> Result<RgFlow> {
-    let config = read_config(&bytes, source)?;
-    load_into(config, bytes, source, device)
+    let reader = open(bytes, source)?;
+    let config = config_from_metadata(reader.metadata(), source)?;
+    load_into(config, reader, source, device)
 }
 
-/// Loads weights into a freshly built model of `config` (which must be the
-/// file's own config; see [`read_config`]).
-fn load_into(config: RgFlowConfig, bytes: Vec<u8>, source: &str, device: &Device) -> Result<RgFlow> {
-    // The random initialisation is overwritten at once: for inference, run it
-    // on the CPU, so a GPU (a browser's WebGPU above all) compiles no kernels
-    // for it. A training device keeps its own parameters (autodiff-tracked).
-    #[cfg(feature = "flex")]
-    let init_device = if device.is_autodiff() { device.clone() } else { Device::flex() };
-    #[cfg(not(feature = "flex"))]
-    let init_device = device.clone();
-    let mut flow = config.init(&init_device);
+/// Loads a file's tensors into a freshly built model of `config` (which must
+/// be the file's own config; see [`config_from_metadata`]). The header is
+/// read once, for the config and the tensors both.
+fn load_into(config: RgFlowConfig, reader: Reader, source: &str, device: &Device) -> Result<RgFlow> {
+    let misfit = |what: String| Error::weights(source, format!("tensors do not fit the stored config: {what}"));
+    // Built with lazy parameters: nothing is drawn, filled or run on the
+    // device before the file's tensors replace them.
+    let mut flow = config.init_lazy(device);
+    let tensors = reader.into_tensors().map_err(|e| misfit(e.to_string()))?;
     // f16 files become f32 on the host as they load: a device cast would need
     // f16 shaders, which many WebGPU adapters lack.
-    let mut store = BurnpackStore::from_bytes(Some(Bytes::from_bytes_vec(bytes)))
-        .validate(true)
-        .with_from_adapter(FloatCastAdapter::to(DType::F32));
-    let result = flow
-        .load_from(&mut store)
-        .map_err(|e| Error::weights(source, format!("tensors do not fit the stored config: {e}")))?;
-    if !result.unused.is_empty() {
-        return Err(Error::weights(source, format!("unexpected tensors, e.g. `{}`", result.unused[0])));
+    let result = flow.apply(tensors, None, Some(Box::new(FloatCastAdapter::to(DType::F32))), false);
+    if let Some(error) = result.errors.first() {
+        return Err(misfit(format!("{error:?}")));
+    }
+    // A lazy parameter left unloaded would be drawn at random on first use.
+    if let Some((path, _)) = result.missing.first() {
+        return Err(misfit(format!("`{path}` is missing")));
+    }
+    if let Some(path) = result.unused.first() {
+        return Err(Error::weights(source, format!("unexpected tensors, e.g. `{path}`")));
     }
     // Anything the adapter did not reach still computes in f32.
-    let flow = flow.map(&mut ToF32);
-    Ok(if &init_device == device { flow } else { flow.to_device(device) })
+    Ok(flow.map(&mut ToF32))
 }
 
 /// Loads a flow saved with [`save`].
@@ -164,14 +170,15 @@ pub fn load(path: &Path, device: &Device) -> Result<RgFlow> {
 pub fn load_expecting(path: &Path, expected: &RgFlowConfig, device: &Device) -> Result<RgFlow> {
     let bytes = std::fs::read(path).map_err(|source| Error::Io { path: path.into(), source })?;
     let source = path.display().to_string();
-    let config = read_config(&bytes, &source)?;
+    let reader = open(bytes, &source)?;
+    let config = config_from_metadata(reader.metadata(), &source)?;
     if &config != expected {
         return Err(Error::weights(
             &source,
             format!("holds another model: {}", serde_json::to_string(&config).unwrap_or_default()),
         ));
     }
-    load_into(config, bytes, &source, device)
+    load_into(config, reader, &source, device)
 }
 
 #[cfg(test)]
@@ -282,5 +289,55 @@ mod tests {
         other.save_into(&mut lying).unwrap();
         let err = from_bytes(lying.get_bytes().unwrap().to_vec(), "x", &device).unwrap_err().to_string();
         assert!(err.contains("do not fit"), "{err}");
+        // A file that lacks tensors: the model is built with lazy parameters,
+        // so a missing one must fail the load rather than be drawn at random.
+        let mut partial = BurnpackStore::from_bytes(None)
+            .with_regex(r"^layers\.0\.")
+            .metadata(FORMAT_KEY, FORMAT_NAME)
+            .metadata(VERSION_KEY, FORMAT_VERSION.to_string())
+            .metadata(CONFIG_KEY, serde_json::to_string(flow.config()).unwrap());
+        flow.save_into(&mut partial).unwrap();
+        let err = from_bytes(partial.get_bytes().unwrap().to_vec(), "x", &device).unwrap_err().to_string();
+        assert!(err.contains("do not fit") && err.contains("layers.1"), "{err}");
+    }
+
+    /// Counts a module's parameters that are made and those still lazy.
+    #[derive(Default)]
+    struct Made {
+        made: usize,
+        lazy: usize,
+    }
+
+    impl burn::module::ModuleVisitor for Made {
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
+            if param.is_initialized() { self.made += 1 } else { self.lazy += 1 }
+        }
+    }
+
+    /// Loading draws and fills nothing it then overwrites: the structure
+    /// it loads into is lazy, while `init` makes every parameter at once.
+    #[test]
+    fn a_loaded_model_was_never_initialised_and_a_new_one_is_made_at_once() {
+        let device = Device::flex();
+        let made = |flow: &RgFlow| {
+            let mut count = Made::default();
+            flow.visit(&mut count);
+            (count.made, count.lazy)
+        };
+        let flow = config("8").init(&device);
+        let (total, lazy) = made(&flow);
+        assert!(total > 0 && lazy == 0, "init left {lazy} of {total} parameters lazy");
+        let structure = config("8").init_lazy(&device);
+        assert_eq!(made(&structure), (0, total));
+        // `g = ‖v‖` at start whichever of the two is made first.
+        let (v, g) = {
+            let linear = &structure.layers[0].s_layers[0].res_blocks[0].linears[0];
+            let g = linear.weight_g.val();
+            (linear.weight_v.val(), g)
+        };
+        let norms = v.square().sum_dim(0).sqrt().squeeze_dim::<1>(0);
+        norms.into_data().assert_approx_eq::<f32>(&g.into_data(), burn::tensor::Tolerance::rel_abs(1e-6, 1e-6));
+        let loaded = from_bytes(to_bytes(&flow, StoragePrecision::F32).unwrap(), "mem", &device).unwrap();
+        assert_eq!(made(&loaded), (total, 0));
     }
 }

@@ -62,23 +62,26 @@ pub async fn choose(preference: Preference) -> Chosen {
     if let Some(reason) = missing_webgpu() {
         return cpu(reason);
     }
+    #[cfg(feature = "webgpu")]
     match Device::wgpu_options().init_async().await {
         Ok(device) => Chosen { device, kind: BackendKind::WebGpu, fallback_reason: None },
         Err(e) => cpu(format!("WebGPU did not start ({e})")),
     }
+    #[cfg(not(feature = "webgpu"))]
+    cpu("this engine is built for the CPU only".into())
 }
 
 /// Why WebGPU cannot work here, if that is known before asking for an adapter.
 /// (The global scope's navigator: a window's or, in the engine's worker, a
 /// worker's.)
-#[cfg(all(feature = "engine", target_arch = "wasm32"))]
-fn missing_webgpu() -> Option<String> {
+#[cfg(target_arch = "wasm32")]
+pub fn missing_webgpu() -> Option<String> {
     let navigator = js_sys::Reflect::get(&js_sys::global(), &"navigator".into()).ok()?;
     let gpu = js_sys::Reflect::get(&navigator, &"gpu".into()).ok()?;
     (gpu.is_undefined() || gpu.is_null()).then(|| "this browser has no WebGPU (navigator.gpu is missing)".to_string())
 }
 
-#[cfg(all(feature = "engine", not(target_arch = "wasm32")))]
-fn missing_webgpu() -> Option<String> {
+#[cfg(not(target_arch = "wasm32"))]
+pub fn missing_webgpu() -> Option<String> {
     None
 }

@@ -6,12 +6,14 @@
 
 use burn::prelude::*;
 use burn::tensor::TensorData;
+#[cfg(feature = "webgpu")]
+use rgflow::GpuDecoder;
 use rgflow::decoder::{Decoder, ProductPrecision};
 use rgflow::explore::factors::{LatentSite, random_walk};
 use rgflow::explore::inpaint::{ConeSampler, SampleOptions};
 use rgflow::explore::levels::{level_values, mix_levels, with_level_values};
 use rgflow::explore::receptive::receptive_field_tensor;
-use rgflow::{GpuDecoder, LevelTemperatures, PackedFlow, RgFlow, RgFlowConfig};
+use rgflow::{LevelTemperatures, PackedFlow, RgFlow, RgFlowConfig};
 
 use crate::backend::BackendKind;
 use crate::error::{Result, WebError};
@@ -28,6 +30,7 @@ pub struct Engine {
     decoder: Decoder,
     /// On WebGPU, the fused GPU decoder: one kernel launch per sub-layer,
     /// three kernels to compile instead of burn's dozens.
+    #[cfg(feature = "webgpu")]
     gpu: Option<std::sync::Arc<GpuDecoder>>,
     device: Device,
     backend: BackendKind,
@@ -48,11 +51,6 @@ impl Engine {
         Self::from_host_flow(&host_flow, device, backend)
     }
 
-    /// The model `self` runs, on another device.
-    pub fn on(&self, device: Device, backend: BackendKind) -> Result<Self> {
-        Self::from_host_flow(&self.flow, device, backend)
-    }
-
     /// The model of `host_flow` (loaded on the CPU) on `device`.
     fn from_host_flow(host_flow: &RgFlow, device: Device, backend: BackendKind) -> Result<Self> {
         let flow =
@@ -63,29 +61,36 @@ impl Engine {
             Some(packed) => packed.decoder(),
             None => Decoder::for_device(&flow, &device, ProductPrecision::F32)?,
         };
-        let gpu = GpuDecoder::for_device(host_flow, &device)?;
-        Ok(Self { flow, packed, decoder, gpu, device, backend })
+        Ok(Self {
+            #[cfg(feature = "webgpu")]
+            gpu: GpuDecoder::for_device(host_flow, &device)?,
+            flow,
+            packed,
+            decoder,
+            device,
+            backend,
+        })
     }
 
     /// Latents to `[0, 1]` images on the host: `[B, C, L, L]` in, as many
     /// values out (the GPU decoder's read back is asynchronous too).
     async fn decode_to_host(&self, z: Tensor<4>) -> Result<Vec<f32>> {
-        match &self.gpu {
-            Some(gpu) => Ok(gpu.pixels_async(&read(z).await?).await?),
-            None => read(self.decoder.decode(z)).await,
+        #[cfg(feature = "webgpu")]
+        if let Some(gpu) = &self.gpu {
+            return Ok(gpu.pixels_async(&read(z).await?).await?);
         }
+        read(self.decoder.decode(z)).await
     }
 
     /// [`Self::decode_to_host`] and the latents' values too, `(x01, z)`,
     /// with `z` read once.
     async fn face_values(&self, z: Tensor<4>) -> Result<(Vec<f32>, Vec<f32>)> {
-        match &self.gpu {
-            Some(gpu) => {
-                let z = read(z).await?;
-                Ok((gpu.pixels_async(&z).await?, z))
-            }
-            None => Ok((read(self.decoder.decode(z.clone())).await?, read(z).await?)),
+        #[cfg(feature = "webgpu")]
+        if let Some(gpu) = &self.gpu {
+            let z = read(z).await?;
+            return Ok((gpu.pixels_async(&z).await?, z));
         }
+        Ok((read(self.decoder.decode(z.clone())).await?, read(z).await?))
     }
 
     pub fn flow(&self) -> &RgFlow {

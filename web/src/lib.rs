@@ -6,12 +6,12 @@
 //! the wasm-bindgen tests call); [`worker`] runs it in a Web Worker, and `ui`
 //! wires the worker's client to the page of `index.html`.
 //!
-//! The `engine` feature (on by default) brings the model's compute: the
-//! engine, its backends and the worker's side. The page's binary is built
-//! without it (`data-cargo-no-default-features` in `index.html`), so its
-//! module carries none of the backends' code: CubeCL registers its kernel
-//! builders from start-up constructors, which keeps all of them in any
-//! binary that merely links it.
+//! The `engine` feature brings the model's compute on the CPU: the engine
+//! and the worker's side; `webgpu` (on by default) adds WebGPU. The page's
+//! binary is built with neither (`data-cargo-no-default-features` in
+//! `index.html`) and the CPU worker's without `webgpu`, so their modules
+//! carry none of CubeCL: it registers its kernel builders from start-up
+//! constructors, which keeps all of them in any binary that merely links it.
 
 pub mod backend;
 #[cfg(feature = "engine")]

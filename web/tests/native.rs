@@ -100,8 +100,6 @@ fn the_worker_host_answers_the_page_protocol() {
     assert_eq!(serde_json::to_string(engine.config()).unwrap(), info.config_json);
     assert_eq!(info.num_parameters, engine.flow().num_parameters());
     assert_eq!(info.backend, BackendKind::Cpu);
-    // A forced backend is kept: nothing to time.
-    assert!(matches!(ask(Request::PickBackend), Ok(Response::Picked { backend: BackendKind::Cpu, choice: None })));
 
     // Sampling equals the engine's own.
     let temps = temperatures(engine.levels());

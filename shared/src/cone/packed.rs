@@ -15,8 +15,9 @@
 //! bits as a full [`PackedFlow`] pass; against the burn ops of [`RgFlow`] it
 //! agrees to f32 rounding.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
+use burn::module::Module;
 use burn::prelude::Device;
 
 use super::{Direction, LocalStats};
@@ -60,7 +61,8 @@ struct Inner {
     flow: RgFlow,
     /// The device `flow` lives on.
     device: Device,
-    forward: Vec<PackedForward>,
+    /// See [`PackedFlow::forward`].
+    forward: OnceLock<Vec<PackedForward>>,
     inverse: Arc<CpuDecoder>,
     /// Per sub-layer, the canonical element of every value of every block,
     /// `[blocks][C][K²]` (the coupling's row layout).
@@ -87,17 +89,6 @@ impl PackedFlow {
     pub fn new(flow: &RgFlow) -> Self {
         let channels = flow.config().channels;
         let lattice = flow.lattice();
-        let mut device = None;
-        let forward = flow
-            .layers
-            .iter()
-            .map(|stack| {
-                let params = stack.flat_params();
-                device.get_or_insert_with(|| params.device());
-                let params = params.into_data().try_into_vec_as::<f32>().expect("f32 parameters");
-                PackedForward::new(stack.layout(), &params)
-            })
-            .collect();
         let elements = lattice
             .sublayers
             .iter()
@@ -106,12 +97,29 @@ impl PackedFlow {
             .collect();
         let inner = Inner {
             flow: flow.clone(),
-            device: device.expect("a flow has sub-layers"),
-            forward,
+            device: flow.devices().into_iter().next().expect("a flow has parameters"),
+            forward: OnceLock::new(),
             inverse: Arc::new(CpuDecoder::new(flow, ProductPrecision::F32)),
             elements,
         };
         Self { inner: Arc::new(inner) }
+    }
+
+    /// The forward's packed stacks, one per sub-layer, packed on first use:
+    /// sampling needs only the inverse, so a page's first face does not wait
+    /// for them.
+    fn forward(&self) -> &[PackedForward] {
+        self.inner.forward.get_or_init(|| {
+            self.inner
+                .flow
+                .layers
+                .iter()
+                .map(|stack| {
+                    let params = stack.flat_params().into_data().try_into_vec_as::<f32>().expect("f32 parameters");
+                    PackedForward::new(stack.layout(), &params)
+                })
+                .collect()
+        })
     }
 
     /// `flow` packed when `device` keeps tensors in host memory (the CPU
@@ -189,7 +197,7 @@ impl PackedFlow {
         match direction {
             Direction::Forward => {
                 let mut row_ldj = vec![0.0f32; rows.len() / self.block_table(k).0];
-                self.inner.forward[k].run(rows, &mut row_ldj);
+                self.forward()[k].run(rows, &mut row_ldj);
                 let per_image = self.inner.flow.lattice().sublayers[k].num_blocks;
                 for (image_ldj, values) in ldj.chunks_exact_mut(per_image).zip(row_ldj.chunks_exact(blocks.len())) {
                     for (&b, &v) in blocks.iter().zip(values) {

@@ -295,8 +295,10 @@ impl CpuDecoder {
         let rows = batch * blocks;
         let isa = self.isa;
         // Tiles read block rows from the state and write their own chunk of
-        // `out`; row `r` is block `r % blocks` of image `r / blocks`.
-        let mut out = vec![0.0f32; rows.div_ceil(TILE_ROWS) * TILE_ROWS * d];
+        // `out`; row `r` is block `r % blocks` of image `r / blocks`. The last
+        // tile is short (rounded up to the micro-kernel's rows): a coarse
+        // level of a small batch has a few blocks, not a tile's worth.
+        let mut out = vec![0.0f32; rows.next_multiple_of(MR) * d];
         let run = |ws: &mut Workspace<E>, (tile, chunk): (usize, &mut [f32])| {
             let first = tile * TILE_ROWS;
             for (i, row) in chunk.chunks_exact_mut(d).enumerate().take(rows.saturating_sub(first)) {
@@ -304,7 +306,7 @@ impl CpuDecoder {
                 let at = (r / blocks) * n + (r % blocks) * d;
                 row.copy_from_slice(&state[at..at + d]);
             }
-            tile::invert_tile(isa, stack, chunk, TILE_ROWS, ws);
+            tile::invert_tile(isa, stack, chunk, chunk.len() / d, ws);
         };
         #[cfg(feature = "parallel")]
         {

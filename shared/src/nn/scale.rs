@@ -12,7 +12,8 @@ pub struct ScaleConfig {
 impl ScaleConfig {
     /// A zero-initialised scale (every coupling starts as the identity).
     pub fn init(&self, device: &Device) -> Scale {
-        Scale { scale: Param::from_tensor(Tensor::zeros([self.features], device)) }
+        let features = self.features;
+        Scale { scale: super::lazy_param([features], device, move |device| Tensor::zeros([features], device)) }
     }
 }
 

@@ -12,7 +12,8 @@ pub struct SwishConfig {
 impl SwishConfig {
     /// A Swish with `β = 1` (the authors' initialisation).
     pub fn init(&self, device: &Device) -> Swish {
-        Swish { beta: Param::from_tensor(Tensor::ones([self.features], device)) }
+        let features = self.features;
+        Swish { beta: super::lazy_param([features], device, move |device| Tensor::ones([features], device)) }
     }
 }
 

@@ -2,6 +2,7 @@ use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::prelude::*;
 use burn::tensor::Distribution;
+use std::sync::{Arc, OnceLock};
 
 /// A [`WeightNormLinear`] from `d_input` to `d_output` features.
 #[derive(Config, Debug)]
@@ -18,12 +19,22 @@ impl WeightNormLinearConfig {
     pub fn init(&self, device: &Device) -> WeightNormLinear {
         let (d_in, d_out) = (self.d_input, self.d_output);
         let bound = (2.81 * 3.0 / d_in as f64).sqrt();
-        let v = Tensor::<2>::random([d_in, d_out], Distribution::Uniform(-bound, bound), device);
-        let g = v.clone().square().sum_dim(0).sqrt().squeeze_dim::<1>(0);
+        // `v` and `g` are lazy (see `lazy_param`) but `g` is `v`'s norm: the
+        // draw is made once, by whichever of the two is used first.
+        let draw = Arc::new(OnceLock::new());
+        let v_draw = Arc::clone(&draw);
+        let draw_v = move |device: &Device| -> Tensor<2> {
+            Tensor::random([d_in, d_out], Distribution::Uniform(-bound, bound), device)
+        };
         WeightNormLinear {
-            weight_v: Param::from_tensor(v),
-            weight_g: Param::from_tensor(g),
-            bias: Param::from_tensor(Tensor::zeros([d_out], device)),
+            weight_v: super::lazy_param([d_in, d_out], device, move |device| {
+                v_draw.get_or_init(|| draw_v(device)).clone()
+            }),
+            weight_g: super::lazy_param([d_out], device, move |device| {
+                let v: &Tensor<2> = draw.get_or_init(|| draw_v(device));
+                v.clone().square().sum_dim(0).sqrt().squeeze_dim::<1>(0)
+            }),
+            bias: super::lazy_param([d_out], device, move |device| Tensor::zeros([d_out], device)),
         }
     }
 }

@@ -16,11 +16,11 @@ use std::rc::Rc;
 
 use web_sys::{HtmlElement, KeyboardEvent, MouseEvent};
 
-use crate::backend::BackendKind;
+use crate::backend::{self, BackendKind};
 use crate::error::Result;
 use crate::face::Face;
 use crate::weights;
-use crate::worker::client::{EngineClient, EngineWorker, WORKER_URL};
+use crate::worker::client::{CPU_WORKER_URL, EngineClient, EngineWorker, WEBGPU_WORKER_URL};
 pub use dom::now;
 use live::Live;
 pub use page::Page;
@@ -157,10 +157,17 @@ async fn run(t0: f64) -> Result<()> {
     let page = Page::find()?;
     let frame = &page.frame;
     // The worker compiles the engine's wasm while the weights download; its
-    // backend starts as soon as it listens.
-    let worker = EngineWorker::spawn(WORKER_URL, |why| page_status(why, true))?;
+    // backend starts as soon as it listens. Unless WebGPU is forced, the
+    // first faces come from the CPU engine's worker: a quarter of the WebGPU
+    // one's download, without CubeCL's start-up. Where the browser has
+    // WebGPU, it is then timed against the CPU in its own worker.
+    let forced = BackendKind::from_query(query("backend").as_deref());
+    let first_backend = forced.unwrap_or(BackendKind::Cpu);
+    let worker_url = if first_backend == BackendKind::WebGpu { WEBGPU_WORKER_URL } else { CPU_WORKER_URL };
+    let worker = EngineWorker::spawn(worker_url, |why| page_status(why, true))?;
     status(&frame.status, "Starting the compute backend…", false);
-    let started = worker.start(BackendKind::from_query(query("backend").as_deref()));
+    let started = worker.start(Some(first_backend));
+    let race = forced.is_none() && backend::missing_webgpu().is_none();
 
     let url = weights::same_origin_url(&query("model").unwrap_or_else(|| DEFAULT_MODEL_URL.to_string()))?;
     status(&frame.status, &format!("Loading the model ({url})…"), false);
@@ -176,7 +183,12 @@ async fn run(t0: f64) -> Result<()> {
     let mut marks = vec![("page wasm started", t0), ("weights downloaded", now())];
     let (kind, reason) = started.await?;
     marks.push(("backend started", now()));
-    frame.backend.set_text_content(Some(&backend_line(kind, reason.as_deref())));
+    let line = match forced {
+        Some(_) => backend_line(kind, reason.as_deref()),
+        None if race => "CPU for now — timing WebGPU against it…".to_string(),
+        None => backend_line(BackendKind::Cpu, backend::missing_webgpu().as_deref()),
+    };
+    frame.backend.set_text_content(Some(&line));
     // A cached copy that fails validation is dropped and fetched again; a
     // file enters the cache only once it loaded.
     let engine = match EngineClient::load(&worker, download.bytes.clone(), &url).await {
@@ -188,12 +200,7 @@ async fn run(t0: f64) -> Result<()> {
         loaded => loaded?,
     };
     marks.push(("model loaded", now()));
-    // Unforced on WebGPU, the first faces come from the CPU while the worker
-    // then times WebGPU against it (kernels compile on first use).
-    let race = kind == BackendKind::WebGpu && engine.backend() == BackendKind::Cpu;
-    if race {
-        frame.backend.set_text_content(Some("CPU for now — timing WebGPU against it…"));
-    }
+    let race_bytes = race.then(|| download.bytes.clone());
     let (size, origin) = (download.bytes.len(), download.origin);
     weights::remember(&url, download).await;
     let c = engine.config().clone();
@@ -237,16 +244,50 @@ async fn run(t0: f64) -> Result<()> {
     frame.load_progress.set_hidden(true);
     status(&frame.status, &format!("Ready in {:.0} ms.", now() - t0), false);
     let _ = frame.app.set_attribute("data-state", "ready");
-    if race {
-        let (backend, choice) = app.engine.pick_backend().await?;
-        let name = if backend == BackendKind::WebGpu { "WebGPU" } else { "CPU" };
-        let line = choice.map_or_else(|| name.to_string(), |choice| format!("{name} — {choice}"));
+    if let Some(bytes) = race_bytes {
+        let line = race_webgpu(&app.engine, bytes, &url)
+            .await
+            .unwrap_or_else(|e| format!("CPU — WebGPU could not be timed against it ({e})"));
         frame.backend.set_text_content(Some(&line));
     }
     if query("bench").is_some() {
         crate::bench::run(&app.engine, &frame.bench, &marks).await;
     }
     Ok(())
+}
+
+/// Faces per timed batch when the two backends are compared at start-up
+/// (after one warm-up face each, which pays for compiling kernels).
+const RACE_FACES: usize = 2;
+
+/// Loads the model (`bytes`, from `url`) in a WebGPU worker and times it
+/// against `engine`, which runs on the CPU: the faster answers from now on.
+/// The backend line, saying why.
+async fn race_webgpu(engine: &EngineClient, bytes: Vec<u8>, url: &str) -> Result<String> {
+    let worker = EngineWorker::spawn(WEBGPU_WORKER_URL, |why| page_status(why, true))?;
+    let (kind, reason) = worker.start(Some(BackendKind::WebGpu)).await?;
+    if kind != BackendKind::WebGpu {
+        return Ok(backend_line(BackendKind::Cpu, reason.as_deref()));
+    }
+    let on_gpu = EngineClient::load(&worker, bytes, url).await?;
+    let (gpu_ms, cpu_ms) = (ms_per_face(&on_gpu).await?, ms_per_face(engine).await?);
+    let timing = format!("{cpu_ms:.0} ms per face on the CPU, {gpu_ms:.0} on WebGPU");
+    Ok(if gpu_ms <= cpu_ms {
+        engine.switch_to(on_gpu);
+        format!("WebGPU — faster here than the CPU ({timing})")
+    } else {
+        format!("CPU — faster here than WebGPU ({timing})")
+    })
+}
+
+/// Milliseconds per face of a batch of [`RACE_FACES`] faces, after one face
+/// to warm up (kernels compile on first use).
+async fn ms_per_face(engine: &EngineClient) -> Result<f64> {
+    let temperatures = vec![0.8; engine.levels()];
+    engine.sample(1, &temperatures, 0).await?;
+    let start = now();
+    engine.sample(RACE_FACES, &temperatures, 1).await?;
+    Ok((now() - start) / RACE_FACES as f64)
 }
 
 /// The backend line: which backend, and why not WebGPU.

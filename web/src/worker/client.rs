@@ -21,9 +21,12 @@ use crate::backend::BackendKind;
 use crate::error::{Result, WebError};
 use crate::face::Face;
 
-/// The worker's loader, written by trunk next to the page (`data-loader-shim`
-/// on the worker's `<link>` in `index.html`).
-pub const WORKER_URL: &str = "./rgflow-worker_loader.js";
+/// The workers' loaders, written by trunk next to the page (`data-loader-shim`
+/// on the workers' `<link>`s in `index.html`): the engine with WebGPU and the
+/// CPU backend, and the CPU backend alone (a quarter of the download, and it
+/// starts sooner).
+pub const WEBGPU_WORKER_URL: &str = "./rgflow-worker_loader.js";
+pub const CPU_WORKER_URL: &str = "./rgflow-worker-cpu_loader.js";
 
 /// Where one answer will be put, and who waits for it.
 #[derive(Default)]
@@ -222,9 +225,18 @@ macro_rules! ask {
     };
 }
 
+impl Drop for EngineWorker {
+    fn drop(&mut self) {
+        // A worker the page no longer talks to (the slower backend's, after
+        // the start-up race) gives its memory back.
+        self.worker.terminate();
+    }
+}
+
 /// A loaded model, computed in the worker.
 pub struct EngineClient {
-    worker: Rc<EngineWorker>,
+    /// Swapped once at most, by [`Self::switch_to`].
+    worker: RefCell<Rc<EngineWorker>>,
     config: RgFlowConfig,
     lattice: MeraLattice,
     num_parameters: usize,
@@ -232,8 +244,7 @@ pub struct EngineClient {
 }
 
 impl EngineClient {
-    /// Loads a weight file in the worker (after an unforced start on
-    /// WebGPU it runs on the CPU until [`Self::pick_backend`]).
+    /// Loads a weight file in the worker.
     pub async fn load(worker: &Rc<EngineWorker>, bytes: Vec<u8>, source: &str) -> Result<Self> {
         let request = Request::Load { bytes, source: source.to_string() };
         let ModelInfo { config_json, num_parameters, backend } =
@@ -241,15 +252,24 @@ impl EngineClient {
         let config: RgFlowConfig = serde_json::from_str(&config_json)
             .map_err(|e| WebError::Backend(format!("the engine's model config: {e}")))?;
         let lattice = MeraLattice::new(config.image_size, config.kernel_size);
-        Ok(Self { worker: worker.clone(), config, lattice, num_parameters, backend: std::cell::Cell::new(backend) })
+        Ok(Self {
+            worker: RefCell::new(worker.clone()),
+            config,
+            lattice,
+            num_parameters,
+            backend: std::cell::Cell::new(backend),
+        })
     }
 
-    /// Has the worker time WebGPU against the CPU and keep the faster: the
-    /// backend now running and why, when both were timed.
-    pub async fn pick_backend(&self) -> Result<(BackendKind, Option<String>)> {
-        let (backend, choice) = ask!(self.worker, Request::PickBackend, "PickBackend", Response::Picked { backend, choice } => (backend, choice))?;
-        self.backend.set(backend);
-        Ok((backend, choice))
+    /// From now on, the model `other` has loaded (the same weights) answers,
+    /// on its backend; this one's worker ends once its last stroke has.
+    pub fn switch_to(&self, other: EngineClient) {
+        self.worker.replace(other.worker.into_inner());
+        self.backend.set(other.backend.get());
+    }
+
+    fn worker(&self) -> Rc<EngineWorker> {
+        self.worker.borrow().clone()
     }
 
     pub fn config(&self) -> &RgFlowConfig {
@@ -276,42 +296,42 @@ impl EngineClient {
     /// `n` faces from the prior (see [`crate::Engine::sample`]).
     pub async fn sample(&self, n: usize, temperatures: &[f64], seed: u64) -> Result<Vec<Face>> {
         let request = Request::Sample { n, temperatures: temperatures.to_vec(), seed };
-        ask!(self.worker, request, "Sample", Response::Faces(faces) => faces)
+        ask!(self.worker(), request, "Sample", Response::Faces(faces) => faces)
     }
 
     /// An image encoded and scored: the face and its bits per dimension.
     pub async fn encode(&self, x01: Vec<f32>) -> Result<(Face, f64)> {
-        ask!(self.worker, Request::Encode { x01 }, "Encode", Response::Scored { face, bits_per_dim } => (face, bits_per_dim))
+        ask!(self.worker(), Request::Encode { x01 }, "Encode", Response::Scored { face, bits_per_dim } => (face, bits_per_dim))
     }
 
     /// Mixtures of `a` (levels `≥ λ`) and `b` for every `λ`: `levels + 1` images.
     pub async fn mix_strip(&self, a: &Face, b: &Face) -> Result<Vec<Vec<f32>>> {
         let request = Request::MixStrip { a: a.clone(), b: b.clone() };
-        ask!(self.worker, request, "MixStrip", Response::Images(images) => images)
+        ask!(self.worker(), request, "MixStrip", Response::Images(images) => images)
     }
 
     /// One level's latents of a face, `[C·sites]`.
     pub async fn level_latents(&self, face: &Face, level: usize) -> Result<Vec<f32>> {
         let request = Request::LevelLatents { face: face.clone(), level };
-        ask!(self.worker, request, "LevelLatents", Response::Values(values) => values)
+        ask!(self.worker(), request, "LevelLatents", Response::Values(values) => values)
     }
 
     /// The face with one level's latents replaced.
     pub async fn with_level_latents(&self, face: &Face, level: usize, values: Vec<f32>) -> Result<Face> {
         let request = Request::WithLevelLatents { face: face.clone(), level, values };
-        ask!(self.worker, request, "WithLevelLatents", Response::Face(face) => face)
+        ask!(self.worker(), request, "WithLevelLatents", Response::Face(face) => face)
     }
 
     /// A closed random walk of one level's latents: `frames` images.
     pub async fn random_walk(&self, face: &Face, level: usize, frames: usize, seed: u64) -> Result<Vec<Vec<f32>>> {
         let request = Request::RandomWalk { face: face.clone(), level, frames, seed };
-        ask!(self.worker, request, "RandomWalk", Response::Images(images) => images)
+        ask!(self.worker(), request, "RandomWalk", Response::Images(images) => images)
     }
 
     /// `∂x/∂z` of the latent at `site` (row-major) and `channel`: `[C, L, L]`.
     pub async fn receptive_field(&self, face: &Face, site: usize, channel: usize) -> Result<Vec<f32>> {
         let request = Request::ReceptiveField { face: face.clone(), site, channel };
-        ask!(self.worker, request, "ReceptiveField", Response::Values(values) => values)
+        ask!(self.worker(), request, "ReceptiveField", Response::Values(values) => values)
     }
 
     /// Starts drawing a completion of the sites marked in `unknown` (`[L·L]`)
@@ -325,8 +345,10 @@ impl EngineClient {
         seed: u64,
     ) -> Result<Stroke> {
         let request = Request::StartStroke { face: face.clone(), unknown: unknown.to_vec(), temperature, rounds, seed };
-        let info = ask!(self.worker, request, "StartStroke", Response::StrokeStarted(info) => info)?;
-        Ok(Stroke { worker: self.worker.clone(), info })
+        // The stroke's sampler lives in this worker, whatever answers later.
+        let worker = self.worker();
+        let info = ask!(worker, request, "StartStroke", Response::StrokeStarted(info) => info)?;
+        Ok(Stroke { worker, info })
     }
 }
 

@@ -17,14 +17,9 @@ use crate::face::Face;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Request {
     /// Starts the compute backend: `forced` (`?backend=`), or WebGPU where
-    /// it works (else the CPU). Unforced with WebGPU working, the model
-    /// loads on the CPU first and [`Request::PickBackend`] times both.
-    /// Answered by [`Response::Started`].
+    /// it works and the worker has it (else the CPU). Answered by
+    /// [`Response::Started`].
     Start { forced: Option<BackendKind> },
-    /// Times the model on WebGPU and on the CPU and keeps the faster (after
-    /// an unforced start on WebGPU; otherwise keeps what runs): answered by
-    /// [`Response::Picked`].
-    PickBackend,
     /// Loads a weight file (as written by `trainer export`); `source` names
     /// it in errors. Answered by [`Response::Loaded`].
     Load {
@@ -80,11 +75,6 @@ pub enum Response {
     Values(Vec<f32>),
     StrokeStarted(StrokeInfo),
     Ended,
-    /// The backend the model now runs on and, when both were timed, why.
-    Picked {
-        backend: BackendKind,
-        choice: Option<String>,
-    },
 }
 
 /// What the page needs to know of a loaded model.
@@ -94,8 +84,7 @@ pub struct ModelInfo {
     /// the weight file holds).
     pub config_json: String,
     pub num_parameters: usize,
-    /// The backend the model runs on (the CPU until [`Request::PickBackend`]
-    /// after an unforced start).
+    /// The backend the model runs on.
     pub backend: BackendKind,
 }
 
@@ -148,7 +137,6 @@ mod tests {
         let requests = [
             Request::Start { forced: Some(BackendKind::Cpu) },
             Request::Start { forced: None },
-            Request::PickBackend,
             Request::Load { bytes: vec![0, 1, 255], source: "models/x.rgflow".into() },
             Request::Sample { n: 16, temperatures: vec![0.6, 0.9], seed: u64::MAX },
             Request::StartStroke {

@@ -33,7 +33,7 @@ fn post(scope: &DedicatedWorkerGlobalScope, message: &FromWorker) {
     }
 }
 
-/// Runs the engine's worker (the entry point of the worker's binary).
+/// Runs the engine's worker: answers the page's requests.
 pub fn serve() {
     let scope: DedicatedWorkerGlobalScope = js_sys::global().unchecked_into();
     {
