@@ -146,7 +146,7 @@ fn load_into(config: RgFlowConfig, reader: Reader, source: &str, device: &Device
     // f16 shaders, which many WebGPU adapters lack.
     let result = flow.apply(tensors, None, Some(Box::new(FloatCastAdapter::to(DType::F32))), false);
     if let Some(error) = result.errors.first() {
-        return Err(misfit(format!("{error:?}")));
+        return Err(misfit(error.to_string()));
     }
     // A lazy parameter left unloaded would be drawn at random on first use.
     if let Some((path, _)) = result.missing.first() {

@@ -292,7 +292,7 @@ try {
   const gpu = await puppeteer.launch({ executablePath: chromePath(), args: chromeArgs(true), protocolTimeout: TIMEOUT });
   try {
     await run(gpu, server.url, 'webgpu', '?backend=webgpu', /^WebGPU$/);
-    // No backend asked for: the worker times both and says which won.
+    // No backend asked for: the page times both workers and says which won.
     await run(gpu, server.url, 'auto', '',
       /^(WebGPU — faster here than the CPU|CPU — faster here than WebGPU) \(\d+ ms per face on the CPU, \d+ on WebGPU\)$/);
     await run(gpu, server.url, 'cpu', '?backend=cpu', /CPU/);

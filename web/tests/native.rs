@@ -100,6 +100,9 @@ fn the_worker_host_answers_the_page_protocol() {
     assert_eq!(serde_json::to_string(engine.config()).unwrap(), info.config_json);
     assert_eq!(info.num_parameters, engine.flow().num_parameters());
     assert_eq!(info.backend, BackendKind::Cpu);
+    // The start-up race's timing, made in the worker.
+    let Ok(Response::MsPerFace(ms)) = ask(Request::TimeFaces { n: 2 }) else { panic!("time faces") };
+    assert!(ms.is_finite() && ms > 0.0, "{ms} ms per face");
 
     // Sampling equals the engine's own.
     let temps = temperatures(engine.levels());

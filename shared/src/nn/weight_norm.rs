@@ -31,8 +31,10 @@ impl WeightNormLinearConfig {
                 v_draw.get_or_init(|| draw_v(device)).clone()
             }),
             weight_g: super::lazy_param([d_out], device, move |device| {
-                let v: &Tensor<2> = draw.get_or_init(|| draw_v(device));
-                v.clone().square().sum_dim(0).sqrt().squeeze_dim::<1>(0)
+                // On `device` even if `v` was made elsewhere (a module moved
+                // between the two).
+                let v = draw.get_or_init(|| draw_v(device)).clone().to_device(device);
+                v.square().sum_dim(0).sqrt().squeeze_dim::<1>(0)
             }),
             bias: super::lazy_param([d_out], device, move |device| Tensor::zeros([d_out], device)),
         }

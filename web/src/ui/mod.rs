@@ -264,30 +264,32 @@ const RACE_FACES: usize = 2;
 /// against `engine`, which runs on the CPU: the faster answers from now on.
 /// The backend line, saying why.
 async fn race_webgpu(engine: &EngineClient, bytes: Vec<u8>, url: &str) -> Result<String> {
-    let worker = EngineWorker::spawn(WEBGPU_WORKER_URL, |why| page_status(why, true))?;
+    // Until it is adopted, a crash of the WebGPU worker only loses the race
+    // (the CPU keeps answering): the console hears of it, not the page.
+    let adopted = Rc::new(Cell::new(false));
+    let on_crash = {
+        let adopted = adopted.clone();
+        move |why: &str| match adopted.get() {
+            true => page_status(why, true),
+            false => web_sys::console::warn_1(&format!("the WebGPU worker, timed against the CPU: {why}").into()),
+        }
+    };
+    let worker = EngineWorker::spawn(WEBGPU_WORKER_URL, on_crash)?;
     let (kind, reason) = worker.start(Some(BackendKind::WebGpu)).await?;
     if kind != BackendKind::WebGpu {
         return Ok(backend_line(BackendKind::Cpu, reason.as_deref()));
     }
     let on_gpu = EngineClient::load(&worker, bytes, url).await?;
-    let (gpu_ms, cpu_ms) = (ms_per_face(&on_gpu).await?, ms_per_face(engine).await?);
+    let gpu_ms = on_gpu.ms_per_face(RACE_FACES).await?;
+    let cpu_ms = engine.ms_per_face(RACE_FACES).await?;
     let timing = format!("{cpu_ms:.0} ms per face on the CPU, {gpu_ms:.0} on WebGPU");
     Ok(if gpu_ms <= cpu_ms {
+        adopted.set(true);
         engine.switch_to(on_gpu);
         format!("WebGPU — faster here than the CPU ({timing})")
     } else {
         format!("CPU — faster here than WebGPU ({timing})")
     })
-}
-
-/// Milliseconds per face of a batch of [`RACE_FACES`] faces, after one face
-/// to warm up (kernels compile on first use).
-async fn ms_per_face(engine: &EngineClient) -> Result<f64> {
-    let temperatures = vec![0.8; engine.levels()];
-    engine.sample(1, &temperatures, 0).await?;
-    let start = now();
-    engine.sample(RACE_FACES, &temperatures, 1).await?;
-    Ok((now() - start) / RACE_FACES as f64)
 }
 
 /// The backend line: which backend, and why not WebGPU.

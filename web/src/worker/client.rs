@@ -193,8 +193,8 @@ impl EngineWorker {
     }
 
     /// Starts the compute backend (`forced`: that one, as `?backend=` asks;
-    /// else the choice is made at load): which one runs, and why it is not
-    /// WebGPU.
+    /// else WebGPU where it works and the worker has it): which one runs,
+    /// and why it is not WebGPU.
     pub fn start(
         &self,
         forced: Option<BackendKind>,
@@ -228,7 +228,10 @@ macro_rules! ask {
 impl Drop for EngineWorker {
     fn drop(&mut self) {
         // A worker the page no longer talks to (the slower backend's, after
-        // the start-up race) gives its memory back.
+        // the start-up race) gives its memory back; its handlers go first, so
+        // a message already queued finds no dropped closure.
+        self.worker.set_onmessage(None);
+        self.worker.set_onerror(None);
         self.worker.terminate();
     }
 }
@@ -291,6 +294,12 @@ impl EngineClient {
     /// Number of levels (index 0 = finest).
     pub fn levels(&self) -> usize {
         self.lattice.levels()
+    }
+
+    /// Milliseconds per face on this worker's backend: a warm-up face, then
+    /// `n` faces timed in the worker.
+    pub async fn ms_per_face(&self, n: usize) -> Result<f64> {
+        ask!(self.worker(), Request::TimeFaces { n }, "TimeFaces", Response::MsPerFace(ms) => ms)
     }
 
     /// `n` faces from the prior (see [`crate::Engine::sample`]).

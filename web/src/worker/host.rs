@@ -61,6 +61,14 @@ impl Host {
         Ok(match request {
             Request::Start { .. } | Request::Load { .. } => unreachable!("answered above"),
             Request::Sample { n, temperatures, seed } => Response::Faces(engine.sample(n, &temperatures, seed).await?),
+            Request::TimeFaces { n } => {
+                let n = n.max(1);
+                let temperatures = vec![0.8; engine.levels()];
+                engine.sample(1, &temperatures, 0).await?;
+                let start = web_time::Instant::now();
+                engine.sample(n, &temperatures, 1).await?;
+                Response::MsPerFace(start.elapsed().as_secs_f64() * 1e3 / n as f64)
+            }
             Request::Encode { x01 } => {
                 let (face, bits_per_dim) = engine.encode(x01).await?;
                 Response::Scored { face, bits_per_dim }

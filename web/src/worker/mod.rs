@@ -1,7 +1,8 @@
 //! The engine in a Web Worker: the page's main thread only draws and takes
-//! input, while the model runs in the worker (its own wasm module, built by
-//! trunk from the `rgflow-worker` binary), so the page stays responsive
-//! during a batch of faces or an inpainting stroke on either backend.
+//! input, while the model runs in a worker (its own wasm module, built by
+//! trunk from the `rgflow-worker-cpu` binary for the CPU backend or from
+//! `rgflow-worker` for WebGPU), so the page stays responsive during a batch
+//! of faces or an inpainting stroke on either backend.
 //!
 //! [`protocol`] is what crosses between them, [`host`] answers requests (and
 //! runs natively in tests), `serve` is the worker's message loop and

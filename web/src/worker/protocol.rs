@@ -29,6 +29,10 @@ pub enum Request {
     },
     /// `n` faces from the prior, one temperature per level: [`Response::Faces`].
     Sample { n: usize, temperatures: Vec<f64>, seed: u64 },
+    /// Times the backend: one face to warm up (kernels compile on first
+    /// use), then `n` faces, timed in the worker so that other requests in
+    /// its queue do not count: [`Response::MsPerFace`].
+    TimeFaces { n: usize },
     /// Encodes and scores an image in `[0, 1]`: [`Response::Scored`].
     Encode { x01: Vec<f32> },
     /// The mixtures of `a` (coarse levels) and `b` (fine) for every cut-off:
@@ -75,6 +79,8 @@ pub enum Response {
     Values(Vec<f32>),
     StrokeStarted(StrokeInfo),
     Ended,
+    /// Milliseconds per face of a timed batch.
+    MsPerFace(f64),
 }
 
 /// What the page needs to know of a loaded model.
@@ -139,6 +145,7 @@ mod tests {
             Request::Start { forced: None },
             Request::Load { bytes: vec![0, 1, 255], source: "models/x.rgflow".into() },
             Request::Sample { n: 16, temperatures: vec![0.6, 0.9], seed: u64::MAX },
+            Request::TimeFaces { n: 2 },
             Request::StartStroke {
                 face: face.clone(),
                 unknown: vec![true, false],
