@@ -92,12 +92,6 @@ pub fn save(flow: &RgFlow, path: &Path, precision: StoragePrecision) -> Result<(
     write_atomic(path, &to_bytes(flow, precision)?)
 }
 
-/// Reads the config stored in a weight file without loading the weights.
-pub fn read_config(bytes: &[u8], source: &str) -> Result<RgFlowConfig> {
-    let reader = open(bytes.to_vec(), source)?;
-    config_from_metadata(reader.metadata(), source)
-}
-
 /// Reads a weight file's header (its metadata and tensor table; the tensors'
 /// data stays where it is).
 fn open(bytes: Vec<u8>, source: &str) -> Result<Reader> {

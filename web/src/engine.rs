@@ -48,13 +48,7 @@ impl Engine {
         // Loaded on the CPU first: the GPU decoder packs its weights from host
         // values, and a WebGPU tensor cannot be read synchronously.
         let host_flow = rgflow::weights::from_bytes(bytes, source, &Device::flex())?;
-        Self::from_host_flow(&host_flow, device, backend)
-    }
-
-    /// The model of `host_flow` (loaded on the CPU) on `device`.
-    fn from_host_flow(host_flow: &RgFlow, device: Device, backend: BackendKind) -> Result<Self> {
-        let flow =
-            if host_flow.devices()[0] == device { host_flow.clone() } else { host_flow.clone().to_device(&device) };
+        let flow = if device == Device::flex() { host_flow.clone() } else { host_flow.clone().to_device(&device) };
         let packed = PackedFlow::for_device(&flow, &device);
         let decoder = match &packed {
             // The packed flow's own decoder: the inverse is packed once.
@@ -63,7 +57,7 @@ impl Engine {
         };
         Ok(Self {
             #[cfg(feature = "webgpu")]
-            gpu: GpuDecoder::for_device(host_flow, &device)?,
+            gpu: GpuDecoder::for_device(&host_flow, &device)?,
             flow,
             packed,
             decoder,
