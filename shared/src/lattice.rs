@@ -238,15 +238,29 @@ impl MeraLattice {
     /// is `O(log L)` blocks in all — the causal cone of the change.
     pub fn cone(&self, changed: &[bool], inverse: bool) -> (Vec<Vec<usize>>, Vec<bool>) {
         let mut marked = changed.to_vec();
+        // The marked sites as a list too: each sub-layer looks at those only,
+        // not at all L² sites (a cone from one fine site stays small; an
+        // inpainting stroke asks for one per site of its hole's cone).
+        let mut sites: Vec<usize> = (0..marked.len()).filter(|&s| marked[s]).collect();
         let order: Vec<usize> =
             if inverse { (0..self.sublayers.len()).rev().collect() } else { (0..self.sublayers.len()).collect() };
         let mut dirty = vec![Vec::new(); self.sublayers.len()];
         for k in order {
             let sub = &self.sublayers[k];
-            let blocks = sub.blocks_touching(&marked);
+            let mut hit = vec![false; sub.num_blocks];
+            for &site in &sites {
+                if let Some(b) = sub.block_of(site) {
+                    hit[b] = true;
+                }
+            }
+            let blocks: Vec<usize> = (0..sub.num_blocks).filter(|&b| hit[b]).collect();
             for &b in &blocks {
                 for s in 0..self.block_sites() {
-                    marked[sub.site(self.size, b, s)] = true;
+                    let site = sub.site(self.size, b, s);
+                    if !marked[site] {
+                        marked[site] = true;
+                        sites.push(site);
+                    }
                 }
             }
             dirty[k] = blocks;
@@ -336,6 +350,51 @@ mod tests {
         let lat = MeraLattice::new(32, 4);
         let count = |l| lat.site_level.iter().filter(|&&x| x == l).count();
         assert_eq!([count(0), count(1), count(2), count(3)], [768, 192, 48, 16]);
+    }
+
+    /// The cone as first written: every sub-layer scans all L² sites.
+    fn cone_by_scanning(lat: &MeraLattice, changed: &[bool], inverse: bool) -> (Vec<Vec<usize>>, Vec<bool>) {
+        let mut marked = changed.to_vec();
+        let mut order: Vec<usize> = (0..lat.sublayers.len()).collect();
+        if inverse {
+            order.reverse();
+        }
+        let mut dirty = vec![Vec::new(); lat.sublayers.len()];
+        for k in order {
+            let sub = &lat.sublayers[k];
+            let blocks = sub.blocks_touching(&marked);
+            for &b in &blocks {
+                for s in 0..lat.block_sites() {
+                    marked[sub.site(lat.size, b, s)] = true;
+                }
+            }
+            dirty[k] = blocks;
+        }
+        (dirty, marked)
+    }
+
+    #[test]
+    fn cones_equal_a_scan_of_every_site() {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for size in [8, 16, 32] {
+            let lat = MeraLattice::new(size, 4);
+            for density in [0, 1, 4, 64, 512] {
+                let changed: Vec<bool> = (0..size * size).map(|_| next() % 1024 < density).collect();
+                for inverse in [false, true] {
+                    assert_eq!(
+                        lat.cone(&changed, inverse),
+                        cone_by_scanning(&lat, &changed, inverse),
+                        "L={size}, {density}/1024 changed, inverse {inverse}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -63,6 +63,10 @@ async fn measure(engine: &EngineClient, show: &impl Fn(&str, bool)) -> Result<()
     }
     let per_face = (now() - t) / (REPEATS * batch) as f64;
     show(&format!("ms per face (batch of {batch}, after one warm-up batch): {per_face:.1}"), false);
+    // The same, timed inside the worker: the model's compute without the
+    // messages to and from the page.
+    let in_worker = engine.ms_per_face(batch).await?;
+    show(&format!("ms per face in the worker (batch of {batch}, compute only): {in_worker:.1}"), false);
     let face: Face = engine.sample(1, &temps, 9).await?.remove(0);
     let size = engine.config().image_size;
     // A 6×6 stroke near the centre.
@@ -72,12 +76,13 @@ async fn measure(engine: &EngineClient, show: &impl Fn(&str, bool)) -> Result<()
             mask[r * size + c] = true;
         }
     }
-    // As the Inpaint panel runs one: rounds in the worker, two at a time.
+    // As the Inpaint panel runs one: rounds in the worker, two at a time,
+    // all asked for at once.
     let stroke = || async {
         let stroke = engine.stroke(&face, &mask, 0.8, STROKE_ROUNDS, 1).await?;
         let mut image = Vec::new();
-        for _ in 0..STROKE_ROUNDS / 2 {
-            image = stroke.rounds(2).await?;
+        for answer in stroke.rounds_in_steps(STROKE_ROUNDS, 2) {
+            image = answer.await?;
         }
         Ok::<_, crate::WebError>(image)
     };

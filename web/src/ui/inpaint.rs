@@ -182,12 +182,10 @@ async fn fill(app: &App, state: &RefCell<Canvas>, redraw: &impl Fn(&Canvas)) -> 
     };
     let t = now();
     let stroke = app.engine.stroke(&face, &mask, temperature, rounds, seed).await?;
-    let mut done = 0;
-    while done < rounds {
-        // Rounds in the worker; the page draws what they give every few.
-        let step = SHOW_EVERY.min(rounds - done);
-        let image = stroke.rounds(step).await?;
-        done += step;
+    // Rounds in the worker, asked for at once (so it never waits for the
+    // page); the page draws what they give every few.
+    for answer in stroke.rounds_in_steps(rounds, SHOW_EVERY) {
+        let image = answer.await?;
         let mut s = state.borrow_mut();
         // Pixels painted meanwhile stay grey until the next run fills them.
         for (e, v) in image.into_iter().enumerate() {

@@ -3,9 +3,10 @@
 //! queueing one run per event.
 
 use std::cell::{Cell, RefCell};
-use std::future::Future;
+use std::future::{Future, poll_fn};
 use std::pin::Pin;
 use std::rc::Rc;
+use std::task::{Poll, Waker};
 
 type Job = Rc<dyn Fn() -> Pin<Box<dyn Future<Output = ()>>>>;
 
@@ -14,11 +15,18 @@ pub struct Live {
     busy: Cell<bool>,
     again: Cell<bool>,
     job: RefCell<Option<Job>>,
+    /// Who waits for the job to stop running ([`Live::idle`]).
+    idle_waiters: RefCell<Vec<Waker>>,
 }
 
 impl Live {
     pub fn new() -> Rc<Self> {
-        Rc::new(Self { busy: Cell::new(false), again: Cell::new(false), job: RefCell::new(None) })
+        Rc::new(Self {
+            busy: Cell::new(false),
+            again: Cell::new(false),
+            job: RefCell::new(None),
+            idle_waiters: RefCell::new(Vec::new()),
+        })
     }
 
     /// Sets the job (after construction, so it may refer to its own `Live`).
@@ -48,6 +56,19 @@ impl Live {
                 }
             }
             me.busy.set(false);
+            me.idle_waiters.take().into_iter().for_each(Waker::wake);
         });
+    }
+
+    /// Resolves once the job is not running (at once if it is not).
+    pub fn idle(&self) -> impl Future<Output = ()> + '_ {
+        poll_fn(|cx| {
+            if self.busy.get() {
+                self.idle_waiters.borrow_mut().push(cx.waker().clone());
+                Poll::Pending
+            } else {
+                Poll::Ready(())
+            }
+        })
     }
 }

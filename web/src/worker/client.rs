@@ -369,9 +369,29 @@ pub struct Stroke {
 
 impl Stroke {
     /// Runs `rounds` more rounds: the completion as it stands, `[C, L, L]` in `[0, 1]`.
-    pub async fn rounds(&self, rounds: usize) -> Result<Vec<f32>> {
-        let request = Request::StrokeRounds { stroke: self.info.id, rounds };
-        ask!(self.worker, request, "StrokeRounds", Response::Values(values) => values)
+    ///
+    /// The request is sent when this is called, not when the answer is
+    /// awaited: ask for several before awaiting the first, and the worker
+    /// runs them back to back while the page draws each answer.
+    pub fn rounds(&self, rounds: usize) -> impl Future<Output = Result<Vec<f32>>> + 'static {
+        let answer = self.worker.call(Request::StrokeRounds { stroke: self.info.id, rounds });
+        async move {
+            match answer.await? {
+                Response::Values(values) => Ok(values),
+                other => Err(unexpected("StrokeRounds", &other)),
+            }
+        }
+    }
+
+    /// A stroke's `rounds`, asked for all at once in steps of `every` (the
+    /// last one shorter): each completion as its step ends, in order.
+    pub fn rounds_in_steps(
+        &self,
+        rounds: usize,
+        every: usize,
+    ) -> Vec<impl Future<Output = Result<Vec<f32>>> + 'static> {
+        let every = every.max(1);
+        (0..rounds).step_by(every).map(|done| self.rounds(every.min(rounds - done))).collect()
     }
 
     /// Blocks one round re-runs (encode and decode of the causal cone).
