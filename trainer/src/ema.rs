@@ -8,6 +8,7 @@ use burn::prelude::*;
 use rgflow::RgFlow;
 
 /// The moving average of a model's weights, kept without gradients.
+#[derive(Clone)]
 pub struct WeightAverage {
     decay: f64,
     average: RgFlow,

@@ -84,6 +84,15 @@ pub struct TrainArgs {
     /// whose loss or gradient is not finite; single ones are skipped.
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_bad_steps: u64,
+    /// Read the steps' losses and gradient norms back every N steps, all N
+    /// in one read (0: every step on a CPU backend, where a read costs
+    /// nothing, and every 16 on a GPU, where each read waits for the device).
+    /// The steps in between run ahead unchecked; a stretch that holds a
+    /// non-finite step is redone from its start, reading every step, so that
+    /// step is skipped exactly as it would have been: the run's numbers do not
+    /// depend on N. Checkpoints, Ctrl-C and the end of an epoch check first.
+    #[arg(long, default_value_t = 0)]
+    pub check_every: u64,
     /// Test images evaluated at each epoch end (0 = none).
     #[arg(long, default_value_t = 500)]
     pub eval_images: usize,
@@ -255,7 +264,9 @@ fn lock_run_folder(out: &Path) -> anyhow::Result<std::fs::File> {
     }
 }
 
-/// A run's training state: everything a checkpoint holds.
+/// A run's training state: everything a checkpoint holds. A clone is a
+/// snapshot (tensors are values, the optimiser's states copy on write).
+#[derive(Clone)]
 struct Run {
     settings: Settings,
     model: RgFlow,
@@ -272,6 +283,90 @@ struct StepOutcome {
     /// Mean and std over the batch of the training bits/dim.
     bpd: (f64, f64),
     grad_norm: Option<f64>,
+    /// The run's counters just after the step.
+    at: Counters,
+}
+
+/// Where a run stood after a step, for its log line.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Counters {
+    step: u64,
+    epoch: u64,
+    images_seen: u64,
+    seconds: f64,
+}
+
+impl StepOutcome {
+    /// From a step's per-image losses and gradient norm as read back.
+    fn new(nats: &[f32], grad_norm: Option<f64>, lr: f64, at: Counters) -> Self {
+        let bpd: Vec<f64> = nats.iter().map(|&n| rgflow::preprocess::nats_to_bits_per_dim(n as f64)).collect();
+        let mean = bpd.iter().sum::<f64>() / bpd.len() as f64;
+        let std = (bpd.iter().map(|b| (b - mean).powi(2)).sum::<f64>() / (bpd.len().max(2) - 1) as f64).sqrt();
+        let applied = mean.is_finite() && grad_norm.is_none_or(f64::is_finite);
+        Self { applied, lr, bpd: (mean, std), grad_norm, at }
+    }
+}
+
+/// A step applied without reading anything back: its per-image losses and
+/// gradient norm wait on the device until its stretch is checked.
+struct UncheckedStep {
+    nats: Tensor<1>,
+    norm: Option<Tensor<1>>,
+    lr: f64,
+    at: Counters,
+}
+
+/// Steps applied unchecked since `start` (the run as it was before them),
+/// with their batches, so that the stretch can be redone.
+struct Unchecked {
+    start: Run,
+    steps: Vec<(Batch, UncheckedStep)>,
+}
+
+impl Unchecked {
+    /// Reads the stretch's losses and norms in one read. When all are finite
+    /// they are its steps' outcomes; otherwise `run` is dropped and the
+    /// stretch redone from its start, reading every step, which skips the
+    /// bad ones and gives the good ones the same numbers (a step is a
+    /// function of the run and the batch).
+    fn check(self, mut run: Run, devices: &[Device]) -> (Run, Vec<StepOutcome>) {
+        let t0 = Instant::now();
+        let lens: Vec<usize> = self.steps.iter().map(|(_, s)| s.nats.dims()[0]).collect();
+        let mut values = Vec::new();
+        for (_, s) in &self.steps {
+            values.push(s.nats.clone());
+            if let Some(norm) = &s.norm {
+                values.push(norm.clone().inner());
+            }
+        }
+        let values =
+            rgflow::dispatch::read_to_host(Tensor::cat(values, 0)).try_into_vec_as::<f32>().expect("f32 losses");
+        // The read waits for the stretch's compute: training time.
+        run.state.train_seconds += t0.elapsed().as_secs_f64();
+        let mut rest = &values[..];
+        let mut outcomes = Vec::with_capacity(self.steps.len());
+        for ((_, s), len) in self.steps.iter().zip(lens) {
+            let (nats, after) = rest.split_at(len);
+            let (norm, after) = match s.norm {
+                Some(_) => (Some(f64::from(after[0])), &after[1..]),
+                None => (None, after),
+            };
+            rest = after;
+            outcomes.push(StepOutcome::new(nats, norm, s.lr, s.at));
+        }
+        if outcomes.iter().all(|o| o.applied) {
+            return (run, outcomes);
+        }
+        drop(run);
+        let mut run = self.start;
+        outcomes.clear();
+        for (batch, _) in self.steps {
+            let outcome;
+            (run, outcome) = run.step(batch, devices);
+            outcomes.push(outcome);
+        }
+        (run, outcomes)
+    }
 }
 
 impl Run {
@@ -361,27 +456,64 @@ impl Run {
     /// value so the optimiser owns the only copy of the weights it updates.
     fn step(mut self, batch: Batch, devices: &[Device]) -> (Self, StepOutcome) {
         let t0 = Instant::now();
-        let lr = self.settings.schedule.at(self.state.step);
-        // The authors minimise nats per dimension; bits are for display.
-        let StepGradients { mut grads, nats } = parallel::gradients(&self.model, batch.x01, batch.len, devices);
-        let norm = global_norm(&self.model, &mut grads, self.settings.clip_grad);
+        let (lr, grads, nats, norm) = self.gradients(&batch, devices);
         // The step's one host read: the losses and the gradient norm together.
         let (nats, grad_norm) = read_losses_and_norm(nats, norm);
-        let bpd: Vec<f64> = nats.iter().map(|&n| rgflow::preprocess::nats_to_bits_per_dim(n as f64)).collect();
-        let mean = bpd.iter().sum::<f64>() / bpd.len() as f64;
-        let std = (bpd.iter().map(|b| (b - mean).powi(2)).sum::<f64>() / (bpd.len().max(2) - 1) as f64).sqrt();
-        let applied = mean.is_finite() && grad_norm.is_none_or(f64::is_finite);
-        if applied {
-            self.model = self.optim.step(lr, self.model, grads);
-            if let Some(a) = &mut self.average {
-                a.update(&self.model);
-            }
+        let mut outcome = StepOutcome::new(&nats, grad_norm, lr, self.counters());
+        if outcome.applied {
+            self = self.apply(lr, grads);
         }
+        self.advance(&batch, t0);
+        outcome.at = self.counters();
+        (self, outcome)
+    }
+
+    /// [`Self::step`] without the read: the update is applied whatever the
+    /// loss, and checked later with its stretch ([`Unchecked::check`]).
+    fn step_unchecked(mut self, batch: &Batch, devices: &[Device]) -> (Self, UncheckedStep) {
+        let t0 = Instant::now();
+        let (lr, grads, nats, norm) = self.gradients(batch, devices);
+        self = self.apply(lr, grads);
+        self.advance(batch, t0);
+        let at = self.counters();
+        (self, UncheckedStep { nats, norm, lr, at })
+    }
+
+    /// A batch's learning rate, clipped gradients, per-image losses (nats
+    /// per dimension, what the authors minimise) and gradient norm, all on
+    /// the device.
+    fn gradients(
+        &self,
+        batch: &Batch,
+        devices: &[Device],
+    ) -> (f64, burn::optim::GradientsParams, Tensor<1>, Option<Tensor<1>>) {
+        let lr = self.settings.schedule.at(self.state.step);
+        let StepGradients { mut grads, nats } = parallel::gradients(&self.model, batch.x01.clone(), batch.len, devices);
+        let norm = global_norm(&self.model, &mut grads, self.settings.clip_grad);
+        (lr, grads, nats, norm)
+    }
+
+    /// The optimiser's update, and the weights' average after it. By value:
+    /// the optimiser gets the only handle on the weights it updates.
+    fn apply(mut self, lr: f64, grads: burn::optim::GradientsParams) -> Self {
+        self.model = self.optim.step(lr, self.model, grads);
+        if let Some(a) = &mut self.average {
+            a.update(&self.model);
+        }
+        self
+    }
+
+    /// The counters past `batch`, and the step's time.
+    fn advance(&mut self, batch: &Batch, t0: Instant) {
         self.state.step += 1;
         self.state.cursor = batch.cursor;
         self.state.images_seen += batch.len as u64;
         self.state.train_seconds += t0.elapsed().as_secs_f64();
-        (self, StepOutcome { applied, lr, bpd: (mean, std), grad_norm })
+    }
+
+    fn counters(&self) -> Counters {
+        let s = &self.state;
+        Counters { step: s.step, epoch: s.epoch, images_seen: s.images_seen, seconds: s.train_seconds }
     }
 
     /// A log line for an epoch end or the run's end (`event`), with the
@@ -433,11 +565,62 @@ impl Report {
         }
         Ok(writeln!(self.log, "{}", serde_json::to_string(line)?)?)
     }
+
+    /// Logs checked steps, counting the non-finite ones in a row into
+    /// `bad_in_a_row`; fails at `max_bad` of them, naming `checkpoint`.
+    fn steps(
+        &mut self,
+        outcomes: &[StepOutcome],
+        rate: f64,
+        bad_in_a_row: &mut u64,
+        max_bad: u64,
+        checkpoint: &Path,
+    ) -> anyhow::Result<()> {
+        for step in outcomes {
+            let ((mean, std), at) = (step.bpd, step.at);
+            *bad_in_a_row = if step.applied { 0 } else { *bad_in_a_row + 1 };
+            if !step.applied {
+                self.progress.println(format!(
+                    "step {}: loss {mean}, gradient norm {:?}: not finite, step skipped",
+                    at.step, step.grad_norm
+                ));
+            }
+            self.progress.set_position(at.step);
+            self.progress.set_message(format!("bpd {mean:.3}  {rate:.1} img/s"));
+            self.write(&LogLine {
+                event: if step.applied { "step" } else { "skip" }.into(),
+                step: at.step,
+                epoch: at.epoch,
+                images_seen: at.images_seen,
+                bpd: Some(mean).filter(|m| m.is_finite()),
+                bpd_std: Some(std).filter(|s| s.is_finite()),
+                grad_norm: step.grad_norm.filter(|g| g.is_finite()),
+                lr: Some(step.lr),
+                images_per_sec: Some(rate),
+                seconds: at.seconds,
+                ..LogLine::default()
+            })?;
+            if *bad_in_a_row >= max_bad {
+                bail!(
+                    "{bad_in_a_row} steps in a row had a non-finite loss or gradient (the last at step {}); stopped without saving. The last good checkpoint ({}) is at or before step {}. Try a lower --lr or a longer --warmup-steps.",
+                    at.step,
+                    checkpoint.display(),
+                    at.step - *bad_in_a_row
+                );
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Runs `trainer train`.
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let (devices, backend_name) = select_devices(args.backend, usize::from(args.devices))?;
+    let check_every = match args.check_every {
+        0 if rgflow::host_memory(&devices[0]) => 1,
+        0 => 16,
+        n => n,
+    };
     let devices: Vec<Device> = devices.into_iter().map(Device::autodiff).collect();
     let fresh = args.settings()?;
     if args.epochs.is_none() && args.steps.is_none() && args.minutes.is_none() {
@@ -516,6 +699,8 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let mut session_images = 0u64;
     let session_start = Instant::now();
     let mut bad_in_a_row = 0u64;
+    // Steps applied since the last read (see `--check-every`).
+    let mut unchecked: Option<Unchecked> = None;
     let mut stopped = false;
     let mut evaluated_at = None;
     // A fresh run's first point on its learning curve: where it starts from.
@@ -531,40 +716,28 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             let batch = batch?;
             batches_this_epoch += 1;
             session_images += batch.len as u64;
-            let step;
-            (run, step) = run.step(batch, &devices);
-            let (mean, std) = step.bpd;
-            bad_in_a_row = if step.applied { 0 } else { bad_in_a_row + 1 };
-            if !step.applied {
-                report.progress.println(format!(
-                    "step {}: loss {mean}, gradient norm {:?}: not finite, step skipped",
-                    run.state.step, step.grad_norm
-                ));
-            }
+            let outcomes = if check_every == 1 {
+                let step;
+                (run, step) = run.step(batch, &devices);
+                vec![step]
+            } else {
+                let stretch = unchecked.get_or_insert_with(|| Unchecked { start: run.clone(), steps: Vec::new() });
+                let step;
+                (run, step) = run.step_unchecked(&batch, &devices);
+                stretch.steps.push((batch, step));
+                let due = stretch.steps.len() as u64 >= check_every
+                    || run.state.step % args.checkpoint_every == 0
+                    || stop.load(Ordering::SeqCst)
+                    || done(&run.state);
+                if !due {
+                    continue;
+                }
+                let outcomes;
+                (run, outcomes) = unchecked.take().expect("a stretch is open").check(run, &devices);
+                outcomes
+            };
             let rate = session_images as f64 / session_start.elapsed().as_secs_f64();
-            report.progress.set_position(run.state.step);
-            report.progress.set_message(format!("bpd {mean:.3}  {rate:.1} img/s"));
-            report.write(&LogLine {
-                event: if step.applied { "step" } else { "skip" }.into(),
-                step: run.state.step,
-                epoch: run.state.epoch,
-                images_seen: run.state.images_seen,
-                bpd: Some(mean).filter(|m| m.is_finite()),
-                bpd_std: Some(std).filter(|s| s.is_finite()),
-                grad_norm: step.grad_norm.filter(|g| g.is_finite()),
-                lr: Some(step.lr),
-                images_per_sec: Some(rate),
-                seconds: run.state.train_seconds,
-                ..LogLine::default()
-            })?;
-            if bad_in_a_row >= args.max_bad_steps {
-                bail!(
-                    "{bad_in_a_row} steps in a row had a non-finite loss or gradient (the last at step {}); stopped without saving. The last good checkpoint ({}) is at or before step {}. Try a lower --lr or a longer --warmup-steps.",
-                    run.state.step,
-                    checkpoint_path.display(),
-                    run.state.step - bad_in_a_row
-                );
-            }
+            report.steps(&outcomes, rate, &mut bad_in_a_row, args.max_bad_steps, &checkpoint_path)?;
             if run.state.step % args.checkpoint_every == 0 && bad_in_a_row == 0 {
                 run.save(&checkpoint_path)?;
             }
@@ -576,7 +749,13 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
                 break 'epochs;
             }
         }
-        // The epoch is complete.
+        // The epoch is complete: its last steps checked first.
+        if let Some(stretch) = unchecked.take() {
+            let outcomes;
+            (run, outcomes) = stretch.check(run, &devices);
+            let rate = session_images as f64 / session_start.elapsed().as_secs_f64();
+            report.steps(&outcomes, rate, &mut bad_in_a_row, args.max_bad_steps, &checkpoint_path)?;
+        }
         if batches_this_epoch == 0 && run.state.cursor == 0 {
             bail!(
                 "epoch {} of the training split gave no images: all {} are unreadable (e.g. {})",
