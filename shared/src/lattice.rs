@@ -53,10 +53,10 @@ impl SubLayer {
         (b != u32::MAX).then_some(b as usize)
     }
 
-    /// Blocks holding at least one marked site, in increasing order.
-    pub fn blocks_touching(&self, marked: &[bool]) -> Vec<usize> {
+    /// Blocks holding at least one of `sites`, in increasing order, each once.
+    pub fn blocks_touching(&self, sites: impl IntoIterator<Item = usize>) -> Vec<usize> {
         let mut hit = vec![false; self.num_blocks];
-        for (site, _) in marked.iter().enumerate().filter(|(_, m)| **m) {
+        for site in sites {
             if let Some(b) = self.block_of(site) {
                 hit[b] = true;
             }
@@ -247,13 +247,7 @@ impl MeraLattice {
         let mut dirty = vec![Vec::new(); self.sublayers.len()];
         for k in order {
             let sub = &self.sublayers[k];
-            let mut hit = vec![false; sub.num_blocks];
-            for &site in &sites {
-                if let Some(b) = sub.block_of(site) {
-                    hit[b] = true;
-                }
-            }
-            let blocks: Vec<usize> = (0..sub.num_blocks).filter(|&b| hit[b]).collect();
+            let blocks = sub.blocks_touching(sites.iter().copied());
             for &b in &blocks {
                 for s in 0..self.block_sites() {
                     let site = sub.site(self.size, b, s);
@@ -362,7 +356,7 @@ mod tests {
         let mut dirty = vec![Vec::new(); lat.sublayers.len()];
         for k in order {
             let sub = &lat.sublayers[k];
-            let blocks = sub.blocks_touching(&marked);
+            let blocks = sub.blocks_touching((0..marked.len()).filter(|&s| marked[s]));
             for &b in &blocks {
                 for s in 0..lat.block_sites() {
                     marked[sub.site(lat.size, b, s)] = true;

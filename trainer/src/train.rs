@@ -331,29 +331,15 @@ impl Unchecked {
     /// function of the run and the batch).
     fn check(self, mut run: Run, devices: &[Device]) -> (Run, Vec<StepOutcome>) {
         let t0 = Instant::now();
-        let lens: Vec<usize> = self.steps.iter().map(|(_, s)| s.nats.dims()[0]).collect();
-        let mut values = Vec::new();
-        for (_, s) in &self.steps {
-            values.push(s.nats.clone());
-            if let Some(norm) = &s.norm {
-                values.push(norm.clone().inner());
-            }
-        }
-        let values =
-            rgflow::dispatch::read_to_host(Tensor::cat(values, 0)).try_into_vec_as::<f32>().expect("f32 losses");
+        let read = read_steps(self.steps.iter().map(|(_, s)| (s.nats.clone(), s.norm.clone())));
         // The read waits for the stretch's compute: training time.
         run.state.train_seconds += t0.elapsed().as_secs_f64();
-        let mut rest = &values[..];
-        let mut outcomes = Vec::with_capacity(self.steps.len());
-        for ((_, s), len) in self.steps.iter().zip(lens) {
-            let (nats, after) = rest.split_at(len);
-            let (norm, after) = match s.norm {
-                Some(_) => (Some(f64::from(after[0])), &after[1..]),
-                None => (None, after),
-            };
-            rest = after;
-            outcomes.push(StepOutcome::new(nats, norm, s.lr, s.at));
-        }
+        let mut outcomes: Vec<StepOutcome> = self
+            .steps
+            .iter()
+            .zip(read)
+            .map(|((_, s), (nats, norm))| StepOutcome::new(&nats, norm, s.lr, s.at))
+            .collect();
         if outcomes.iter().all(|o| o.applied) {
             return (run, outcomes);
         }
@@ -809,13 +795,31 @@ fn global_norm(model: &RgFlow, grads: &mut burn::optim::GradientsParams, clip: f
 /// one), both on the first device, read to the host in one read (one device
 /// synchronisation on a GPU): `(losses, norm)`.
 pub(crate) fn read_losses_and_norm(nats: Tensor<1>, norm: Option<Tensor<1>>) -> (Vec<f32>, Option<f64>) {
-    let values = match &norm {
-        Some(norm) => Tensor::cat(vec![nats, norm.clone().inner()], 0),
-        None => nats,
-    };
-    let mut values = rgflow::dispatch::read_to_host(values).try_into_vec_as::<f32>().expect("f32 losses");
-    let norm = norm.map(|_| f64::from(values.pop().expect("the norm follows the losses")));
-    (values, norm)
+    read_steps([(nats, norm)]).pop().expect("one step read")
+}
+
+/// [`read_losses_and_norm`] for several steps, all in one read.
+fn read_steps(steps: impl IntoIterator<Item = (Tensor<1>, Option<Tensor<1>>)>) -> Vec<(Vec<f32>, Option<f64>)> {
+    let steps: Vec<_> = steps.into_iter().collect();
+    let mut parts = Vec::new();
+    for (nats, norm) in &steps {
+        parts.push(nats.clone());
+        parts.extend(norm.clone().map(Tensor::inner));
+    }
+    let values = rgflow::dispatch::read_to_host(Tensor::cat(parts, 0)).try_into_vec_as::<f32>().expect("f32 losses");
+    let mut rest = &values[..];
+    steps
+        .iter()
+        .map(|(nats, norm)| {
+            let (losses, after) = rest.split_at(nats.dims()[0]);
+            let (norm, after) = match norm {
+                Some(_) => (Some(f64::from(after[0])), &after[1..]),
+                None => (None, after),
+            };
+            rest = after;
+            (losses.to_vec(), norm)
+        })
+        .collect()
 }
 
 /// Mean ± std over images of the test bpd with one dequantisation draw (the

@@ -266,9 +266,7 @@ impl PackedFlow {
         let mut marked_sites = sites;
         for (j, k) in self.inner.flow.order(cache.direction).into_iter().enumerate() {
             let sub = &lattice.sublayers[k];
-            let mut blocks: Vec<usize> = marked_sites.iter().filter_map(|&s| sub.block_of(s)).collect();
-            blocks.sort_unstable();
-            blocks.dedup();
+            let blocks = sub.blocks_touching(marked_sites.iter().copied());
             stats.blocks_total += sub.num_blocks;
             stats.blocks_evaluated += blocks.len();
             let (before, after) = cache.states.split_at_mut(j + 1);
