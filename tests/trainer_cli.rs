@@ -260,6 +260,31 @@ fn sample_on_the_gpu_matches_the_cpu() {
     assert!(worst <= 1, "pixels differ by up to {worst} levels");
 }
 
+/// `trainer bench` prints its figures: on the CPU the training rate and the
+/// product bound (no sampling with `--sample-batches 0`); on a GPU backend
+/// (lavapipe here) also what a step asks of the device — no host read
+/// inside it — and the rate with steps queued back to back, read once per
+/// stretch as `train` reads them.
+#[test]
+fn bench_prints_training_figures_and_a_gpu_step_reads_nothing() {
+    let tiny = ["bench", "-L", "8", "--nlayers", "1", "--nhidden", "16", "--batch", "4", "--steps", "1"];
+    let number_after = |text: &str, prefix: &str| -> f64 {
+        let line =
+            text.lines().find(|l| l.starts_with(prefix)).unwrap_or_else(|| panic!("no `{prefix}` line:\n{text}"));
+        line[prefix.len()..].split_whitespace().next().unwrap().parse().unwrap()
+    };
+    let cpu = ok(&[&tiny[..], &["--backend", "flex", "--sample-batches", "0"]].concat());
+    assert!(number_after(&cpu, "train:") > 0.0, "{cpu}");
+    assert!(cpu.lines().any(|l| l.starts_with("bound:")), "{cpu}");
+    assert!(!cpu.lines().any(|l| l.starts_with("sample:") || l.starts_with("eval:")), "{cpu}");
+
+    let gpu = ok(&[&tiny[..], &["--backend", "wgpu", "--sample-batches", "0"]].concat());
+    let step = gpu.lines().find(|l| l.starts_with("train:  per step:")).unwrap_or_else(|| panic!("{gpu}"));
+    assert!(step.contains(" 0 host reads"), "{step}");
+    let queued = gpu.lines().find(|l| l.contains("queued back to back")).unwrap_or_else(|| panic!("{gpu}"));
+    assert!(queued.contains("16 steps queued") && queued.contains("host reads: 1, one per 16 steps"), "{queued}");
+}
+
 /// `RGFLOW_CPU_KERNELS` picks the matrix-product kernels: the portable
 /// loops sample the same picture as the CPU's best kernels (up to float
 /// rounding), and a family the CPU lacks is refused before any work.

@@ -599,12 +599,15 @@ impl Report {
     }
 }
 
+/// Steps read back at once on a GPU when `--check-every` is 0.
+pub(crate) const GPU_CHECK_EVERY: u64 = 16;
+
 /// Runs `trainer train`.
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let (devices, backend_name) = select_devices(args.backend, usize::from(args.devices))?;
     let check_every = match args.check_every {
         0 if rgflow::host_memory(&devices[0]) => 1,
-        0 => 16,
+        0 => GPU_CHECK_EVERY,
         n => n,
     };
     let devices: Vec<Device> = devices.into_iter().map(Device::autodiff).collect();
@@ -794,12 +797,14 @@ fn global_norm(model: &RgFlow, grads: &mut burn::optim::GradientsParams, clip: f
 /// A step's per-image losses (`[B]`) and gradient norm (`[1]`, when there is
 /// one), both on the first device, read to the host in one read (one device
 /// synchronisation on a GPU): `(losses, norm)`.
-pub(crate) fn read_losses_and_norm(nats: Tensor<1>, norm: Option<Tensor<1>>) -> (Vec<f32>, Option<f64>) {
+fn read_losses_and_norm(nats: Tensor<1>, norm: Option<Tensor<1>>) -> (Vec<f32>, Option<f64>) {
     read_steps([(nats, norm)]).pop().expect("one step read")
 }
 
 /// [`read_losses_and_norm`] for several steps, all in one read.
-fn read_steps(steps: impl IntoIterator<Item = (Tensor<1>, Option<Tensor<1>>)>) -> Vec<(Vec<f32>, Option<f64>)> {
+pub(crate) fn read_steps(
+    steps: impl IntoIterator<Item = (Tensor<1>, Option<Tensor<1>>)>,
+) -> Vec<(Vec<f32>, Option<f64>)> {
     let steps: Vec<_> = steps.into_iter().collect();
     let mut parts = Vec::new();
     for (nats, norm) in &steps {

@@ -248,7 +248,16 @@ pub trait TileKernels: Operand {
     /// full micro-kernel and the rest a narrower one with the same
     /// arithmetic, so each row's values are the same bits whatever rows
     /// share its call.
-    fn matmul(isa: Isa, a: &[Self], w: &PackedMatrix<Self>, rows: usize, out: &mut [f32]);
+    fn matmul(isa: Isa, a: &[Self], w: &PackedMatrix<Self>, rows: usize, out: &mut [f32]) {
+        Self::matmul_ahead(isa, a, w, rows, out, Prefetch::none());
+    }
+
+    /// [`Self::matmul`], asking the caches for `ahead` (what the caller reads
+    /// next) a few lines per micro-tile on the way: the training backward
+    /// reads its tape from far caches or memory, and spread over a product
+    /// the requests wait while it computes (asked all at once, they stall
+    /// the core on its few outstanding misses).
+    fn matmul_ahead(isa: Isa, a: &[Self], w: &PackedMatrix<Self>, rows: usize, out: &mut [f32], ahead: Prefetch);
 
     /// `operand[r, j] = swish(h[r, j])` for the `β.len()` columns, padding
     /// columns zero: `h: [R, h_stride]`, `operand: [R, k_stride]`.
@@ -259,28 +268,37 @@ pub trait TileKernels: Operand {
 }
 
 impl TileKernels for f32 {
-    fn matmul(isa: Isa, a: &[f32], w: &PackedMatrix<f32>, rows: usize, out: &mut [f32]) {
+    fn matmul_ahead(isa: Isa, a: &[f32], w: &PackedMatrix<f32>, rows: usize, out: &mut [f32], ahead: Prefetch) {
         check(a, w, rows, out);
         match isa {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `Isa::detect` found AVX-512F; the slices were checked above.
-            Isa::Avx512 | Isa::Avx512Bf16 => unsafe { avx512::matmul_f32(a, w, rows, out) },
+            Isa::Avx512 | Isa::Avx512Bf16 => unsafe { avx512::matmul_f32(a, w, rows, out, ahead) },
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: `Isa::detect` found AVX2 and FMA; the slices were checked above.
-            Isa::Avx2 => unsafe { avx2::matmul_f32(a, w, rows, out) },
-            _ => portable_matmul(a, w, rows, out),
+            Isa::Avx2 => {
+                ahead.all();
+                // SAFETY: `Isa::detect` found AVX2 and FMA; the slices were checked above.
+                unsafe { avx2::matmul_f32(a, w, rows, out) }
+            }
+            _ => {
+                ahead.all();
+                portable_matmul(a, w, rows, out)
+            }
         }
     }
 }
 
 impl TileKernels for Bf16 {
-    fn matmul(isa: Isa, a: &[Bf16], w: &PackedMatrix<Bf16>, rows: usize, out: &mut [f32]) {
+    fn matmul_ahead(isa: Isa, a: &[Bf16], w: &PackedMatrix<Bf16>, rows: usize, out: &mut [f32], ahead: Prefetch) {
         check(a, w, rows, out);
         match isa {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `Isa::detect` found AVX512-BF16; the slices were checked above.
-            Isa::Avx512Bf16 => unsafe { avx512::matmul_bf16(a, w, rows, out) },
-            _ => portable_matmul(a, w, rows, out),
+            Isa::Avx512Bf16 => unsafe { avx512::matmul_bf16(a, w, rows, out, ahead) },
+            _ => {
+                ahead.all();
+                portable_matmul(a, w, rows, out)
+            }
         }
     }
 
@@ -429,6 +447,54 @@ pub fn machine_gflops<E: TileKernels>(seconds: f64) -> f64 {
     }
     #[cfg(not(feature = "parallel"))]
     tile_gflops::<E>(isa, [64, 128, 128], seconds)
+}
+
+/// Memory asked for ahead of use, a few cache lines at a time
+/// ([`TileKernels::matmul_ahead`]).
+pub(crate) struct Prefetch {
+    at: *const u8,
+    end: *const u8,
+}
+
+impl Prefetch {
+    /// Bytes per cache line.
+    const LINE: usize = 64;
+
+    /// Nothing to ask for.
+    pub(crate) fn none() -> Self {
+        Self { at: std::ptr::null(), end: std::ptr::null() }
+    }
+
+    /// Every line of `data`.
+    pub(crate) fn of<T>(data: &[T]) -> Self {
+        let range = data.as_ptr_range();
+        Self { at: range.start.cast(), end: range.end.cast() }
+    }
+
+    /// Lines left to ask for.
+    fn lines(&self) -> usize {
+        (self.end as usize - self.at as usize).div_ceil(Self::LINE)
+    }
+
+    /// Asks for the next `lines` lines (fewer at the end), into L2.
+    #[inline]
+    fn next(&mut self, lines: usize) {
+        for _ in 0..lines.min(self.lines()) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                use std::arch::x86_64::{_MM_HINT_T1, _mm_prefetch};
+                // SAFETY: a prefetch is a hint: it never faults or writes, and
+                // the address is inside the slice `of` was given.
+                unsafe { _mm_prefetch::<_MM_HINT_T1>(self.at.cast()) };
+            }
+            self.at = self.at.wrapping_add(Self::LINE);
+        }
+    }
+
+    /// Asks for everything left.
+    fn all(mut self) {
+        self.next(usize::MAX);
+    }
 }
 
 fn check<E: Operand>(a: &[E], w: &PackedMatrix<E>, rows: usize, out: &mut [f32]) {
@@ -678,7 +744,7 @@ mod avx2 {
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::{Bf16, MR, PANEL, PackedMatrix};
+    use super::{Bf16, MR, PANEL, PackedMatrix, Prefetch};
 
     /// Runs `$body` once per row of a micro-tile with `$i` a constant
     /// (`0..MR`), so the accumulator arrays become registers whatever the
@@ -727,9 +793,17 @@ mod avx512 {
 
     /// f32: per step, two weight vectors and one broadcast per row.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn matmul_f32(a: &[f32], w: &PackedMatrix<f32>, rows: usize, out: &mut [f32]) {
+    pub(super) unsafe fn matmul_f32(
+        a: &[f32],
+        w: &PackedMatrix<f32>,
+        rows: usize,
+        out: &mut [f32],
+        mut ahead: Prefetch,
+    ) {
         let (k, n_stride) = (w.k_stride, w.n_stride);
         let (full, rest) = (rows - rows % MR, rows % MR);
+        // `ahead`'s lines spread evenly over the micro-tiles.
+        let per_tile = ahead.lines().div_ceil((n_stride / PANEL * full / MR).max(1));
         for p in 0..n_stride / PANEL {
             let panel = w.panel(p).as_ptr();
             let bias = &w.bias[p * PANEL..(p + 1) * PANEL];
@@ -767,17 +841,28 @@ mod avx512 {
                         _mm512_storeu_ps(out_tile.wrapping_add(I * n_stride + 16), acc1[I]);
                     });
                 }
+                ahead.next(per_tile);
             }
         }
+        // What a product without full micro-tiles left.
+        ahead.all();
     }
 
     /// bf16: per step, two vectors of 16 column pairs and one broadcast row
     /// pair per row; `vdpbf16ps` adds both products of a pair to each f32
     /// accumulator.
     #[target_feature(enable = "avx512f,avx512bf16")]
-    pub(super) unsafe fn matmul_bf16(a: &[Bf16], w: &PackedMatrix<Bf16>, rows: usize, out: &mut [f32]) {
+    pub(super) unsafe fn matmul_bf16(
+        a: &[Bf16],
+        w: &PackedMatrix<Bf16>,
+        rows: usize,
+        out: &mut [f32],
+        mut ahead: Prefetch,
+    ) {
         let (k, n_stride) = (w.k_stride, w.n_stride);
         let (full, rest) = (rows - rows % MR, rows % MR);
+        // `ahead`'s lines spread evenly over the micro-tiles.
+        let per_tile = ahead.lines().div_ceil((n_stride / PANEL * full / MR).max(1));
         for p in 0..n_stride / PANEL {
             let panel = w.panel(p).as_ptr();
             let bias = &w.bias[p * PANEL..(p + 1) * PANEL];
@@ -816,8 +901,11 @@ mod avx512 {
                         _mm512_storeu_ps(out_tile.wrapping_add(I * n_stride + 16), acc1[I]);
                     });
                 }
+                ahead.next(per_tile);
             }
         }
+        // What a product without full micro-tiles left.
+        ahead.all();
     }
 
     /// `R < MR` rows of one panel, with `matmul_f32`'s arithmetic step for

@@ -32,7 +32,7 @@ use multiversion::target::target_cfg_f;
 use super::{exp, sigmoid, tanh, weight_norm, weight_norm_backward};
 use crate::decoder::ProductPrecision;
 use crate::decoder::matmul::{
-    Bf16, Isa, MR, Operand, PANEL, PackedMatrix, TileKernels, outer_accumulate, outer_accumulate_bf16,
+    Bf16, Isa, MR, Operand, PANEL, PackedMatrix, Prefetch, TileKernels, outer_accumulate, outer_accumulate_bf16,
 };
 use crate::kernels::stack::{LinearParams, Net, StackLayout};
 
@@ -649,11 +649,13 @@ impl<E: TileKernels> TileNet<'_, E> {
                 add_column_sums(&ws.grad_product, n, layer.cols.as_deref(), &mut grads[layer.params.bias.clone()]);
                 // grad_operand = grad_product · Wᵀ: [R, K] at the stride `k_out`.
                 let k_out = layer.backward.n_stride;
+                // The layer's input u (before the Swish), asked for during the
+                // product so that its arithmetic hides the trip to memory.
+                let (input, stride) = self.input(tape, x, [b, l, k], &mut ws.gathered);
                 let operand =
                     E::operand_rows(&ws.grad_product, n, layer.backward.k_stride, &mut ws.grad_product_operand);
-                E::matmul(isa, operand, &layer.backward, r, sized(&mut ws.grad_operand, r * k_out));
-                // The layer's input u (before the Swish).
-                let (input, stride) = self.input(tape, x, [b, l, k], &mut ws.gathered);
+                let ahead = Prefetch::of(input);
+                E::matmul_ahead(isa, operand, &layer.backward, r, sized(&mut ws.grad_operand, r * k_out), ahead);
                 // The Swish's output (for the weight gradient), and its backward:
                 // `grad_operand` becomes the gradient of u.
                 let mut grad_beta = vec![0.0f32; k];
