@@ -1,5 +1,6 @@
 //! `trainer`: train, evaluate and explore RG-Flow models.
 
+mod alloc;
 mod backend;
 mod bench;
 mod checkpoint;
@@ -18,6 +19,9 @@ mod sample;
 mod train;
 
 use clap::{Parser, Subcommand};
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Train, evaluate and explore RG-Flow, a hierarchical normalizing flow.
 #[derive(Debug, Parser)]
@@ -71,6 +75,7 @@ where
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    alloc::keep_freed_memory();
     rgflow::decoder::Isa::chosen().map_err(anyhow::Error::msg)?;
     // The CPU backend splits every op across rayon's pool. Called from a
     // thread outside the pool, each op wakes the workers and puts the caller
