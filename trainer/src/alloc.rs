@@ -7,8 +7,8 @@
 //! core; mimalloc by default gives them back 10 ms after they are freed,
 //! also within a step. Kept for a second, they are reused by the next step
 //! and still returned when training pauses. Measured on the bench config
-//! (README, "The product bound"): glibc 150, mimalloc 158, mimalloc keeping
-//! freed memory 176 images/s; peak memory 534 against 605 MB.
+//! (README, "Benchmarks"): glibc 155, mimalloc 158, mimalloc keeping freed
+//! memory 176 images/s; peak memory 597 against 534 MB with glibc.
 
 use std::ffi::c_long;
 
