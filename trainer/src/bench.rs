@@ -131,41 +131,39 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     #[cfg(feature = "wgpu")]
     if !args.sample_only && !rgflow::host_memory(&device) {
-        // One step as `train` runs it on a GPU: clipped, AdamW, its
-        // per-image losses and gradient norm left on the device (`train`
-        // reads them a stretch of steps at a time, as timed below).
-        let x01 = Tensor::<4>::random(dims, Distribution::Uniform(0.0, 1.0), &device);
-        // The step's input, made on the host as `train` gets it (not counted).
-        let x01 = x01.into_data().try_into_vec_as::<f32>().expect("f32 images");
-        let count = counted(&train_device, || {
-            let devices = [train_device.clone()];
-            let crate::parallel::StepGradients { mut grads, nats } =
-                crate::parallel::gradients(&model, x01, args.batch, &devices);
-            let norm = clip_global_norm(&model, &mut grads, 1.0);
-            model = optim.step(1e-3, model.clone(), grads);
-            drop((nats, norm));
-        });
-        print_count("train", "step", &count);
-
-        // Throughput as `train` runs on a GPU: steps queued back to back (the
-        // timed loop above waits for the device after each phase of each
-        // step), the losses and gradient norms read every few steps at once.
-        let every = crate::train::GPU_CHECK_EVERY as usize;
+        // Steps as `train` runs them on a GPU: inputs made on the host (not
+        // timed or counted), clipped, AdamW, the per-image losses and
+        // gradient norm left on the device (`train` reads them a stretch of
+        // steps at a time).
         let host_batch = |_| {
             let x = Tensor::<4>::random(dims, Distribution::Uniform(0.0, 1.0), &device);
             x.into_data().try_into_vec_as::<f32>().expect("f32 images")
         };
-        let batches: Vec<Vec<f32>> = (0..args.steps.max(every)).map(host_batch).collect();
         let devices = [train_device.clone()];
+        let mut step = |model: rgflow::RgFlow, x01: Vec<f32>| {
+            let crate::parallel::StepGradients { mut grads, nats } =
+                crate::parallel::gradients(&model, x01, args.batch, &devices);
+            let norm = clip_global_norm(&model, &mut grads, 1.0);
+            (optim.step(1e-3, model, grads), (nats, norm))
+        };
+        let x01 = host_batch(0);
+        let count = counted(&train_device, || {
+            (model, _) = step(model.clone(), x01);
+        });
+        print_count("train", "step", &count);
+
+        // Throughput with the steps queued back to back (the timed loop
+        // above waits for the device after each phase of each step), read
+        // back every few steps at once.
+        let every = crate::train::GPU_CHECK_EVERY as usize;
+        let batches: Vec<Vec<f32>> = (0..args.steps.max(every)).map(host_batch).collect();
         let (mut unread, mut reads) = (Vec::new(), 0);
         sync(&train_device);
         let t0 = Instant::now();
         for x01 in &batches {
-            let crate::parallel::StepGradients { mut grads, nats } =
-                crate::parallel::gradients(&model, x01.clone(), args.batch, &devices);
-            let norm = clip_global_norm(&model, &mut grads, 1.0);
-            model = optim.step(1e-3, model, grads);
-            unread.push((nats, norm));
+            let losses_and_norm;
+            (model, losses_and_norm) = step(model, x01.clone());
+            unread.push(losses_and_norm);
             if unread.len() == every {
                 let _ = crate::train::read_steps(std::mem::take(&mut unread));
                 reads += 1;

@@ -1030,15 +1030,16 @@ fn backward_with<E: TileKernels>(
         let mut ws = Workspace::<E>::default();
         grad_x.chunks_mut(group_rows * d).enumerate().map(|item| run(&mut ws, item)).collect()
     };
-    let mut grads = sum_in_order(&partials);
+    let mut grads = sum_in_order(&partials, p);
     // The weights' gradients to their directions and magnitudes.
-    let linears: Vec<LinearParams> = (0..layout.nlayers)
-        .flat_map(|i| [Net::S, Net::T].map(move |net| (i, net)))
-        .flat_map(|(i, net)| {
-            (0..layout.nresblocks).flat_map(move |b| (0..layout.linears()).map(move |l| (i, net, b, l)))
-        })
-        .map(|(i, net, b, l)| layout.linear(i, net, b, l))
-        .collect();
+    let mut linears: Vec<LinearParams> = Vec::new();
+    for i in 0..layout.nlayers {
+        for net in [Net::S, Net::T] {
+            for b in 0..layout.nresblocks {
+                linears.extend((0..layout.linears()).map(|l| layout.linear(i, net, b, l)));
+            }
+        }
+    }
     let normalised = par_map(&linears, |at| {
         weight_norm_backward(&params[at.v.clone()], &params[at.g.clone()], &grads[at.v.clone()])
     });
@@ -1049,12 +1050,13 @@ fn backward_with<E: TileKernels>(
     (grad_x, grads)
 }
 
-/// `Σ partials`, element by element in the partials' order (so the same
-/// bits whatever the thread pool did), on the pool in chunks of elements.
-fn sum_in_order(partials: &[Vec<f32>]) -> Vec<f32> {
-    let mut sum = partials.first().cloned().unwrap_or_default();
+/// `Σ partials` (each of `len` values; zeros when there are none), element
+/// by element in the partials' order (so the same bits whatever the thread
+/// pool did), on the pool in chunks of elements.
+fn sum_in_order(partials: &[Vec<f32>], len: usize) -> Vec<f32> {
+    let mut sum = partials.first().cloned().unwrap_or_else(|| vec![0.0; len]);
     let add = |at: usize, chunk: &mut [f32]| {
-        for partial in &partials[1..] {
+        for partial in partials.iter().skip(1) {
             chunk.iter_mut().zip(&partial[at..]).for_each(|(s, p)| *s += p);
         }
     };
