@@ -7,13 +7,17 @@
 //! f32 FMA rate. Each has an AVX-512 micro-kernel (8 rows × 32 columns of
 //! accumulators in registers) and a portable one for every other CPU; f32
 //! also has an AVX2 + FMA micro-kernel (6 rows × 16 columns) for x86 CPUs
-//! without AVX-512.
+//! without AVX-512, and bf16 has AMX tile kernels (`amx.rs`) where the CPU
+//! has them.
 
 /// An element of the left operand and of the packed weights.
 pub trait Operand: Copy + Default + Send + Sync + 'static {
     /// Values of the inner dimension a micro-kernel step consumes: the packed
     /// layout interleaves this many rows of `w` (2 for bf16 pairs).
     const K_STEP: usize;
+    /// What the inner size of a packed matrix (and so the left operand's
+    /// row stride) is rounded up to: a whole AMX tile row for bf16.
+    const K_ALIGN: usize;
     /// The nearest representable value.
     fn from_f32(x: f32) -> Self;
     /// The value as f32 (exact).
@@ -32,6 +36,7 @@ pub trait Operand: Copy + Default + Send + Sync + 'static {
 
 impl Operand for f32 {
     const K_STEP: usize = 1;
+    const K_ALIGN: usize = 1;
     fn operand_rows<'a>(src: &'a [f32], cols: usize, k_stride: usize, _: &'a mut Vec<Self>) -> &'a [Self] {
         debug_assert_eq!(cols, k_stride, "f32 operands are not padded");
         src
@@ -53,6 +58,7 @@ pub struct Bf16(pub u16);
 
 impl Operand for Bf16 {
     const K_STEP: usize = 2;
+    const K_ALIGN: usize = 32;
     /// Round to nearest, ties to even (NaN stays NaN: its top mantissa bits
     /// are kept, and the quiet bit is forced on).
     #[inline(always)]
@@ -66,6 +72,27 @@ impl Operand for Bf16 {
     #[inline(always)]
     fn to_f32(self) -> f32 {
         f32::from_bits(u32::from(self.0) << 16)
+    }
+    /// With AVX512-BF16, 32 values per `vcvtne2ps2bf16` (the backward rounds
+    /// every gradient operand: plain loops were 7% of a bf16 step).
+    fn operand_rows<'a>(src: &'a [f32], cols: usize, k_stride: usize, scratch: &'a mut Vec<Self>) -> &'a [Self] {
+        #[cfg(target_arch = "x86_64")]
+        if Isa::detect().native_bf16() {
+            assert!(k_stride >= cols && src.len().is_multiple_of(cols.max(1)), "operand_rows: shapes");
+            let rows = src.len().checked_div(cols).unwrap_or(0);
+            // Every value, padding included, is written below.
+            scratch.resize(rows * k_stride, Bf16::default());
+            // SAFETY: AVX512-BF16 (with F and BW) was detected; `scratch` holds
+            // `rows` rows of `k_stride ≥ cols` values.
+            unsafe { avx512::round_rows_bf16(src, cols, k_stride, scratch) };
+            return &scratch[..rows * k_stride];
+        }
+        scratch.clear();
+        for row in src.chunks_exact(cols) {
+            scratch.extend(row.iter().map(|&x| Self::from_f32(x)));
+            scratch.resize(scratch.len() + k_stride - cols, Self::default());
+        }
+        scratch
     }
 }
 
@@ -82,14 +109,15 @@ pub const MR: usize = 8;
 pub struct PackedMatrix<E: Operand> {
     /// Logical inner size.
     pub k: usize,
-    /// Inner size rounded up to `E::K_STEP`: the row stride of the left operand.
+    /// Inner size rounded up to `E::K_ALIGN`: the row stride of the left operand.
     pub k_stride: usize,
     /// Logical output columns.
     pub n: usize,
     /// Output columns rounded up to [`PANEL`]: the row stride of the output.
     pub n_stride: usize,
     data: Vec<E>,
-    bias: Vec<f32>,
+    /// `[n_stride]`, zero past `n`.
+    pub(super) bias: Vec<f32>,
 }
 
 impl<E: Operand> PackedMatrix<E> {
@@ -111,7 +139,7 @@ impl<E: Operand> PackedMatrix<E> {
     /// per-tile operands this way, without allocating).
     pub fn repack(&mut self, w: &[f32], w_stride: usize, bias: Option<&[f32]>, k: usize, n: usize) {
         assert!(w_stride >= n && (k == 0 || w.len() >= (k - 1) * w_stride + n), "weight matrix is not [{k}, {n}]");
-        let k_stride = k.div_ceil(E::K_STEP) * E::K_STEP;
+        let k_stride = k.div_ceil(E::K_ALIGN) * E::K_ALIGN;
         let n_stride = n.div_ceil(PANEL) * PANEL;
         (self.k, self.k_stride, self.n, self.n_stride) = (k, k_stride, n, n_stride);
         self.data.clear();
@@ -143,7 +171,7 @@ impl<E: Operand> PackedMatrix<E> {
     }
 
     /// The packed values of panel `p`: `k_stride · PANEL` of them.
-    fn panel(&self, p: usize) -> &[E] {
+    pub(super) fn panel(&self, p: usize) -> &[E] {
         let len = self.k_stride * PANEL;
         &self.data[p * len..(p + 1) * len]
     }
@@ -162,13 +190,16 @@ pub enum Isa {
     Avx512,
     /// AVX-512 with AVX512-BF16 (`vdpbf16ps`).
     Avx512Bf16,
+    /// AVX-512 with AMX-BF16 tiles for the bf16 products (`tdpbf16ps`,
+    /// Linux only: the process asks the OS for the tile state).
+    Amx,
 }
 
 impl Isa {
     /// The family the matrix-product kernels run (here and in the fused
     /// training stack): the best this CPU supports, or the one
     /// `RGFLOW_CPU_KERNELS` names (`portable`, `avx2`, `avx512`,
-    /// `avx512bf16`: to compare kernel families in one binary, as PyTorch's
+    /// `avx512bf16`, `amx`: to compare kernel families in one binary, as PyTorch's
     /// `ATEN_CPU_CAPABILITY` does). Read once per process; programs call
     /// [`Self::chosen`] at start to report a bad value as an error.
     ///
@@ -201,6 +232,9 @@ impl Isa {
         {
             if std::arch::is_x86_feature_detected!("avx512f") {
                 if std::arch::is_x86_feature_detected!("avx512bf16") {
+                    if std::arch::is_x86_feature_detected!("avx512bw") && super::amx::available() {
+                        return Isa::Amx;
+                    }
                     return Isa::Avx512Bf16;
                 }
                 return Isa::Avx512;
@@ -219,6 +253,7 @@ impl Isa {
             Isa::Avx2 => "avx2",
             Isa::Avx512 => "avx512",
             Isa::Avx512Bf16 => "avx512bf16",
+            Isa::Amx => "amx",
         }
     }
 
@@ -230,12 +265,15 @@ impl Isa {
 
     /// Each family's CPUs run every family before it in the ladder.
     fn supported_below(best: Self) -> Vec<Self> {
-        [Isa::Portable, Isa::Avx2, Isa::Avx512, Isa::Avx512Bf16].into_iter().filter(|&isa| isa <= best).collect()
+        [Isa::Portable, Isa::Avx2, Isa::Avx512, Isa::Avx512Bf16, Isa::Amx]
+            .into_iter()
+            .filter(|&isa| isa <= best)
+            .collect()
     }
 
-    /// Whether the CPU multiplies bf16 at twice the f32 rate.
+    /// Whether the CPU multiplies bf16 natively (AVX512-BF16 or AMX).
     pub fn native_bf16(self) -> bool {
-        self == Isa::Avx512Bf16
+        self >= Isa::Avx512Bf16
     }
 }
 
@@ -273,7 +311,7 @@ impl TileKernels for f32 {
         match isa {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `Isa::detect` found AVX-512F; the slices were checked above.
-            Isa::Avx512 | Isa::Avx512Bf16 => unsafe { avx512::matmul_f32(a, w, rows, out, ahead) },
+            Isa::Avx512 | Isa::Avx512Bf16 | Isa::Amx => unsafe { avx512::matmul_f32(a, w, rows, out, ahead) },
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => {
                 ahead.all();
@@ -295,6 +333,11 @@ impl TileKernels for Bf16 {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `Isa::detect` found AVX512-BF16; the slices were checked above.
             Isa::Avx512Bf16 => unsafe { avx512::matmul_bf16(a, w, rows, out, ahead) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `Isa::detect` found AMX-BF16 and the OS granted it; `w`'s
+            // inner size is a multiple of a tile row (`K_ALIGN`); the slices
+            // were checked above.
+            Isa::Amx => unsafe { super::amx::matmul_bf16(a, w, rows, out, ahead) },
             _ => {
                 ahead.all();
                 portable_matmul(a, w, rows, out)
@@ -311,7 +354,9 @@ impl TileKernels for Bf16 {
         match isa {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `Isa::detect` found AVX512-BF16 (with F and BW); shapes checked above.
-            Isa::Avx512Bf16 => unsafe { super::swish::avx512::swish_rows_bf16(h, h_stride, beta, operand, k_stride) },
+            Isa::Avx512Bf16 | Isa::Amx => unsafe {
+                super::swish::avx512::swish_rows_bf16(h, h_stride, beta, operand, k_stride)
+            },
             _ => super::swish::swish_rows(h, h_stride, beta, operand, k_stride),
         }
     }
@@ -336,7 +381,7 @@ pub fn outer_accumulate(
     assert!(k == 0 || c.len() >= (k - 1) * c_stride + n, "outer_accumulate: output shorter than [{k}, {n}]");
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 | Isa::Avx512Bf16 => {
+        Isa::Avx512 | Isa::Avx512Bf16 | Isa::Amx => {
             let full = k / MR * MR;
             // SAFETY: AVX-512F was detected (`isa`); the bounds were checked
             // above and the kernel stays inside rows `0..full` of `c`.
@@ -354,7 +399,8 @@ pub fn outer_accumulate(
 /// by `vdpbf16ps` (f32 accumulation), two rows of the tile per step: both
 /// tiles are first interleaved by row pairs into `pairs` (`[rows/2, k, 2]`
 /// and `[rows/2, n, 2]`). Needs AVX512-BF16 ([`Isa::native_bf16`]); rows of
-/// `c` past the last multiple of [`MR`] are summed in f32.
+/// `c` past the last multiple of [`MR`] are summed in f32. With [`Isa::Amx`]
+/// AMX tiles multiply every row (`pairs` then holds `aᵀ` and `b`'s pairs).
 pub fn outer_accumulate_bf16(
     isa: Isa,
     (a, k): (&[f32], usize),
@@ -366,6 +412,13 @@ pub fn outer_accumulate_bf16(
     assert!(isa.native_bf16(), "bf16 outer products need AVX512-BF16");
     assert!(a.len() >= rows * k && b.len() >= rows * n && c_stride >= n, "outer_accumulate_bf16: shapes");
     assert!(k == 0 || c.len() >= (k - 1) * c_stride + n, "outer_accumulate_bf16: output shorter than [{k}, {n}]");
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Amx {
+        // SAFETY: AMX (with AVX-512 BW and BF16) was detected (`isa`); the
+        // shapes were checked above.
+        unsafe { super::amx::outer_bf16((a, k), (b, n), rows, (c, c_stride), pairs) };
+        return;
+    }
     let interleave = |src: &[f32], width: usize, out: &mut Vec<Bf16>| {
         let pairs = rows.div_ceil(2);
         out.resize(pairs * width * 2, Bf16::default());
@@ -472,13 +525,13 @@ impl Prefetch {
     }
 
     /// Lines left to ask for.
-    fn lines(&self) -> usize {
+    pub(super) fn lines(&self) -> usize {
         (self.end as usize - self.at as usize).div_ceil(Self::LINE)
     }
 
     /// Asks for the next `lines` lines (fewer at the end), into L2.
     #[inline]
-    fn next(&mut self, lines: usize) {
+    pub(super) fn next(&mut self, lines: usize) {
         for _ in 0..lines.min(self.lines()) {
             #[cfg(target_arch = "x86_64")]
             {
@@ -492,7 +545,7 @@ impl Prefetch {
     }
 
     /// Asks for everything left.
-    fn all(mut self) {
+    pub(super) fn all(mut self) {
         self.next(usize::MAX);
     }
 }
@@ -1097,6 +1150,31 @@ mod avx512 {
         }
     }
 
+    /// `out: [rows, k_stride]` ← `src: [rows, cols]` rounded to bf16 (to
+    /// nearest even), padding columns zero.
+    ///
+    /// # Safety
+    /// AVX-512 F, BW and BF16; `out` holds as many rows of `k_stride ≥ cols`
+    /// values as `src` holds of `cols`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub(super) unsafe fn round_rows_bf16(src: &[f32], cols: usize, k_stride: usize, out: &mut [Bf16]) {
+        let mask = |lanes: usize| if lanes >= 32 { u32::MAX } else { (1u32 << lanes) - 1 };
+        for (row, dst) in src.chunks_exact(cols).zip(out.chunks_exact_mut(k_stride)) {
+            for j in (0..k_stride).step_by(32) {
+                let load = mask(cols.saturating_sub(j));
+                let (m0, m1) = (load as u16, (load >> 16) as u16);
+                // SAFETY: the masks keep the loads inside `row` and the store
+                // inside `dst`; lanes past `cols` load as zero (the padding).
+                unsafe {
+                    let x0 = _mm512_maskz_loadu_ps(m0, row.as_ptr().wrapping_add(j));
+                    let x1 = _mm512_maskz_loadu_ps(m1, row.as_ptr().wrapping_add(j + 16));
+                    let y: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(x1, x0));
+                    _mm512_mask_storeu_epi16(dst.as_mut_ptr().wrapping_add(j).cast(), mask(k_stride - j), y);
+                }
+            }
+        }
+    }
+
     /// Reinterprets 32 bf16 values (no conversion).
     #[inline(always)]
     fn _mm512_castsi512_bh(v: __m512i) -> __m512bh {
@@ -1192,21 +1270,26 @@ mod tests {
         }
     }
 
-    /// The bf16 weight-gradient product against f64 sums of the rounded
-    /// operands (odd rows, column and row tails).
+    /// The bf16 weight-gradient product, every family this CPU runs it
+    /// with, against f64 sums of the rounded operands (odd rows, column and
+    /// row tails; a scratch dirty from a bigger product).
     #[test]
     fn bf16_outer_products_match_f64_sums_of_the_rounded_operands() {
-        if !Isa::detect().native_bf16() {
-            return;
-        }
         let round = |x: f32| f64::from(Bf16::from_f32(x).to_f32());
-        for (rows, k, n) in [(64, 128, 128), (63, 24, 48), (16, 13, 7), (8, 40, 33)] {
+        let shapes = [(64, 128, 128), (63, 24, 48), (16, 13, 7), (8, 40, 33), (100, 50, 70)];
+        for (isa, (rows, k, n)) in Isa::supported()
+            .into_iter()
+            .filter(|isa| isa.native_bf16())
+            .flat_map(|isa| shapes.map(|shape| (isa, shape)))
+        {
             let (a, b) = (values(rows * k, 1), values(rows * n, 2));
             let c_stride = n + 5;
             let start = values(k * c_stride, 3);
             let mut c = start.clone();
-            let mut pairs = (Vec::new(), Vec::new());
-            outer_accumulate_bf16(Isa::detect(), (&a, k), (&b, n), rows, (&mut c, c_stride), &mut pairs);
+            let mut pairs = (vec![Bf16(0x7FC0); 40_000], vec![Bf16(0x7FC0); 40_000]);
+            outer_accumulate_bf16(isa, (&a, k), (&b, n), rows, (&mut c, c_stride), &mut pairs);
+            // The AVX512-BF16 kernel sums rows of `c` past its micro-tiles in f32.
+            let rounded_rows = if isa == Isa::Amx { k } else { k / MR * MR };
             for i in 0..k {
                 for j in 0..c_stride {
                     let at = i * c_stride + j;
@@ -1215,14 +1298,15 @@ mod tests {
                     let want = f64::from(start[at])
                         + if j >= n {
                             0.0
-                        } else if i < k / MR * MR {
+                        } else if i < rounded_rows {
                             (0..rows).map(rounded).sum::<f64>()
                         } else {
                             (0..rows).map(exact).sum::<f64>()
                         };
                     assert!(
                         (f64::from(c[at]) - want).abs() < 1e-4 * (1.0 + want.abs()),
-                        "[{i}, {j}] of {rows}x{k}x{n}"
+                        "{isa:?} [{i}, {j}] of {rows}x{k}x{n}: {} vs {want}",
+                        c[at]
                     );
                 }
             }
@@ -1237,6 +1321,34 @@ mod tests {
     #[test]
     fn bf16_tiles_match_f64_products_of_the_rounded_operands() {
         check_kernels::<Bf16>(1e-5);
+    }
+
+    /// Rows rounded to a bf16 operand (vectorised where the CPU has
+    /// AVX512-BF16) round as `Bf16::from_f32` does, padding zero, over a
+    /// dirty scratch.
+    #[test]
+    fn bf16_operand_rows_round_each_value() {
+        for (rows, cols, k_stride) in [(5, 24, 32), (3, 128, 128), (4, 33, 64), (2, 7, 32)] {
+            let mut src = values(rows * cols, 4);
+            // Ties (1 + 2⁻⁸ rounds to even) and a NaN.
+            src[1] = 1.0 + 1.0 / 256.0;
+            src[2] = f32::NAN;
+            let mut scratch = vec![Bf16(0x1234); 1000];
+            let got = Bf16::operand_rows(&src, cols, k_stride, &mut scratch).to_vec();
+            assert_eq!(got.len(), rows * k_stride);
+            for r in 0..rows {
+                for j in 0..k_stride {
+                    let g = got[r * k_stride + j];
+                    if j >= cols {
+                        assert_eq!(g, Bf16(0), "padding ({r}, {j})");
+                    } else if src[r * cols + j].is_nan() {
+                        assert!(g.to_f32().is_nan());
+                    } else {
+                        assert_eq!(g, Bf16::from_f32(src[r * cols + j]), "({r}, {j}) of {rows}x{cols}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -16,6 +16,8 @@
 //! updates, residual sums and the state itself stay f32. Pixels move by about
 //! half a level of 255 on average (`tests/decoder.rs`, on the shipped model).
 
+#[cfg(target_arch = "x86_64")]
+mod amx;
 #[cfg(feature = "wgpu")]
 mod gpu;
 pub(crate) mod matmul;
