@@ -109,6 +109,9 @@ def main():
     ms = elapsed / opts.steps * 1e3
     print(f"train:  {opts.batch / ms * 1e3:.1f} images/s  ({ms:.0f} ms/step)")
 
+    if opts.sample_batches == 0:
+        # Training only, as `trainer bench --sample-batches 0`.
+        return
     flow.train(False)
     elapsed = 0.0
     with torch.no_grad():

@@ -160,8 +160,7 @@ unsafe fn dot<const C: u8, const A: u8, const B: u8>() {
 /// [`available`]; `w.k_stride` a multiple of [`TILE_K`]; `a` holds `rows`
 /// rows of `w.k_stride` values and `out` `rows` rows of `w.n_stride`.
 pub(super) unsafe fn matmul_bf16(a: &[Bf16], w: &PackedMatrix<Bf16>, rows: usize, out: &mut [f32], ahead: Prefetch) {
-    debug_assert!(w.k_stride.is_multiple_of(TILE_K) && a.len() >= rows * w.k_stride);
-    debug_assert!(out.len() >= rows * w.n_stride);
+    assert!(w.k_stride.is_multiple_of(TILE_K) && a.len() >= rows * w.k_stride && out.len() >= rows * w.n_stride);
     configure();
     // The product is short next to a trip to memory: everything the caller
     // reads next is asked for at once (spread over the product as the
@@ -252,8 +251,8 @@ pub(super) unsafe fn outer_bf16(
     (c, c_stride): (&mut [f32], usize),
     scratch: &mut (Vec<Bf16>, Vec<Bf16>),
 ) {
-    debug_assert!(a.len() >= rows * k && b.len() >= rows * n && c_stride >= n);
-    debug_assert!(k == 0 || c.len() >= (k - 1) * c_stride + n);
+    assert!(a.len() >= rows * k && b.len() >= rows * n && c_stride >= n);
+    assert!(k == 0 || c.len() >= (k - 1) * c_stride + n);
     configure();
     let (rows_up, k_up, n_up) = (rows.div_ceil(2 * ROWS) * 2 * ROWS, k.div_ceil(ROWS) * ROWS, n.div_ceil(COLS) * COLS);
     let (at, pairs) = scratch;

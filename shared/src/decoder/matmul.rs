@@ -303,6 +303,15 @@ pub trait TileKernels: Operand {
         let _ = isa;
         super::swish::swish_rows(h, h_stride, beta, operand, k_stride);
     }
+
+    /// Whether the training stack runs each residual block's layers again
+    /// in its backward instead of keeping their pre-activations on the
+    /// tape: where products are cheap next to the memory traffic of the
+    /// tape (bf16 on AMX). Same values either way.
+    fn recomputes(isa: Isa) -> bool {
+        let _ = isa;
+        false
+    }
 }
 
 impl TileKernels for f32 {
@@ -359,6 +368,12 @@ impl TileKernels for Bf16 {
             },
             _ => super::swish::swish_rows(h, h_stride, beta, operand, k_stride),
         }
+    }
+
+    /// On AMX: 318 against 260 images/s at the bench config (in f32, where
+    /// products are the bottleneck, running the blocks again cost 6%).
+    fn recomputes(isa: Isa) -> bool {
+        isa == Isa::Amx
     }
 }
 

@@ -238,21 +238,28 @@ fn par_map<I: Sync, T: Send>(items: &[I], f: impl Fn(&I) -> T + Sync + Send) -> 
 /// Where a tile's tape keeps each saved activation (offsets into the
 /// tile's share of the tape, for the first half; half `q` is `q · half`
 /// further on).
+///
+/// The hidden pre-activations are most of a tape (1,024 of 1,216 values a
+/// row per half-coupling at the bench config). Where products are cheap
+/// next to memory traffic (bf16 on AMX: [`TileKernels::recomputes`]) they
+/// are not kept: the backward runs each residual block's layers again from
+/// the block's input, on the same kernels and rows, so the values — and
+/// the gradients — are the same bits.
 struct TapeLayout {
     rows: usize,
     /// Values per half-coupling.
     half: usize,
     /// Per network: the input of each residual block after the first.
     block_inputs: [Vec<usize>; 2],
-    /// Per network, block and linear layer `l ≥ 1`: its pre-activation
-    /// `[R, Hs]` (index `l − 1`).
-    hidden: [Vec<Vec<usize>>; 2],
+    /// Per network and block: where its hidden pre-activations `[nmlp, R,
+    /// Hs]` start on the tape, when the tape keeps them.
+    hidden: Option<[Vec<usize>; 2]>,
     /// Per network: its raw output over the updated half, `[R, U]`.
     raw: [usize; 2],
 }
 
 impl TapeLayout {
-    fn new(layout: &StackLayout, rows: usize) -> Self {
+    fn new(layout: &StackLayout, rows: usize, keep_hidden: bool) -> Self {
         let (d, hs) = (layout.dim(), hidden_stride(layout));
         let u = d / 2;
         // The state before the half-coupling comes first.
@@ -265,15 +272,22 @@ impl TapeLayout {
                     inputs.push(at);
                     at += rows * d;
                 }
-                hidden.push((0..layout.nmlp).map(|l| at + l * rows * hs).collect());
-                at += layout.nmlp * rows * hs;
+                hidden.push(at);
+                if keep_hidden {
+                    at += layout.nmlp * rows * hs;
+                }
             }
             let raw = at;
             at += rows * u;
             (inputs, hidden, raw)
         };
         let (s, t) = (net(), net());
-        Self { rows, half: at, block_inputs: [s.0, t.0], hidden: [s.1, t.1], raw: [s.2, t.2] }
+        Self { rows, half: at, block_inputs: [s.0, t.0], hidden: keep_hidden.then_some([s.1, t.1]), raw: [s.2, t.2] }
+    }
+
+    /// Values of one block's hidden pre-activations, `[nmlp, R, Hs]`.
+    fn block_hidden_len(layout: &StackLayout, rows: usize) -> usize {
+        layout.nmlp * rows * hidden_stride(layout)
     }
 
     fn tile_len(&self, halves: usize) -> usize {
@@ -290,6 +304,9 @@ fn hidden_stride(layout: &StackLayout) -> usize {
 /// Scratch buffers of one task, reused across its tiles.
 struct Workspace<E: Operand> {
     gathered: Vec<f32>,
+    /// One block's hidden pre-activations when the tape does not keep
+    /// them, `[nmlp, R, Hs]`.
+    hidden: Vec<f32>,
     operand: Vec<E>,
     product: Vec<f32>,
     /// Backward: the gradient of the current block's output, `[R, D]`.
@@ -318,6 +335,7 @@ impl<E: Operand> Default for Workspace<E> {
     fn default() -> Self {
         Self {
             gathered: Vec::new(),
+            hidden: Vec::new(),
             operand: Vec::new(),
             product: Vec::new(),
             grad_out: Vec::new(),
@@ -388,19 +406,21 @@ impl<E: TileKernels> TileNet<'_, E> {
     }
 
     /// Linear layer `l` of block `b`'s input before its Swish, and that
-    /// input's row stride: a hidden pre-activation or a block's input from
-    /// the tape, or for block 0 the conditioning half of the state `x`,
-    /// gathered (its `k` columns) into `gathered`.
+    /// input's row stride: a pre-activation from the block's `hidden:
+    /// [nmlp, R, Hs]`, a block's input from the tape, or for block 0 the
+    /// conditioning half of the state `x`, gathered (its `k` columns) into
+    /// `gathered`.
     fn input<'t>(
         &self,
         tape: &'t [f32],
+        hidden: &'t [f32],
         x: &[f32],
         [b, l, k]: [usize; 3],
         gathered: &'t mut Vec<f32>,
     ) -> (&'t [f32], usize) {
         let (d, r, hs) = (self.layout.dim(), self.tape.rows, hidden_stride(self.layout));
         if l > 0 {
-            (&tape[self.tape.hidden[self.net][b][l - 1]..][..r * hs], hs)
+            (&hidden[(l - 1) * r * hs..][..r * hs], hs)
         } else if b > 0 {
             (&tape[self.tape.block_inputs[self.net][b]..][..r * d], d)
         } else {
@@ -410,30 +430,71 @@ impl<E: TileKernels> TileNet<'_, E> {
         }
     }
 
+    /// Block `b`'s first `layers` linear layers on the tile, each a Swish
+    /// then a product: layer 0 reads the block's input (`None` for block
+    /// 0: the conditioning half of `x`), layer `l ≥ 1` the pre-activation
+    /// `hidden[l − 1]`; the layers before the last write theirs to `hidden:
+    /// [nmlp, R, Hs]`, the last (when `layers` takes it) into `ws.product`.
+    fn block_forward(
+        &self,
+        b: usize,
+        layers: usize,
+        x: &[f32],
+        block_input: Option<&[f32]>,
+        hidden: &mut [f32],
+        ws: &mut Workspace<E>,
+    ) {
+        let (isa, layout) = (self.isa, self.layout);
+        let (d, r, hs) = (layout.dim(), self.tape.rows, hidden_stride(layout));
+        for (l, layer) in self.half.nets[self.net][b].iter().enumerate().take(layers) {
+            let (k, _) = layer.kept();
+            let operand = sized(&mut ws.operand, r * layer.forward.k_stride);
+            let (input, stride): (&[f32], usize) = if l > 0 {
+                (&hidden[(l - 1) * r * hs..][..r * hs], hs)
+            } else if let Some(input) = block_input {
+                (input, d)
+            } else {
+                let gathered = sized(&mut ws.gathered, r * k);
+                gather_columns(x, d, &self.half.conditioning, gathered);
+                (gathered, k)
+            };
+            E::swish(isa, input, stride, &layer.beta, operand, layer.forward.k_stride);
+            if l < layout.nmlp {
+                E::matmul(isa, operand, &layer.forward, r, &mut hidden[l * r * hs..][..r * hs]);
+            } else {
+                let out = sized(&mut ws.product, r * layer.forward.n_stride);
+                E::matmul(isa, operand, &layer.forward, r, out);
+            }
+        }
+    }
+
     /// The network on the tile's conditioning half (of `x: [R, D]`), its
-    /// activations into the tape and its raw output (before the final
+    /// activations into the tape (the hidden ones into `ws.hidden` when the
+    /// tape does not keep them) and its raw output (before the final
     /// scale) at `tape[raw]`.
     fn forward(&self, x: &[f32], tape: &mut [f32], ws: &mut Workspace<E>) {
-        let (isa, layout, half) = (self.isa, self.layout, self.half);
-        let (d, r, hs) = (layout.dim(), self.tape.rows, hidden_stride(layout));
+        let (layout, half) = (self.layout, self.half);
+        let (d, r) = (layout.dim(), self.tape.rows);
         let last_block = layout.nresblocks - 1;
-        for (b, layers) in half.nets[self.net].iter().enumerate() {
-            for (l, layer) in layers.iter().enumerate() {
-                let (k, _) = layer.kept();
-                let operand = sized(&mut ws.operand, r * layer.forward.k_stride);
-                let (input, stride) = self.input(tape, x, [b, l, k], &mut ws.gathered);
-                E::swish(isa, input, stride, &layer.beta, operand, layer.forward.k_stride);
-                if l < layout.nmlp {
-                    let out = &mut tape[self.tape.hidden[self.net][b][l]..][..r * hs];
-                    E::matmul(isa, operand, &layer.forward, r, out);
-                } else {
-                    let out = sized(&mut ws.product, r * layer.forward.n_stride);
-                    E::matmul(isa, operand, &layer.forward, r, out);
+        let hidden_len = TapeLayout::block_hidden_len(layout, r);
+        for b in 0..layout.nresblocks {
+            let input_at = self.tape.block_inputs[self.net][b];
+            match &self.tape.hidden {
+                Some(hidden) => {
+                    // The block's input lies before its hidden values.
+                    let (before, after) = tape.split_at_mut(hidden[self.net][b]);
+                    let block_input = (b > 0).then(|| &before[input_at..][..r * d]);
+                    self.block_forward(b, layout.nmlp + 1, x, block_input, &mut after[..hidden_len], ws);
+                }
+                None => {
+                    let mut scratch = std::mem::take(&mut ws.hidden);
+                    let block_input = (b > 0).then(|| &tape[input_at..][..r * d]);
+                    self.block_forward(b, layout.nmlp + 1, x, block_input, sized(&mut scratch, hidden_len), ws);
+                    ws.hidden = scratch;
                 }
             }
-            let n_stride = layers[layout.nmlp].forward.n_stride;
+            let n_stride = half.nets[self.net][b][layout.nmlp].forward.n_stride;
             // The residual sum; block 0's input is the masked state.
-            let input_at = self.tape.block_inputs[self.net][b];
             if b == last_block {
                 let (before, after) = tape.split_at_mut(self.tape.raw[self.net]);
                 let out = &mut after[..r * half.updated.len()];
@@ -630,8 +691,19 @@ impl<E: TileKernels> TileNet<'_, E> {
             }
         }
         let mut grad_in = std::mem::take(&mut ws.grad_in);
+        let hidden_len = TapeLayout::block_hidden_len(layout, r);
+        let mut scratch = std::mem::take(&mut ws.hidden);
         for b in (0..=last_block).rev() {
             let layers = &half.nets[self.net][b];
+            // The block's pre-activations: kept on the tape, or run again.
+            let hidden: &[f32] = match &self.tape.hidden {
+                Some(hidden) => &tape[hidden[self.net][b]..][..hidden_len],
+                None => {
+                    let block_input = (b > 0).then(|| &tape[self.tape.block_inputs[self.net][b]..][..r * d]);
+                    self.block_forward(b, layout.nmlp, x, block_input, sized(&mut scratch, hidden_len), ws);
+                    &scratch[..hidden_len]
+                }
+            };
             // (input + h + bias) / √2: both terms get grad / √2.
             grad_out.iter_mut().for_each(|g| *g *= FRAC_1_SQRT_2);
             let last = &layers[layout.nmlp];
@@ -651,7 +723,7 @@ impl<E: TileKernels> TileNet<'_, E> {
                 let k_out = layer.backward.n_stride;
                 // The layer's input u (before the Swish), asked for during the
                 // product so that its arithmetic hides the trip to memory.
-                let (input, stride) = self.input(tape, x, [b, l, k], &mut ws.gathered);
+                let (input, stride) = self.input(tape, hidden, x, [b, l, k], &mut ws.gathered);
                 let operand =
                     E::operand_rows(&ws.grad_product, n, layer.backward.k_stride, &mut ws.grad_product_operand);
                 let ahead = Prefetch::of(input);
@@ -694,6 +766,7 @@ impl<E: TileKernels> TileNet<'_, E> {
             }
             std::mem::swap(&mut grad_out, &mut grad_in);
         }
+        ws.hidden = scratch;
         ws.grad_out = grad_out;
         ws.grad_in = grad_in;
     }
@@ -831,7 +904,13 @@ pub fn forward(
 }
 
 fn forward_with<E: TileKernels>(layout: &StackLayout, params: &[f32], x: &[f32], save: bool) -> (Vec<f32>, Vec<f32>) {
-    forward_packed(&Weights::<E>::new(*layout, params, false), x, save)
+    forward_packed(&Weights::<E>::new(*layout, params, false), x, save, keeps_hidden::<E>())
+}
+
+/// Whether training tapes keep the hidden pre-activations on this CPU
+/// ([`TileKernels::recomputes`]); [`forward`] and [`backward`] agree on it.
+fn keeps_hidden<E: TileKernels>() -> bool {
+    !E::recomputes(Isa::detect())
 }
 
 /// A stack's forward with its weights normalised and packed once, for
@@ -866,7 +945,7 @@ impl PackedForward {
         // Up to a full tile runs as one tile of exactly `m` rows (the kernels
         // take any row count with the same per-row bits).
         if m > TILE_ROWS {
-            let (out, _) = forward_packed(&self.weights, x, false);
+            let (out, _) = forward_packed(&self.weights, x, false, false);
             for ((row, ldj), out) in x.chunks_exact_mut(d).zip(ldj.iter_mut()).zip(out.chunks_exact(d + 1)) {
                 row.copy_from_slice(&out[..d]);
                 *ldj = out[d];
@@ -888,7 +967,8 @@ impl PackedForward {
 
     /// [`Self::run`] on up to [`TILE_ROWS`] rows as one tile, on this thread.
     fn run_tile(&self, x: &mut [f32], ldj: &mut [f32]) {
-        let tape_layout = TapeLayout::new(&self.weights.layout, ldj.len());
+        // Nothing runs backward: the hidden values need no place on the tape.
+        let tape_layout = TapeLayout::new(&self.weights.layout, ldj.len(), false);
         SCRATCH.with_borrow_mut(|(ws, tape)| {
             let tape = sized(tape, tape_layout.tile_len(self.weights.halves.len()));
             ldj.fill(0.0);
@@ -903,17 +983,23 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<(Workspace<f32>, Vec<f32>)> = Default::default();
 }
 
-/// [`forward`] with the weights packed.
-fn forward_packed<E: TileKernels>(weights: &Weights<E>, x: &[f32], save: bool) -> (Vec<f32>, Vec<f32>) {
+/// [`forward`] with the weights packed; a saved tape keeps the hidden
+/// pre-activations if `keep_hidden` (see [`TapeLayout`]).
+fn forward_packed<E: TileKernels>(
+    weights: &Weights<E>,
+    x: &[f32],
+    save: bool,
+    keep_hidden: bool,
+) -> (Vec<f32>, Vec<f32>) {
     let layout = &weights.layout;
     let d = layout.dim();
     assert_eq!(x.len() % d, 0, "blocks are not [M, {d}]");
     let m = x.len() / d;
     let tile_rows = tile_rows(m);
-    let tape_layout = TapeLayout::new(layout, tile_rows);
+    let isa = Isa::detect();
+    let tape_layout = TapeLayout::new(layout, tile_rows, save && keep_hidden);
     let tile_tape = tape_layout.tile_len(weights.halves.len());
     let tiles = m.div_ceil(tile_rows);
-    let isa = Isa::detect();
     let mut out = vec![0.0f32; m * (d + 1)];
     let mut tape = if save { spare_tape(tiles * tile_tape) } else { Vec::new() };
     let run = |ws: &mut (Workspace<E>, Vec<f32>), (tile, (out, tape)): (usize, (&mut [f32], Option<&mut [f32]>))| {
@@ -974,27 +1060,30 @@ pub fn backward(
     precision: ProductPrecision,
 ) -> (Vec<f32>, Vec<f32>) {
     match precision.on_this_cpu() {
-        ProductPrecision::F32 => backward_with::<f32>(layout, params, tape, grad),
-        ProductPrecision::Bf16 => backward_with::<Bf16>(layout, params, tape, grad),
+        ProductPrecision::F32 => backward_with::<f32>(layout, params, tape, grad, keeps_hidden::<f32>()),
+        ProductPrecision::Bf16 => backward_with::<Bf16>(layout, params, tape, grad, keeps_hidden::<Bf16>()),
     }
 }
 
+/// [`backward`] from a tape that keeps the hidden pre-activations if
+/// `keep_hidden` (as the forward that made it).
 fn backward_with<E: TileKernels>(
     layout: &StackLayout,
     params: &[f32],
     tape: &[f32],
     grad: &[f32],
+    keep_hidden: bool,
 ) -> (Vec<f32>, Vec<f32>) {
     let d = layout.dim();
     assert_eq!(grad.len() % (d + 1), 0, "output gradient is not [M, {}]", d + 1);
     let m = grad.len() / (d + 1);
     let tile_rows = tile_rows(m);
     let weights = Weights::<E>::new(*layout, params, true);
-    let tape_layout = TapeLayout::new(layout, tile_rows);
+    let isa = Isa::detect();
+    let tape_layout = TapeLayout::new(layout, tile_rows, keep_hidden);
     let tile_tape = tape_layout.tile_len(weights.halves.len());
     let tiles = m.div_ceil(tile_rows);
     assert_eq!(tape.len(), tiles * tile_tape, "the tape is not of this forward");
-    let isa = Isa::detect();
     // Groups of consecutive tiles, a function of `m` only.
     let tiles_per_group = tiles.div_ceil(MAX_GROUPS).max(1);
     let group_rows = tiles_per_group * tile_rows;
@@ -1074,6 +1163,37 @@ fn sum_in_order(partials: &[Vec<f32>], len: usize) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Gradients from a tape without the hidden pre-activations (the
+    /// backward runs each block again) are the same bits as from one that
+    /// keeps them, in f32 and bf16, for tiles full and partial.
+    #[test]
+    fn recomputed_hidden_values_give_the_same_gradients() {
+        fn check<E: TileKernels>(layout: StackLayout, m: usize) {
+            let d = layout.dim();
+            let params: Vec<f32> = (0..layout.num_params()).map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5).collect();
+            let x: Vec<f32> = (0..m * d).map(|i| ((i * 31) % 200) as f32 * 0.01 - 1.0).collect();
+            let grad: Vec<f32> = (0..m * (d + 1)).map(|i| ((i * 17) % 100) as f32 * 0.01 - 0.5).collect();
+            let weights = Weights::<E>::new(layout, &params, false);
+            let run = |keep: bool| {
+                let (out, tape) = forward_packed(&weights, &x, true, keep);
+                let (grad_x, grads) = backward_with::<E>(&layout, &params, &tape, &grad, keep);
+                (out, tape.len(), grad_x, grads)
+            };
+            let (kept, recomputed) = (run(true), run(false));
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&kept.0), bits(&recomputed.0), "outputs");
+            assert!(recomputed.1 < kept.1 / 2, "tape {} against {}", recomputed.1, kept.1);
+            assert_eq!(bits(&kept.2), bits(&recomputed.2), "input gradients");
+            assert_eq!(bits(&kept.3), bits(&recomputed.3), "parameter gradients");
+        }
+        let layout = StackLayout { channels: 3, kernel_size: 4, nlayers: 2, nresblocks: 2, nmlp: 2, nhidden: 40 };
+        for m in [150, 13] {
+            check::<f32>(layout, m);
+            check::<Bf16>(layout, m);
+        }
+        check::<f32>(StackLayout { nresblocks: 3, nmlp: 1, ..layout }, 70);
+    }
 
     /// Rates of the fused stack alone (no burn around it): a bench-config
     /// level-0 stack (4 couplings, nhidden 128) on 4,096 block rows, its
