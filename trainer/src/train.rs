@@ -120,10 +120,12 @@ pub struct TrainArgs {
     pub workers: usize,
     /// Number type of the coupling stacks' matrix products on the CPU
     /// (forward and backward): `bf16` rounds their operands and accumulates
-    /// in f32 (weights, updates and optimiser state stay f32). Only CPUs with
-    /// AVX512-BF16 run it (f32 elsewhere), and not all of them faster: 1.23×
-    /// on an AMD Zen 4, 0.76× on an Intel Xeon (`trainer bench --precision
-    /// bf16` tells). Part of the run's settings.
+    /// in f32 (weights, updates and optimiser state stay f32). Recommended on
+    /// CPUs with AMX (1.6× faster on a Xeon; held-out bits/dim within run
+    /// noise of f32, see the README). Only CPUs with AVX512-BF16 run it (f32
+    /// elsewhere), and without AMX not all of them faster: 1.23× on an AMD
+    /// Zen 4, 0.76× on a Xeon with only `vdpbf16ps` (`trainer bench
+    /// --precision bf16` tells). Part of the run's settings.
     #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
     pub precision: PrecisionArg,
     /// No progress bar (logs only).
