@@ -39,16 +39,28 @@ use crate::kernels::stack::{LinearParams, Net, StackLayout};
 /// Most block rows per tile: a tile's working set (activations of one
 /// network) stays in a core's L2.
 const TILE_ROWS: usize = 64;
-const _: () = assert!(TILE_ROWS.is_multiple_of(MR));
+/// Most block rows per tile of a training pass whose tape leaves out the
+/// hidden values (on AMX, [`TapeLayout`]): no tape share streams through
+/// the cache, and twice the rows halve the weight tiles' loads and the
+/// weight gradients' accumulator traffic per row (340 against 323
+/// images/s; with the tape kept, in f32, 128 rows were 4–8 % slower).
+const RECOMPUTING_TILE_ROWS: usize = 128;
+const _: () = assert!(TILE_ROWS.is_multiple_of(MR) && RECOMPUTING_TILE_ROWS.is_multiple_of(MR));
 /// Tiles a sub-layer with few rows is cut into at least (so that the top
 /// levels, a few blocks per image, still use every core).
 const MIN_TILES: usize = 8;
 
-/// Rows per tile for `m` block rows: [`TILE_ROWS`], or fewer (a multiple
-/// of [`MR`]) to make [`MIN_TILES`] tiles. A function of `m` alone, so the
-/// gradients' summation order is too.
-fn tile_rows(m: usize) -> usize {
-    (m.div_ceil(MIN_TILES).div_ceil(MR) * MR).clamp(MR, TILE_ROWS)
+/// Rows per tile for `m` block rows: `most`, or fewer (a multiple of
+/// [`MR`]) to make [`MIN_TILES`] tiles. A function of `m` and the tape's
+/// kind alone, so the gradients' summation order is too.
+fn tile_rows(m: usize, most: usize) -> usize {
+    (m.div_ceil(MIN_TILES).div_ceil(MR) * MR).clamp(MR, most)
+}
+
+/// The most rows of a tile for a pass whose tape keeps the hidden values
+/// or not (a forward without a tape counts as keeping them).
+fn most_tile_rows(keep_hidden: bool) -> usize {
+    if keep_hidden { TILE_ROWS } else { RECOMPUTING_TILE_ROWS }
 }
 /// Most groups a backward pass sums parameter gradients over (each holds a
 /// copy of the stack's parameter gradients).
@@ -995,7 +1007,7 @@ fn forward_packed<E: TileKernels>(
     let d = layout.dim();
     assert_eq!(x.len() % d, 0, "blocks are not [M, {d}]");
     let m = x.len() / d;
-    let tile_rows = tile_rows(m);
+    let tile_rows = tile_rows(m, most_tile_rows(!save || keep_hidden));
     let isa = Isa::detect();
     let tape_layout = TapeLayout::new(layout, tile_rows, save && keep_hidden);
     let tile_tape = tape_layout.tile_len(weights.halves.len());
@@ -1077,7 +1089,7 @@ fn backward_with<E: TileKernels>(
     let d = layout.dim();
     assert_eq!(grad.len() % (d + 1), 0, "output gradient is not [M, {}]", d + 1);
     let m = grad.len() / (d + 1);
-    let tile_rows = tile_rows(m);
+    let tile_rows = tile_rows(m, most_tile_rows(keep_hidden));
     let weights = Weights::<E>::new(*layout, params, true);
     let isa = Isa::detect();
     let tape_layout = TapeLayout::new(layout, tile_rows, keep_hidden);
@@ -1166,7 +1178,9 @@ mod tests {
 
     /// Gradients from a tape without the hidden pre-activations (the
     /// backward runs each block again) are the same bits as from one that
-    /// keeps them, in f32 and bf16, for tiles full and partial.
+    /// keeps them, in f32 and bf16, for tiles full and partial (where the
+    /// tiles differ in size, the parameter gradients' sums are grouped
+    /// differently, so equal to rounding).
     #[test]
     fn recomputed_hidden_values_give_the_same_gradients() {
         fn check<E: TileKernels>(layout: StackLayout, m: usize) {
@@ -1185,10 +1199,18 @@ mod tests {
             assert_eq!(bits(&kept.0), bits(&recomputed.0), "outputs");
             assert!(recomputed.1 < kept.1 / 2, "tape {} against {}", recomputed.1, kept.1);
             assert_eq!(bits(&kept.2), bits(&recomputed.2), "input gradients");
-            assert_eq!(bits(&kept.3), bits(&recomputed.3), "parameter gradients");
+            if most_tile_rows(true) * MIN_TILES >= m {
+                assert_eq!(bits(&kept.3), bits(&recomputed.3), "parameter gradients");
+            } else {
+                // Bigger tiles without the hidden values: the same terms,
+                // summed in other groups.
+                for (i, (a, b)) in kept.3.iter().zip(&recomputed.3).enumerate() {
+                    assert!((a - b).abs() <= 1e-5 * (1.0 + a.abs()), "parameter {i}: {a} against {b}");
+                }
+            }
         }
         let layout = StackLayout { channels: 3, kernel_size: 4, nlayers: 2, nresblocks: 2, nmlp: 2, nhidden: 40 };
-        for m in [150, 13] {
+        for m in [150, 13, 1100] {
             check::<f32>(layout, m);
             check::<Bf16>(layout, m);
         }
