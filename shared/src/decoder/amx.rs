@@ -294,16 +294,7 @@ pub(super) unsafe fn outer_bf16(
             // inside its `k` rows and `n` columns, or an edge copy); the
             // operand tiles lie inside the buffers sized above.
             unsafe {
-                load::<0>(place[0].0.cast(), place[0].1);
-                if real[1] {
-                    load::<1>(place[1].0.cast(), place[1].1);
-                }
-                if real[2] {
-                    load::<2>(place[2].0.cast(), place[2].1);
-                }
-                if real[3] {
-                    load::<3>(place[3].0.cast(), place[3].1);
-                }
+                accumulators::<false>(&place, real);
                 for r0 in (0..rows_up).step_by(2 * ROWS) {
                     load::<4>(at[i0 * rows_up + r0..].as_ptr().cast(), at_bytes);
                     load::<6>(pairs[r0 * n_up + 2 * j0..].as_ptr().cast(), pair_bytes);
@@ -320,16 +311,7 @@ pub(super) unsafe fn outer_bf16(
                         }
                     }
                 }
-                store::<0>(place[0].0.cast(), place[0].1);
-                if real[1] {
-                    store::<1>(place[1].0.cast(), place[1].1);
-                }
-                if real[2] {
-                    store::<2>(place[2].0.cast(), place[2].1);
-                }
-                if real[3] {
-                    store::<3>(place[3].0.cast(), place[3].1);
-                }
+                accumulators::<true>(&place, real);
             }
             for t in 0..4 {
                 let (i, j) = tiles[t];
@@ -342,6 +324,28 @@ pub(super) unsafe fn outer_bf16(
             }
         }
     }
+}
+
+/// Loads accumulator tiles 0–3 from their places (`(pointer, row stride
+/// in bytes)`), or with `STORE` stores them there, the `real` ones.
+///
+/// # Safety
+/// Tiles configured; each real place is 16 rows of 64 bytes, readable and
+/// writable.
+#[inline(always)]
+unsafe fn accumulators<const STORE: bool>(place: &[(*mut f32, usize); 4], real: [bool; 4]) {
+    macro_rules! each {
+        ($($t:literal),*) => {$(
+            if real[$t] {
+                let (at, stride) = place[$t];
+                // SAFETY: as the caller promises for real places.
+                unsafe {
+                    if STORE { store::<$t>(at.cast(), stride) } else { load::<$t>(at.cast(), stride) }
+                }
+            }
+        )*};
+    }
+    each!(0, 1, 2, 3);
 }
 
 /// Rows `2p` and `2p + 1` of `src: [rows, width]` at columns `j..j + 16`,
