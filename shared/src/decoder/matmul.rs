@@ -304,6 +304,27 @@ pub trait TileKernels: Operand {
         super::swish::swish_rows(h, h_stride, beta, operand, k_stride);
     }
 
+    /// The Swish's backward on a tile of the training stack: with `u =
+    /// input[r, j]` (rows `stride` apart) and `σ = σ(β u)`, writes
+    /// `activation: [R, K] = u σ`, turns `grad[r, j]` (rows `grad_stride`
+    /// apart; the output's gradient) into u's and sums the gradient of `β`
+    /// into `grad_beta`. Exact in f32; within a few ulp of it, without a
+    /// division, where bf16 products run natively.
+    #[allow(clippy::too_many_arguments)]
+    fn swish_backward(
+        isa: Isa,
+        input: &[f32],
+        stride: usize,
+        beta: &[f32],
+        grad: &mut [f32],
+        grad_stride: usize,
+        activation: &mut [f32],
+        grad_beta: &mut [f32],
+    ) {
+        let _ = isa;
+        crate::kernels::cpu::stack::swish_backward_rows(input, stride, beta, grad, grad_stride, activation, grad_beta);
+    }
+
     /// Whether the training stack runs each residual block's layers again
     /// in its backward instead of keeping their pre-activations on the
     /// tape: where products are cheap next to the memory traffic of the
@@ -374,6 +395,42 @@ impl TileKernels for Bf16 {
     /// products are the bottleneck, running the blocks again cost 6%).
     fn recomputes(isa: Isa) -> bool {
         isa == Isa::Amx
+    }
+
+    fn swish_backward(
+        isa: Isa,
+        input: &[f32],
+        stride: usize,
+        beta: &[f32],
+        grad: &mut [f32],
+        grad_stride: usize,
+        activation: &mut [f32],
+        grad_beta: &mut [f32],
+    ) {
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `Isa::detect` found AVX-512F (with BF16); the kernel checks the shapes.
+            Isa::Avx512Bf16 | Isa::Amx => unsafe {
+                super::swish::avx512::swish_backward_rows_fast(
+                    input,
+                    stride,
+                    beta,
+                    grad,
+                    grad_stride,
+                    activation,
+                    grad_beta,
+                )
+            },
+            _ => crate::kernels::cpu::stack::swish_backward_rows(
+                input,
+                stride,
+                beta,
+                grad,
+                grad_stride,
+                activation,
+                grad_beta,
+            ),
+        }
     }
 }
 

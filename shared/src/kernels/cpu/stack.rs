@@ -743,7 +743,8 @@ impl<E: TileKernels> TileNet<'_, E> {
                 // The Swish's output (for the weight gradient), and its backward:
                 // `grad_operand` becomes the gradient of u.
                 let mut grad_beta = vec![0.0f32; k];
-                swish_backward_rows(
+                E::swish_backward(
+                    isa,
                     input,
                     stride,
                     &layer.beta,
@@ -807,7 +808,7 @@ fn scatter_add(values: &[f32], index: Option<&[usize]>, out: &mut [f32]) {
 /// into u's, `grad · (σ + β u σ(1 − σ))`, and sums `grad · u² σ(1 − σ)`
 /// into `grad_beta`.
 #[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq+fma", "x86_64+avx2+fma"))]
-fn swish_backward_rows(
+pub(crate) fn swish_backward_rows(
     input: &[f32],
     stride: usize,
     beta: &[f32],
