@@ -176,6 +176,8 @@ fn resume_after_interruption_matches_an_uninterrupted_run() {
         "8",
         "--steps",
         "9",
+        "--precision",
+        "bf16",
         "--resume",
     ];
     args.extend(SMALL);

@@ -7,9 +7,10 @@
 //! and the kernel's permission (Linux hands out the tile state per process
 //! on request, `arch_prctl(ARCH_REQ_XCOMP_PERM)`).
 //!
-//! Every kernel here computes each output row from its own input row alone
-//! (a tile row's dot products never mix rows), so a row's values are the
-//! same bits whatever rows share a call, as the other kernels promise.
+//! The forward product computes each output row from its own input row
+//! alone (a tile row's dot products never mix rows), so a row's values are
+//! the same bits whatever rows share a call, as the other kernels promise.
+//! (The weight-gradient product sums over rows, as its counterparts do.)
 //!
 //! Layouts: the left operand is row-major bf16 `[rows, k_stride]` with
 //! `k_stride` a multiple of [`TILE_K`]; the right one is the
@@ -264,6 +265,8 @@ pub(super) unsafe fn outer_bf16(
         interleave_pairs(b, n, rows, rows_up, n_up, pairs);
     }
     let (at_bytes, pair_bytes) = (2 * rows_up, 2 * 2 * n_up);
+    // One pointer for every access to `c` below (tiles and edge copies).
+    let c = c.as_mut_ptr();
     // An accumulator tile of `c`, or a padded copy of its edge.
     let mut edges = [[0.0f32; ROWS * COLS]; 4];
     for i0 in (0..k_up).step_by(2 * ROWS) {
@@ -279,13 +282,15 @@ pub(super) unsafe fn outer_bf16(
                     continue;
                 }
                 place[t] = if full[t] {
-                    (c[i * c_stride + j..].as_mut_ptr(), 4 * c_stride)
+                    (c.wrapping_add(i * c_stride + j), 4 * c_stride)
                 } else {
                     let edge = &mut edges[t];
                     edge.fill(0.0);
                     for r in 0..ROWS.min(k.saturating_sub(i)) {
                         let cols = COLS.min(n.saturating_sub(j));
-                        edge[r * COLS..r * COLS + cols].copy_from_slice(&c[(i + r) * c_stride + j..][..cols]);
+                        // SAFETY: row `i + r < k`, columns `j..j + cols ≤ n` of `c`.
+                        let row = unsafe { std::slice::from_raw_parts(c.add((i + r) * c_stride + j), cols) };
+                        edge[r * COLS..r * COLS + cols].copy_from_slice(row);
                     }
                     (edge.as_mut_ptr(), 4 * COLS)
                 };
@@ -318,7 +323,10 @@ pub(super) unsafe fn outer_bf16(
                 if real[t] && !full[t] {
                     for r in 0..ROWS.min(k.saturating_sub(i)) {
                         let cols = COLS.min(n.saturating_sub(j));
-                        c[(i + r) * c_stride + j..][..cols].copy_from_slice(&edges[t][r * COLS..r * COLS + cols]);
+                        // SAFETY: row `i + r < k`, columns `j..j + cols ≤ n` of
+                        // `c`; no other reference to `c` is alive.
+                        let row = unsafe { std::slice::from_raw_parts_mut(c.add((i + r) * c_stride + j), cols) };
+                        row.copy_from_slice(&edges[t][r * COLS..r * COLS + cols]);
                     }
                 }
             }

@@ -74,7 +74,8 @@ impl Operand for Bf16 {
         f32::from_bits(u32::from(self.0) << 16)
     }
     /// With AVX512-BF16, 32 values per `vcvtne2ps2bf16` (the backward rounds
-    /// every gradient operand: plain loops were 7% of a bf16 step).
+    /// every gradient operand: plain loops were 7% of a bf16 step), which
+    /// also flushes subnormals to zero.
     fn operand_rows<'a>(src: &'a [f32], cols: usize, k_stride: usize, scratch: &'a mut Vec<Self>) -> &'a [Self] {
         #[cfg(target_arch = "x86_64")]
         if Isa::detect().native_bf16() {
@@ -1397,7 +1398,8 @@ mod tests {
 
     /// Rows rounded to a bf16 operand (vectorised where the CPU has
     /// AVX512-BF16) round as `Bf16::from_f32` does, padding zero, over a
-    /// dirty scratch.
+    /// dirty scratch. (The vectorised rounding flushes subnormals to zero;
+    /// none are tested.)
     #[test]
     fn bf16_operand_rows_round_each_value() {
         for (rows, cols, k_stride) in [(5, 24, 32), (3, 128, 128), (4, 33, 64), (2, 7, 32)] {

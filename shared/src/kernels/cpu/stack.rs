@@ -5,18 +5,20 @@
 //! `[blocks, width]` activations to memory, reads them back, and forks and
 //! joins the thread pool, three times per step (forward, backward of the
 //! input, backward of the weights). Blocks are independent inside a
-//! sub-layer, so here each task takes a tile of [`TILE_ROWS`] block rows and
-//! runs the stack's couplings on it with the activations in cache, writing
-//! to memory only what the backward needs (its *tape*: the state before each
-//! half-coupling, each block's input and each hidden layer's pre-activation).
+//! sub-layer, so here each task takes a tile of block rows ([`TILE_ROWS`],
+//! or [`RECOMPUTING_TILE_ROWS`]) and runs the stack's couplings on it with
+//! the activations in cache, writing to memory only what the backward needs
+//! (its *tape*: the state before each half-coupling, each block's input and,
+//! except on AMX, each hidden layer's pre-activation; see [`TapeLayout`]).
 //! The backward replays the tape tile by tile. The checkerboard's zeros are
 //! skipped as in the decoder: the first layer of a network reads only the
 //! conditioning half and the last computes only the updated half.
 //!
 //! Parameter gradients are summed per *group* of consecutive tiles and the
-//! groups then in order; the groups depend only on the number of rows, so a
-//! step's gradients are the same bits whatever the thread pool did
-//! (training resumes exactly).
+//! groups then in order; the groups depend only on the number of rows and
+//! the tape's kind (the CPU's and the precision's), so a step's gradients
+//! are the same bits whatever the thread pool did (training resumes
+//! exactly).
 //!
 //! Shapes: a tile is `R` rows; the state `x` is `[R, D]` (`D = C·K²`), the
 //! networks' outputs `[R, U]` over the updated half (`U = D/2`), hidden
@@ -1097,7 +1099,7 @@ fn backward_with<E: TileKernels>(
     let tile_tape = tape_layout.tile_len(weights.halves.len());
     let tiles = m.div_ceil(tile_rows);
     assert_eq!(tape.len(), tiles * tile_tape, "the tape is not of this forward");
-    // Groups of consecutive tiles, a function of `m` only.
+    // Groups of consecutive tiles, a function of `m` and the tape's kind only.
     let tiles_per_group = tiles.div_ceil(MAX_GROUPS).max(1);
     let group_rows = tiles_per_group * tile_rows;
     let p = layout.num_params();
