@@ -278,6 +278,22 @@ impl Isa {
     }
 }
 
+/// The Swish's backward on a tile of the training stack
+/// ([`TileKernels::swish_backward`]): with `u = input[r, j]` and `σ = σ(β
+/// u)`, it writes `activation: [R, K] = u σ`, turns `grad[r, j]` (the
+/// output's gradient) into u's, `grad · (σ + β u σ(1 − σ))`, and sums `grad
+/// · u² σ(1 − σ)` into `grad_beta: [K]`. `K = β.len()`; rows of `input` and
+/// `grad` are their strides apart (each at least `K`).
+pub(crate) struct SwishBackward<'a> {
+    pub input: &'a [f32],
+    pub input_stride: usize,
+    pub beta: &'a [f32],
+    pub grad: &'a mut [f32],
+    pub grad_stride: usize,
+    pub activation: &'a mut [f32],
+    pub grad_beta: &'a mut [f32],
+}
+
 /// Operand types with a matrix product (and the Swish that makes its
 /// operand, `swish.rs`) per [`Isa`].
 pub trait TileKernels: Operand {
@@ -305,25 +321,12 @@ pub trait TileKernels: Operand {
         super::swish::swish_rows(h, h_stride, beta, operand, k_stride);
     }
 
-    /// The Swish's backward on a tile of the training stack: with `u =
-    /// input[r, j]` (rows `stride` apart) and `σ = σ(β u)`, writes
-    /// `activation: [R, K] = u σ`, turns `grad[r, j]` (rows `grad_stride`
-    /// apart; the output's gradient) into u's and sums the gradient of `β`
-    /// into `grad_beta`. Exact in f32; within a few ulp of it, without a
+    /// The Swish's backward on a tile of the training stack (see
+    /// [`SwishBackward`]): exact in f32; within a few ulp of it, without a
     /// division, where bf16 products run natively.
-    #[allow(clippy::too_many_arguments)]
-    fn swish_backward(
-        isa: Isa,
-        input: &[f32],
-        stride: usize,
-        beta: &[f32],
-        grad: &mut [f32],
-        grad_stride: usize,
-        activation: &mut [f32],
-        grad_beta: &mut [f32],
-    ) {
+    fn swish_backward(isa: Isa, tile: SwishBackward<'_>) {
         let _ = isa;
-        crate::kernels::cpu::stack::swish_backward_rows(input, stride, beta, grad, grad_stride, activation, grad_beta);
+        crate::kernels::cpu::stack::swish_backward_rows(tile);
     }
 
     /// Whether the training stack runs each residual block's layers again
@@ -398,39 +401,12 @@ impl TileKernels for Bf16 {
         isa == Isa::Amx
     }
 
-    fn swish_backward(
-        isa: Isa,
-        input: &[f32],
-        stride: usize,
-        beta: &[f32],
-        grad: &mut [f32],
-        grad_stride: usize,
-        activation: &mut [f32],
-        grad_beta: &mut [f32],
-    ) {
+    fn swish_backward(isa: Isa, tile: SwishBackward<'_>) {
         match isa {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `Isa::detect` found AVX-512F (with BF16); the kernel checks the shapes.
-            Isa::Avx512Bf16 | Isa::Amx => unsafe {
-                super::swish::avx512::swish_backward_rows_fast(
-                    input,
-                    stride,
-                    beta,
-                    grad,
-                    grad_stride,
-                    activation,
-                    grad_beta,
-                )
-            },
-            _ => crate::kernels::cpu::stack::swish_backward_rows(
-                input,
-                stride,
-                beta,
-                grad,
-                grad_stride,
-                activation,
-                grad_beta,
-            ),
+            Isa::Avx512Bf16 | Isa::Amx => unsafe { super::swish::avx512::swish_backward_rows_fast(tile) },
+            _ => crate::kernels::cpu::stack::swish_backward_rows(tile),
         }
     }
 }

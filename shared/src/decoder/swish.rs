@@ -26,7 +26,7 @@ pub(super) fn swish_rows<E: Operand>(h: &[f32], h_stride: usize, beta: &[f32], o
 pub(super) mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::super::matmul::Bf16;
+    use super::super::matmul::{Bf16, SwishBackward};
 
     /// `σ(x)` for 16 lanes, accurate to ~1e-4 relative: ample next to
     /// bf16's 8 bits, and half the instructions of the f32 kernels'.
@@ -75,27 +75,16 @@ pub(super) mod avx512 {
         _mm512_mul_ps(u, sigmoid(_mm512_mul_ps(beta, u)))
     }
 
-    /// The Swish's backward for bf16 training (`TileKernels::swish_backward`),
-    /// near f32's accuracy (a few ulp: the degree-6 polynomial and the
-    /// reciprocal estimate refined by a Newton step) at a fraction of the
-    /// exact kernel's cost (no division): with `σ = σ(β u)` writes `activation = u σ`, turns
-    /// `grad` into u's gradient, `grad · (σ + β u σ(1 − σ))`, and sums `grad ·
-    /// u² σ(1 − σ)` into `grad_beta`. 16 columns per step, the last masked.
+    /// The Swish's backward ([`SwishBackward`]) for bf16 training, near
+    /// f32's accuracy (a few ulp: the degree-6 polynomial and the reciprocal
+    /// estimate refined by a Newton step) at a fraction of the exact
+    /// kernel's cost (no division). 16 columns per step, the last masked.
     ///
     /// # Safety
-    /// AVX-512F; `input`, `grad` and `activation` hold the same number of
-    /// rows, at strides `stride`, `grad_stride` and `β.len()`, each at least
-    /// `β.len()`; `grad_beta` holds `β.len()` values.
+    /// AVX-512F.
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn swish_backward_rows_fast(
-        input: &[f32],
-        stride: usize,
-        beta: &[f32],
-        grad: &mut [f32],
-        grad_stride: usize,
-        activation: &mut [f32],
-        grad_beta: &mut [f32],
-    ) {
+    pub unsafe fn swish_backward_rows_fast(tile: SwishBackward<'_>) {
+        let SwishBackward { input, input_stride: stride, beta, grad, grad_stride, activation, grad_beta } = tile;
         let k = beta.len();
         assert!(stride >= k && grad_stride >= k && grad_beta.len() == k, "swish backward: shapes");
         let rows =
@@ -175,7 +164,7 @@ pub(super) mod avx512 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decoder::matmul::{Bf16, Isa};
+    use crate::decoder::matmul::{Bf16, Isa, SwishBackward};
 
     /// The fast Swish backward of bf16 training matches the exact one to
     /// ~1e-6, activations, input gradients and `β`'s, for widths with and
@@ -196,21 +185,20 @@ mod tests {
             let grad: Vec<f32> = (0..rows * grad_stride).map(|i| ((i * 13 % 41) as f32 - 20.0) / 10.0).collect();
             let run = |fast: bool| {
                 let (mut g, mut a, mut gb) = (grad.clone(), vec![0.0f32; rows * k], vec![0.5f32; k]);
+                let tile = SwishBackward {
+                    input: &input,
+                    input_stride: stride,
+                    beta: &beta,
+                    grad: &mut g,
+                    grad_stride,
+                    activation: &mut a,
+                    grad_beta: &mut gb,
+                };
                 if fast {
-                    // SAFETY: AVX-512F was detected; the shapes are as the kernel asks.
-                    unsafe {
-                        avx512::swish_backward_rows_fast(&input, stride, &beta, &mut g, grad_stride, &mut a, &mut gb)
-                    };
+                    // SAFETY: AVX-512F was detected.
+                    unsafe { avx512::swish_backward_rows_fast(tile) };
                 } else {
-                    crate::kernels::cpu::stack::swish_backward_rows(
-                        &input,
-                        stride,
-                        &beta,
-                        &mut g,
-                        grad_stride,
-                        &mut a,
-                        &mut gb,
-                    );
+                    crate::kernels::cpu::stack::swish_backward_rows(tile);
                 }
                 (g, a, gb)
             };

@@ -34,7 +34,8 @@ use multiversion::target::target_cfg_f;
 use super::{exp, sigmoid, tanh, weight_norm, weight_norm_backward};
 use crate::decoder::ProductPrecision;
 use crate::decoder::matmul::{
-    Bf16, Isa, MR, Operand, PANEL, PackedMatrix, Prefetch, TileKernels, outer_accumulate, outer_accumulate_bf16,
+    Bf16, Isa, MR, Operand, PANEL, PackedMatrix, Prefetch, SwishBackward, TileKernels, outer_accumulate,
+    outer_accumulate_bf16,
 };
 use crate::kernels::stack::{LinearParams, Net, StackLayout};
 
@@ -745,16 +746,16 @@ impl<E: TileKernels> TileNet<'_, E> {
                 // The Swish's output (for the weight gradient), and its backward:
                 // `grad_operand` becomes the gradient of u.
                 let mut grad_beta = vec![0.0f32; k];
-                E::swish_backward(
-                    isa,
+                let tile = SwishBackward {
                     input,
-                    stride,
-                    &layer.beta,
-                    &mut ws.grad_operand,
-                    k_out,
-                    sized(&mut ws.activation, r * k),
-                    &mut grad_beta,
-                );
+                    input_stride: stride,
+                    beta: &layer.beta,
+                    grad: &mut ws.grad_operand,
+                    grad_stride: k_out,
+                    activation: sized(&mut ws.activation, r * k),
+                    grad_beta: &mut grad_beta,
+                };
+                E::swish_backward(isa, tile);
                 scatter_add(&grad_beta, layer.rows.as_deref(), &mut grads[layer.params.beta.clone()]);
                 // grad W += activationᵀ · grad_product.
                 add_weight_grad(isa, ws, [k, n, r], layer, &mut grads[layer.params.v.clone()]);
@@ -805,20 +806,10 @@ fn scatter_add(values: &[f32], index: Option<&[usize]>, out: &mut [f32]) {
     }
 }
 
-/// The Swish's backward on `[R, K]`: with `u = input[r, j]`, `σ = σ(β u)`,
-/// writes `activation = u σ`, turns `grad[r, j]` (the output's gradient)
-/// into u's, `grad · (σ + β u σ(1 − σ))`, and sums `grad · u² σ(1 − σ)`
-/// into `grad_beta`.
+/// The Swish's backward ([`SwishBackward`]), exact (f32 `exp` and division).
 #[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq+fma", "x86_64+avx2+fma"))]
-pub(crate) fn swish_backward_rows(
-    input: &[f32],
-    stride: usize,
-    beta: &[f32],
-    grad: &mut [f32],
-    grad_stride: usize,
-    activation: &mut [f32],
-    grad_beta: &mut [f32],
-) {
+pub(crate) fn swish_backward_rows<'a>(tile: SwishBackward<'a>) {
+    let SwishBackward { input, input_stride: stride, beta, grad, grad_stride, activation, grad_beta } = tile;
     const FMA: bool = target_cfg_f!(target_feature = "fma");
     let k = beta.len();
     let rows = input.chunks_exact(stride).zip(grad.chunks_exact_mut(grad_stride)).zip(activation.chunks_exact_mut(k));
