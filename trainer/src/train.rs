@@ -122,7 +122,7 @@ pub struct TrainArgs {
     /// Number type of the coupling stacks' matrix products on the CPU
     /// (forward and backward): `bf16` rounds their operands and accumulates
     /// in f32 (weights, updates and optimiser state stay f32). Recommended on
-    /// CPUs with AMX (1.6× faster on a Xeon; held-out bits/dim within run
+    /// CPUs with AMX (1.6–1.8× faster on a Xeon; held-out bits/dim within run
     /// noise of f32, see the README). Only CPUs with AVX512-BF16 run it (f32
     /// elsewhere), and without AMX not all of them faster: 1.23× on an AMD
     /// Zen 4, 0.76× on a Xeon with only `vdpbf16ps` (`trainer bench
@@ -629,7 +629,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let amx = Isa::detect() == Isa::Amx;
     if !args.resume && precision == ProductPrecision::F32 && amx && rgflow::kernels::has_fused_stack(&devices[0]) {
         eprintln!(
-            "note: this CPU has AMX: --precision bf16 trains ~1.6x faster here, with held-out bits/dim within \
+            "note: this CPU has AMX: --precision bf16 trains ~1.7x faster here, with held-out bits/dim within \
              run-to-run noise of f32 (README, Benchmarks)"
         );
     }
