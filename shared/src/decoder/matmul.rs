@@ -25,13 +25,23 @@ pub trait Operand: Copy + Default + Send + Sync + 'static {
     /// Rows of `cols` values as a left operand with rows `k_stride` apart
     /// (padding zero): `src` itself for f32, else rounded into `scratch`.
     fn operand_rows<'a>(src: &'a [f32], cols: usize, k_stride: usize, scratch: &'a mut Vec<Self>) -> &'a [Self] {
-        scratch.clear();
-        for row in src.chunks_exact(cols) {
-            scratch.extend(row.iter().map(|&x| Self::from_f32(x)));
-            scratch.resize(scratch.len() + k_stride - cols, Self::default());
-        }
-        scratch
+        portable_operand_rows(src, cols, k_stride, scratch)
     }
+}
+
+/// [`Operand::operand_rows`] in plain loops, one `from_f32` per value.
+fn portable_operand_rows<'a, E: Operand>(
+    src: &[f32],
+    cols: usize,
+    k_stride: usize,
+    scratch: &'a mut Vec<E>,
+) -> &'a [E] {
+    scratch.clear();
+    for row in src.chunks_exact(cols) {
+        scratch.extend(row.iter().map(|&x| E::from_f32(x)));
+        scratch.resize(scratch.len() + k_stride - cols, E::default());
+    }
+    scratch
 }
 
 impl Operand for f32 {
@@ -88,12 +98,7 @@ impl Operand for Bf16 {
             unsafe { avx512::round_rows_bf16(src, cols, k_stride, scratch) };
             return &scratch[..rows * k_stride];
         }
-        scratch.clear();
-        for row in src.chunks_exact(cols) {
-            scratch.extend(row.iter().map(|&x| Self::from_f32(x)));
-            scratch.resize(scratch.len() + k_stride - cols, Self::default());
-        }
-        scratch
+        portable_operand_rows(src, cols, k_stride, scratch)
     }
 }
 

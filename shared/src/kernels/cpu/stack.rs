@@ -423,24 +423,30 @@ impl<E: TileKernels> TileNet<'_, E> {
         TileNet { isa, layout: &weights.layout, half, net: net as usize, tape }
     }
 
-    /// Linear layer `l` of block `b`'s input before its Swish, and that
-    /// input's row stride: a pre-activation from the block's `hidden:
-    /// [nmlp, R, Hs]`, a block's input from the tape, or for block 0 the
-    /// conditioning half of the state `x`, gathered (its `k` columns) into
-    /// `gathered`.
+    /// Block `b`'s input on the tape, `[R, D]`; `None` for block 0 (it reads
+    /// the conditioning half of the state).
+    fn block_input<'t>(&self, tape: &'t [f32], b: usize) -> Option<&'t [f32]> {
+        let (d, r) = (self.layout.dim(), self.tape.rows);
+        (b > 0).then(|| &tape[self.tape.block_inputs[self.net][b]..][..r * d])
+    }
+
+    /// A block's linear layer `l`'s input before its Swish, and that input's
+    /// row stride: a pre-activation from the block's `hidden: [nmlp, R, Hs]`,
+    /// the block's input, or without one (block 0) the conditioning half of
+    /// the state `x`, gathered (its `k` columns) into `gathered`.
     fn input<'t>(
         &self,
-        tape: &'t [f32],
         hidden: &'t [f32],
+        block_input: Option<&'t [f32]>,
         x: &[f32],
-        [b, l, k]: [usize; 3],
+        [l, k]: [usize; 2],
         gathered: &'t mut Vec<f32>,
     ) -> (&'t [f32], usize) {
         let (d, r, hs) = (self.layout.dim(), self.tape.rows, hidden_stride(self.layout));
         if l > 0 {
             (&hidden[(l - 1) * r * hs..][..r * hs], hs)
-        } else if b > 0 {
-            (&tape[self.tape.block_inputs[self.net][b]..][..r * d], d)
+        } else if let Some(input) = block_input {
+            (input, d)
         } else {
             let gathered = sized(gathered, r * k);
             gather_columns(x, d, &self.half.conditioning, gathered);
@@ -463,19 +469,11 @@ impl<E: TileKernels> TileNet<'_, E> {
         ws: &mut Workspace<E>,
     ) {
         let (isa, layout) = (self.isa, self.layout);
-        let (d, r, hs) = (layout.dim(), self.tape.rows, hidden_stride(layout));
+        let (r, hs) = (self.tape.rows, hidden_stride(layout));
         for (l, layer) in self.half.nets[self.net][b].iter().enumerate().take(layers) {
             let (k, _) = layer.kept();
             let operand = sized(&mut ws.operand, r * layer.forward.k_stride);
-            let (input, stride): (&[f32], usize) = if l > 0 {
-                (&hidden[(l - 1) * r * hs..][..r * hs], hs)
-            } else if let Some(input) = block_input {
-                (input, d)
-            } else {
-                let gathered = sized(&mut ws.gathered, r * k);
-                gather_columns(x, d, &self.half.conditioning, gathered);
-                (gathered, k)
-            };
+            let (input, stride) = self.input(hidden, block_input, x, [l, k], &mut ws.gathered);
             E::swish(isa, input, stride, &layer.beta, operand, layer.forward.k_stride);
             if l < layout.nmlp {
                 E::matmul(isa, operand, &layer.forward, r, &mut hidden[l * r * hs..][..r * hs]);
@@ -496,17 +494,16 @@ impl<E: TileKernels> TileNet<'_, E> {
         let last_block = layout.nresblocks - 1;
         let hidden_len = TapeLayout::block_hidden_len(layout, r);
         for b in 0..layout.nresblocks {
-            let input_at = self.tape.block_inputs[self.net][b];
             match &self.tape.hidden {
                 Some(hidden) => {
                     // The block's input lies before its hidden values.
                     let (before, after) = tape.split_at_mut(hidden[self.net][b]);
-                    let block_input = (b > 0).then(|| &before[input_at..][..r * d]);
+                    let block_input = self.block_input(before, b);
                     self.block_forward(b, layout.nmlp + 1, x, block_input, &mut after[..hidden_len], ws);
                 }
                 None => {
                     let mut scratch = std::mem::take(&mut ws.hidden);
-                    let block_input = (b > 0).then(|| &tape[input_at..][..r * d]);
+                    let block_input = self.block_input(tape, b);
                     self.block_forward(b, layout.nmlp + 1, x, block_input, sized(&mut scratch, hidden_len), ws);
                     ws.hidden = scratch;
                 }
@@ -517,15 +514,13 @@ impl<E: TileKernels> TileNet<'_, E> {
                 let (before, after) = tape.split_at_mut(self.tape.raw[self.net]);
                 let out = &mut after[..r * half.updated.len()];
                 // Block 0's input is zero on the updated half.
-                let input = (b > 0).then(|| &before[input_at..][..r * d]);
-                residual_columns(input, d, &half.updated, &ws.product, n_stride, out);
+                residual_columns(self.block_input(before, b), d, &half.updated, &ws.product, n_stride, out);
             } else {
                 let (before, after) = tape.split_at_mut(self.tape.block_inputs[self.net][b + 1]);
                 let out = &mut after[..r * d];
-                if b == 0 {
-                    residual_full(x, Some(&half.conditioning_mask), d, &ws.product, n_stride, out);
-                } else {
-                    residual_full(&before[input_at..][..r * d], None, d, &ws.product, n_stride, out);
+                match self.block_input(before, b) {
+                    Some(input) => residual_full(input, None, d, &ws.product, n_stride, out),
+                    None => residual_full(x, Some(&half.conditioning_mask), d, &ws.product, n_stride, out),
                 }
             }
         }
@@ -713,11 +708,11 @@ impl<E: TileKernels> TileNet<'_, E> {
         let mut scratch = std::mem::take(&mut ws.hidden);
         for b in (0..=last_block).rev() {
             let layers = &half.nets[self.net][b];
+            let block_input = self.block_input(tape, b);
             // The block's pre-activations: kept on the tape, or run again.
             let hidden: &[f32] = match &self.tape.hidden {
                 Some(hidden) => &tape[hidden[self.net][b]..][..hidden_len],
                 None => {
-                    let block_input = (b > 0).then(|| &tape[self.tape.block_inputs[self.net][b]..][..r * d]);
                     self.block_forward(b, layout.nmlp, x, block_input, sized(&mut scratch, hidden_len), ws);
                     &scratch[..hidden_len]
                 }
@@ -741,7 +736,7 @@ impl<E: TileKernels> TileNet<'_, E> {
                 let k_out = layer.backward.n_stride;
                 // The layer's input u (before the Swish), asked for during the
                 // product so that its arithmetic hides the trip to memory.
-                let (input, stride) = self.input(tape, hidden, x, [b, l, k], &mut ws.gathered);
+                let (input, stride) = self.input(hidden, block_input, x, [l, k], &mut ws.gathered);
                 let operand =
                     E::operand_rows(&ws.grad_product, n, layer.backward.k_stride, &mut ws.grad_product_operand);
                 let ahead = Prefetch::of(input);
