@@ -14,7 +14,7 @@ use rgflow::{CpuDecoder, LevelTemperatures};
 
 use crate::backend::{BackendChoice, select};
 use crate::model_args::ModelArgs;
-use crate::optim::{adamw, clip_global_norm};
+use crate::optim::{ClippedAdamW, clip_factor, global_norm};
 use crate::sample::PrecisionArg;
 
 /// Arguments of `trainer bench`.
@@ -76,7 +76,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     // The precision the stacks' products run in here (bf16 only where the CPU has it).
     let stack_precision = ProductPrecision::from(args.precision).on_this_cpu();
     model.set_stack_precision(stack_precision);
-    let mut optim = adamw(5e-2);
+    let mut optim = ClippedAdamW::new(5e-2);
     let dims = [args.batch, config.channels, config.image_size, config.image_size];
     println!(
         "config: L {} C {} nlayers {:?} nresblocks {:?} nmlp {:?} nhidden {:?}; {} parameters; batch {}; backend {backend_name}; {} rayon threads; {:?} coupling stacks, {:?} products",
@@ -102,11 +102,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         let loss = model.nats_per_dim(x01).mean();
         sync(&train_device);
         let t1 = Instant::now();
-        let mut grads = GradientsParams::from_grads(loss.backward(), &model);
-        clip_global_norm(&model, &mut grads, 1.0);
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let clip = global_norm(&model, &grads).map(|norm| clip_factor(&norm, 1.0));
         sync(&train_device);
         let t2 = Instant::now();
-        model = optim.step(1e-3, model, grads);
+        model = optim.step(1e-3, model, grads, clip);
         sync(&train_device);
         let t3 = Instant::now();
         if step >= 2 {
@@ -119,7 +119,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     if !args.sample_only {
         let images_per_sec = args.batch as f64 / per_step;
         println!(
-            "train:  {images_per_sec:.1} images/s  ({:.0} ms/step: forward {:.0}, backward+clip {:.0}, AdamW {:.0})",
+            "train:  {images_per_sec:.1} images/s  ({:.0} ms/step: forward {:.0}, backward+norm {:.0}, clipped AdamW {:.0})",
             per_step * 1e3,
             t_fwd / args.steps as f64 * 1e3,
             t_bwd / args.steps as f64 * 1e3,
@@ -140,15 +140,36 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             x.into_data().try_into_vec_as::<f32>().expect("f32 images")
         };
         let devices = [train_device.clone()];
-        let mut step = |model: rgflow::RgFlow, x01: Vec<f32>| {
-            let crate::parallel::StepGradients { mut grads, nats } =
-                crate::parallel::gradients(&model, x01, args.batch, &devices);
-            let norm = clip_global_norm(&model, &mut grads, 1.0);
-            (optim.step(1e-3, model, grads), (nats, norm))
-        };
+        // A step's phases counted one by one (each phase's results are
+        // waited for before the next), then a whole step as `train` runs it.
         let x01 = host_batch(0);
+        let mut gradients = None;
+        let forward_backward = counted(&train_device, || {
+            gradients = Some(crate::parallel::gradients(&model, x01.clone(), args.batch, &devices).grads);
+        });
+        let grads = gradients.expect("counted the gradients");
+        let mut clip = None;
+        let norm = counted(&train_device, || {
+            clip = global_norm(&model, &grads).map(|norm| clip_factor(&norm, 1.0));
+        });
+        let update = counted(&train_device, || {
+            model = optim.step(1e-3, model.clone(), grads, clip);
+        });
+        println!(
+            "train:  per phase: forward+backward {}, gradient norm {}, clipped AdamW {} dispatches",
+            forward_backward.dispatches(),
+            norm.dispatches(),
+            update.dispatches()
+        );
+        let mut step = |model: rgflow::RgFlow, x01: Vec<f32>| {
+            let crate::parallel::StepGradients { grads, nats } =
+                crate::parallel::gradients(&model, x01, args.batch, &devices);
+            let norm = global_norm(&model, &grads);
+            let clip = norm.as_ref().map(|norm| clip_factor(norm, 1.0));
+            (optim.step(1e-3, model, grads, clip), (nats, norm))
+        };
         let count = counted(&train_device, || {
-            (model, _) = step(model.clone(), x01);
+            (model, _) = step(model.clone(), x01.clone());
         });
         print_count("train", "step", &count);
 

@@ -2,67 +2,137 @@
 //! gradient clipped to a *global* norm, as `torch.nn.utils.clip_grad_norm_`
 //! (burn's own clipping works per parameter tensor).
 
-use burn::module::{Module, ModuleVisitor, Param, ParamId};
-use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
+use std::sync::{Arc, Mutex};
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::optim::{AdamW, AdamWConfig, AdamWState, GradientsParams, LearningRate, ModuleOptimizer, Optimizer};
 use burn::prelude::*;
+use burn::tensor::Bytes;
 
-/// A fresh AdamW with PyTorch's defaults for the betas and epsilon.
-pub fn adamw(weight_decay: f64) -> ModuleOptimizer {
-    AdamWConfig::new().with_weight_decay(weight_decay as f32).with_epsilon(1e-8).init()
+/// AdamW (PyTorch's defaults for the betas and epsilon) whose gradients are
+/// first scaled by a device scalar, the global-norm clip's factor.
+///
+/// The scaling happens inside each parameter's update, not in a pass over
+/// the gradients before it: on a GPU, burn's fusion then joins the product
+/// to the update's own kernel instead of launching one more kernel per
+/// parameter tensor (about a thousand per step for this model). The
+/// optimiser state is AdamW's, so checkpoints read and write as before.
+#[derive(Clone)]
+pub struct ClippedAdamW {
+    module: ModuleOptimizer,
+    factor: ClipFactor,
 }
 
-struct SquaredNorm<'a> {
+/// The factor of the step being applied, shared with the per-tensor
+/// optimiser inside the [`ModuleOptimizer`] (which only hands it a learning
+/// rate, a tensor and its gradient).
+#[derive(Clone, Default)]
+struct ClipFactor(Arc<Mutex<Option<Tensor<1>>>>);
+
+impl ClipFactor {
+    fn set(&self, factor: Option<Tensor<1>>) {
+        // A poisoned lock only means a step panicked; the slot is still whole.
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = factor;
+    }
+
+    fn get(&self) -> Option<Tensor<1>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// AdamW on gradients times the current [`ClipFactor`].
+#[derive(Clone)]
+struct ScaledAdamW {
+    adamw: AdamW,
+    factor: ClipFactor,
+}
+
+impl Optimizer for ScaledAdamW {
+    type State<const D: usize> = AdamWState<D>;
+
+    fn step<const D: usize>(
+        &self,
+        lr: LearningRate,
+        tensor: Tensor<D>,
+        grad: Tensor<D>,
+        state: Option<Self::State<D>>,
+    ) -> (Tensor<D>, Option<Self::State<D>>) {
+        let grad = match self.factor.get() {
+            Some(factor) => grad.clone() * factor.to_device(&grad.device()).reshape([1; D]),
+            None => grad,
+        };
+        self.adamw.step(lr, tensor, grad, state)
+    }
+
+    fn to_device<const D: usize>(state: Self::State<D>, device: &Device) -> Self::State<D> {
+        AdamW::to_device(state, device)
+    }
+}
+
+impl ClippedAdamW {
+    /// A fresh optimiser with decoupled weight decay `weight_decay`.
+    pub fn new(weight_decay: f64) -> Self {
+        let adamw = AdamWConfig::new().with_weight_decay(weight_decay as f32).with_epsilon(1e-8).build();
+        let factor = ClipFactor::default();
+        Self { module: ModuleOptimizer::from(ScaledAdamW { adamw, factor: factor.clone() }), factor }
+    }
+
+    /// One update of `module` with `grads` times `clip` (a `[1]` device
+    /// scalar, see [`clip_factor`]; `None`: unscaled).
+    pub fn step<M: Module>(&mut self, lr: f64, module: M, grads: GradientsParams, clip: Option<Tensor<1>>) -> M {
+        self.factor.set(clip);
+        let module = self.module.step(lr, module, grads);
+        self.factor.set(None);
+        module
+    }
+
+    /// The optimiser state, serialised.
+    pub fn to_bytes(&self) -> anyhow::Result<Bytes> {
+        self.module.into_bytes().map_err(|e| anyhow::anyhow!("optimiser state: {e:?}"))
+    }
+
+    /// This optimiser with the state [`Self::to_bytes`] wrote.
+    pub fn with_state(self, bytes: Bytes) -> anyhow::Result<Self> {
+        let Self { module, factor } = self;
+        let module = module.from_bytes(bytes).map_err(|e| anyhow::anyhow!("checkpoint optimiser state: {e:?}"))?;
+        Ok(Self { module, factor })
+    }
+}
+
+/// Every gradient, flattened.
+struct Flattened<'a> {
     grads: &'a GradientsParams,
-    total: Option<Tensor<1>>,
+    parts: Vec<Tensor<1>>,
 }
 
-impl ModuleVisitor for SquaredNorm<'_> {
+impl ModuleVisitor for Flattened<'_> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         if let Some(g) = self.grads.get::<D>(param.id) {
-            let s = g.square().sum();
-            self.total = Some(match self.total.take() {
-                Some(t) => t + s,
-                None => s,
-            });
+            let n = g.shape().num_elements();
+            self.parts.push(g.reshape([n]));
         }
     }
 }
 
-struct Rescale<'a> {
-    grads: &'a mut GradientsParams,
-    factor: Tensor<1>,
-    ids: Vec<ParamId>,
-}
-
-impl ModuleVisitor for Rescale<'_> {
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        if self.ids.contains(&param.id) {
-            return; // a parameter shared by two modules is scaled once
-        }
-        if let Some(g) = self.grads.remove::<D>(param.id) {
-            let factor = self.factor.clone().to_device(&g.device());
-            let g = g * factor.reshape([1; D]);
-            self.grads.register::<D>(param.id, g);
-            self.ids.push(param.id);
-        }
-    }
-}
-
-/// The global L2 norm of all gradients, as a device scalar.
+/// The global L2 norm of all gradients, as a device scalar: one sum over
+/// all of them joined, so that on a GPU it is a copy per tensor and one
+/// reduction, not a reduction and an addition per tensor (2,490 against
+/// 1,000-odd dispatches a step here).
 pub fn global_norm<M: Module>(model: &M, grads: &GradientsParams) -> Option<Tensor<1>> {
-    let mut norm = SquaredNorm { grads, total: None };
-    model.visit(&mut norm);
-    Some(norm.total?.sqrt())
+    let mut flat = Flattened { grads, parts: Vec::new() };
+    model.visit(&mut flat);
+    if flat.parts.is_empty() {
+        return None;
+    }
+    Some(Tensor::cat(flat.parts, 0).square().sum().sqrt())
 }
 
-/// Scales all gradients so their global L2 norm is at most `max_norm`
-/// (`clip_coef = max_norm / (norm + 1e-6)`, clamped to 1). Returns the norm
-/// before clipping as a device scalar (no host sync here).
-pub fn clip_global_norm<M: Module>(model: &M, grads: &mut GradientsParams, max_norm: f64) -> Option<Tensor<1>> {
-    let norm = global_norm(model, grads)?;
-    let factor = norm.clone().add_scalar(1e-6).recip().mul_scalar(max_norm).clamp_max(1.0);
-    model.visit(&mut Rescale { grads, factor, ids: Vec::new() });
-    Some(norm)
+/// The factor that scales gradients of global L2 norm `norm` to at most
+/// `max_norm`, as `torch.nn.utils.clip_grad_norm_` does: `max_norm / (norm
+/// + 1e-6)`, clamped to 1. A device scalar (no host sync here), applied by
+/// [`ClippedAdamW::step`].
+pub fn clip_factor(norm: &Tensor<1>, max_norm: f64) -> Tensor<1> {
+    norm.clone().add_scalar(1e-6).recip().mul_scalar(max_norm).clamp_max(1.0)
 }
 
 /// How the learning rate moves with the step: a linear warm-up from zero,

@@ -9,7 +9,6 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use burn::module::Module;
-use burn::optim::ModuleOptimizer;
 use burn::prelude::{Device, Tensor};
 use burn::store::burn_pack::Bytes;
 use clap::Args;
@@ -24,7 +23,7 @@ use crate::data::{self, Batch, EpochOptions, Loader, SourceSpec, Split, images_t
 use crate::ema::WeightAverage;
 use crate::model_args::ModelArgs;
 use crate::model_io::save_grid;
-use crate::optim::{Decay, LrSchedule, adamw, clip_global_norm};
+use crate::optim::{ClippedAdamW, Decay, LrSchedule, clip_factor};
 use crate::parallel::{self, StepGradients};
 use crate::sample::PrecisionArg;
 
@@ -273,7 +272,7 @@ fn lock_run_folder(out: &Path) -> anyhow::Result<std::fs::File> {
 struct Run {
     settings: Settings,
     model: RgFlow,
-    optim: ModuleOptimizer,
+    optim: ClippedAdamW,
     average: Option<WeightAverage>,
     state: TrainState,
 }
@@ -395,7 +394,7 @@ impl Run {
                 settings: serde_json::to_value(&fresh)?,
             };
             let average = (fresh.ema_decay > 0.0).then(|| WeightAverage::new(fresh.ema_decay, model.valid(), 0));
-            return Ok(Self { optim: adamw(fresh.weight_decay), settings: fresh, model, average, state });
+            return Ok(Self { optim: ClippedAdamW::new(fresh.weight_decay), settings: fresh, model, average, state });
         }
         let ckpt = Checkpoint::load(checkpoint)?;
         let settings: Settings = serde_json::from_value(ckpt.state.settings.clone())
@@ -412,9 +411,7 @@ impl Run {
         if model.config() != &settings.config {
             bail!("checkpoint {source} is inconsistent: its model is not the one its settings describe");
         }
-        let optim = adamw(settings.weight_decay)
-            .from_bytes(Bytes::from_bytes_vec(ckpt.optimizer))
-            .map_err(|e| anyhow::anyhow!("checkpoint optimiser state: {e:?}"))?;
+        let optim = ClippedAdamW::new(settings.weight_decay).with_state(Bytes::from_bytes_vec(ckpt.optimizer))?;
         // A checkpoint from before averaging starts its average here.
         let start = match ckpt.ema {
             Some(bytes) => rgflow::weights::from_bytes(bytes, &source, &device.clone().inner())?,
@@ -433,7 +430,7 @@ impl Run {
         let ckpt = Checkpoint {
             state,
             model: weights(&self.model)?,
-            optimizer: self.optim.into_bytes().map_err(|e| anyhow::anyhow!("optimiser state: {e:?}"))?.to_vec(),
+            optimizer: self.optim.to_bytes()?.to_vec(),
             ema: self.average.as_ref().map(|a| weights(a.model())).transpose()?,
         };
         ckpt.save(path)
@@ -447,10 +444,10 @@ impl Run {
         let t0 = Instant::now();
         let (lr, grads, nats, norm) = self.gradients(&batch, devices);
         // The step's one host read: the losses and the gradient norm together.
-        let (nats, grad_norm) = read_losses_and_norm(nats, norm);
-        let mut outcome = StepOutcome::new(&nats, grad_norm, lr, self.counters());
+        let (losses, grad_norm) = read_losses_and_norm(nats, norm.clone());
+        let mut outcome = StepOutcome::new(&losses, grad_norm, lr, self.counters());
         if outcome.applied {
-            self = self.apply(lr, grads);
+            self = self.apply(lr, grads, norm.as_ref());
         }
         self.advance(&batch, t0);
         outcome.at = self.counters();
@@ -462,30 +459,33 @@ impl Run {
     fn step_unchecked(mut self, batch: &Batch, devices: &[Device]) -> (Self, UncheckedStep) {
         let t0 = Instant::now();
         let (lr, grads, nats, norm) = self.gradients(batch, devices);
-        self = self.apply(lr, grads);
+        self = self.apply(lr, grads, norm.as_ref());
         self.advance(batch, t0);
         let at = self.counters();
         (self, UncheckedStep { nats, norm, lr, at })
     }
 
-    /// A batch's learning rate, clipped gradients, per-image losses (nats
-    /// per dimension, what the authors minimise) and gradient norm, all on
-    /// the device.
+    /// A batch's learning rate, gradients, per-image losses (nats per
+    /// dimension, what the authors minimise) and the gradients' global norm
+    /// (before clipping), all on the device.
     fn gradients(
         &self,
         batch: &Batch,
         devices: &[Device],
     ) -> (f64, burn::optim::GradientsParams, Tensor<1>, Option<Tensor<1>>) {
         let lr = self.settings.schedule.at(self.state.step);
-        let StepGradients { mut grads, nats } = parallel::gradients(&self.model, batch.x01.clone(), batch.len, devices);
-        let norm = global_norm(&self.model, &mut grads, self.settings.clip_grad);
+        let StepGradients { grads, nats } = parallel::gradients(&self.model, batch.x01.clone(), batch.len, devices);
+        let norm = crate::optim::global_norm(&self.model, &grads);
         (lr, grads, nats, norm)
     }
 
-    /// The optimiser's update, and the weights' average after it. By value:
-    /// the optimiser gets the only handle on the weights it updates.
-    fn apply(mut self, lr: f64, grads: burn::optim::GradientsParams) -> Self {
-        self.model = self.optim.step(lr, self.model, grads);
+    /// The optimiser's update with the gradients clipped to `--clip-grad`
+    /// (their global norm is `norm`), and the weights' average after it. By
+    /// value: the optimiser gets the only handle on the weights it updates.
+    fn apply(mut self, lr: f64, grads: burn::optim::GradientsParams, norm: Option<&Tensor<1>>) -> Self {
+        let clip = self.settings.clip_grad;
+        let factor = norm.filter(|_| clip > 0.0).map(|norm| clip_factor(norm, clip));
+        self.model = self.optim.step(lr, self.model, grads, factor);
         if let Some(a) = &mut self.average {
             a.update(&self.model);
         }
@@ -796,12 +796,6 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         checkpoint_path.display()
     );
     Ok(())
-}
-
-/// The gradient's global norm (a device scalar), clipping it to `clip` when
-/// `clip > 0`. `None` only for a model without parameters.
-fn global_norm(model: &RgFlow, grads: &mut burn::optim::GradientsParams, clip: f64) -> Option<Tensor<1>> {
-    if clip > 0.0 { clip_global_norm(model, grads, clip) } else { crate::optim::global_norm(model, grads) }
 }
 
 /// A step's per-image losses (`[B]`) and gradient norm (`[1]`, when there is

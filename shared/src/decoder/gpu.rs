@@ -640,7 +640,7 @@ fn kernel_shape(layout: crate::kernels::StackLayout, max_shared: usize) -> Resul
 
 /// `cubes` workgroups, spread over two dimensions past the 65,535 a
 /// dimension allows (`CUBE_POS` counts them in order; extras leave at once).
-fn cube_count(cubes: usize) -> CubeCount {
+pub(crate) fn cube_count(cubes: usize) -> CubeCount {
     const MAX: usize = 65_535;
     let cubes = cubes.max(1);
     if cubes <= MAX {

@@ -19,7 +19,7 @@
 #[cfg(target_arch = "x86_64")]
 mod amx;
 #[cfg(feature = "wgpu")]
-mod gpu;
+pub(crate) mod gpu;
 pub(crate) mod matmul;
 mod pack;
 mod swish;

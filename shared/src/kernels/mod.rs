@@ -23,6 +23,8 @@
 #[cfg(feature = "autodiff")]
 mod autodiff;
 pub(crate) mod cpu;
+#[cfg(feature = "wgpu")]
+mod cube;
 #[cfg(feature = "flex")]
 mod flex;
 mod reference;
@@ -43,16 +45,19 @@ use crate::flow::Direction;
     NdArray: cfg(feature = "ndarray"),
     Cube: cfg(feature = "wgpu"),
     Autodiff: cfg(feature = "autodiff"),
+    Fusion: cfg(feature = "fusion"),
 )]
 pub trait FusedKernels: burn::backend::Backend {
     /// Swish of a biased input, `u · σ(β u)` with `u = x + bias`:
     /// `x: [M, F]`, `bias, beta: [F]` -> `[M, F]`.
+    #[fusion(dtype = x, shape = x)]
     fn swish(x: FloatTensor<Self>, bias: FloatTensor<Self>, beta: FloatTensor<Self>) -> FloatTensor<Self> {
         reference::swish::<Self>(x, bias, beta)
     }
 
     /// Gradients of [`Self::swish`] given the output gradient `grad: [M, F]`:
     /// `(∂L/∂x: [M, F], ∂L/∂bias: [F], ∂L/∂β: [F])`.
+    #[fusion(meta = |x, bias, beta, _grad| (x.clone(), bias.clone(), beta.clone()))]
     fn swish_backward(
         x: FloatTensor<Self>,
         bias: FloatTensor<Self>,
@@ -65,18 +70,21 @@ pub trait FusedKernels: burn::backend::Backend {
     /// `lhs · rhs` for 2-D tensors: `[M, K] × [K, N] -> [M, N]` (the same as
     /// burn's matmul; the CPU kernel writes its output without zero-filling
     /// it first).
+    #[fusion(default)]
     fn matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self> {
         Self::float_matmul(lhs, rhs)
     }
 
     /// Weight normalisation, `g · v / ‖v‖` with norms over rows (one per
     /// output column): `v: [I, O]`, `g: [O]` -> `[I, O]`.
+    #[fusion(dtype = v, shape = v)]
     fn weight_norm(v: FloatTensor<Self>, g: FloatTensor<Self>) -> FloatTensor<Self> {
         reference::weight_norm::<Self>(v, g)
     }
 
     /// Gradients of [`Self::weight_norm`] given `grad: [I, O]`: for `v`
     /// (`[I, O]`) and `g` (`[O]`).
+    #[fusion(meta = |v, g, _grad| (v.clone(), g.clone()))]
     fn weight_norm_backward(
         v: FloatTensor<Self>,
         g: FloatTensor<Self>,
@@ -87,12 +95,14 @@ pub trait FusedKernels: burn::backend::Backend {
 
     /// The residual connection with the branch's last bias,
     /// `(x + h + bias) / √2`: `x, h: [M, F]`, `bias: [F]` -> `[M, F]`.
+    #[fusion(dtype = x, shape = x)]
     fn residual(x: FloatTensor<Self>, h: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self> {
         reference::residual::<Self>(x, h, bias)
     }
 
     /// Gradients of [`Self::residual`] given `grad: [M, F]`: `grad / √2`
     /// (the gradient of both `x` and `h`) and its row sums (of the bias, `[F]`).
+    #[fusion(meta = |grad| (grad.clone(), fusion_vector(grad, 1)))]
     fn residual_backward(grad: FloatTensor<Self>) -> (FloatTensor<Self>, FloatTensor<Self>) {
         reference::residual_backward::<Self>(grad)
     }
@@ -101,6 +111,7 @@ pub trait FusedKernels: burn::backend::Backend {
     /// with `s = tanh(s_raw · s_scale) · mask` and `t = t_raw · t_scale · mask`,
     /// `x e^s + t` forward, or `(x − t) e^{−s}` inverse. `x, s_raw, t_raw:
     /// [M, F]`; `s_scale, t_scale, mask: [F]` -> `[M, F]`.
+    #[fusion(dtype = x, shape = x)]
     fn coupling_update(
         x: FloatTensor<Self>,
         s_raw: FloatTensor<Self>,
@@ -116,6 +127,7 @@ pub trait FusedKernels: burn::backend::Backend {
     /// Gradients of [`Self::coupling_update`] given `grad: [M, F]`: for `x`,
     /// `s_raw`, `t_raw` (`[M, F]`), `s_scale`, `t_scale` (`[F]`).
     #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    #[fusion(meta = |x, s_raw, t_raw, s_scale, t_scale, _mask, _direction, _grad| (x.clone(), s_raw.clone(), t_raw.clone(), s_scale.clone(), t_scale.clone()))]
     fn coupling_update_backward(
         x: FloatTensor<Self>,
         s_raw: FloatTensor<Self>,
@@ -134,6 +146,7 @@ pub trait FusedKernels: burn::backend::Backend {
     /// The log-determinant of a forward coupling update per row,
     /// `Σ_f tanh(s_raw · s_scale) · mask`: `s_raw: [M, F]`, `s_scale, mask:
     /// [F]` -> `[M]`.
+    #[fusion(meta = |s_raw, _s_scale, _mask| fusion_vector(s_raw, 0))]
     fn coupling_log_scale(
         s_raw: FloatTensor<Self>,
         s_scale: FloatTensor<Self>,
@@ -144,6 +157,7 @@ pub trait FusedKernels: burn::backend::Backend {
 
     /// Gradients of [`Self::coupling_log_scale`] given `grad: [M]`: for
     /// `s_raw` (`[M, F]`) and `s_scale` (`[F]`).
+    #[fusion(meta = |s_raw, s_scale, _mask, _grad| (s_raw.clone(), s_scale.clone()))]
     fn coupling_log_scale_backward(
         s_raw: FloatTensor<Self>,
         s_scale: FloatTensor<Self>,
@@ -161,6 +175,7 @@ pub trait FusedKernels: burn::backend::Backend {
     /// model then composes the stack from the ops above (the GPU does).
     /// `precision` is that of the matrix products (bf16: operands rounded,
     /// f32 accumulation, on CPUs with AVX512-BF16; f32 elsewhere).
+    #[fusion(default)]
     fn coupling_stack(
         x: FloatTensor<Self>,
         params: FloatTensor<Self>,
@@ -173,6 +188,7 @@ pub trait FusedKernels: burn::backend::Backend {
 
     /// [`Self::coupling_stack`], also returning the *tape* its backward
     /// reads (saved activations, `[T]`): `(output: [M, D + 1], tape)`.
+    #[fusion(default)]
     fn coupling_stack_taped(
         x: FloatTensor<Self>,
         params: FloatTensor<Self>,
@@ -186,6 +202,7 @@ pub trait FusedKernels: burn::backend::Backend {
     /// Gradients of [`Self::coupling_stack_taped`] given the output's,
     /// `grad: [M, D + 1]`: for `x` (`[M, D]`) and `params` (`[P]`). Only
     /// ever called with a tape this backend made.
+    #[fusion(default)]
     fn coupling_stack_backward(
         params: FloatTensor<Self>,
         tape: FloatTensor<Self>,
@@ -201,8 +218,15 @@ pub trait FusedKernels: burn::backend::Backend {
 #[cfg(feature = "ndarray")]
 impl FusedKernels for burn::backend::NdArray {}
 
-#[cfg(feature = "wgpu")]
-impl FusedKernels for burn::backend::Cube {}
+/// The `[n]` vector of a 2-D tensor's dimension `dim` (a fused op's output
+/// under burn's fusion, described before the op runs).
+#[cfg(feature = "fusion")]
+fn fusion_vector(
+    tensor: &burn::backend::fusion::custom::TensorSpec,
+    dim: usize,
+) -> burn::backend::fusion::custom::TensorSpec {
+    burn::backend::fusion::custom::TensorSpec::new(Shape::new([tensor.shape[dim]]), tensor.dtype)
+}
 
 /// Swish with a learnable slope per feature, `x · σ(β x)`:
 /// `x: [M, F]`, `beta: [F]` -> `[M, F]`, differentiable in both.
@@ -495,6 +519,13 @@ mod tests {
         check_against_composed(&Device::ndarray().autodiff());
     }
 
+    /// The CubeCL kernels (`cube`), under burn's fusion when it is on.
+    #[cfg(feature = "wgpu")]
+    #[test]
+    fn fused_ops_match_composed_ops_on_wgpu() {
+        check_against_composed(&Device::wgpu(Default::default()).autodiff());
+    }
+
     #[test]
     fn fused_swish_without_autodiff_matches_composed_ops() {
         let device = Device::flex();
@@ -503,5 +534,19 @@ mod tests {
         let x = Tensor::<2>::random([128, 70], Distribution::Normal(0.0, 2.0), &device).transpose();
         let beta = Tensor::<1>::random([128], Distribution::Uniform(0.0, 2.0), &device);
         assert!(max_rel_diff(super::swish(x.clone(), beta.clone()), swish_composed(x, beta)) < 1e-5);
+    }
+
+    /// Strided inputs on the CubeCL kernels are made contiguous first.
+    #[cfg(feature = "wgpu")]
+    #[test]
+    fn fused_ops_take_transposed_inputs_on_wgpu() {
+        let device = Device::wgpu(Default::default());
+        device.seed(4);
+        let x = Tensor::<2>::random([128, 70], Distribution::Normal(0.0, 2.0), &device).transpose();
+        let beta = Tensor::<1>::random([128], Distribution::Uniform(0.0, 2.0), &device);
+        assert!(max_rel_diff(super::swish(x.clone(), beta.clone()), swish_composed(x.clone(), beta)) < 1e-5);
+        let g = Tensor::<1>::random([128], Distribution::Uniform(0.5, 2.0), &device);
+        let reference = x.clone() * (g.clone().unsqueeze::<2>() / x.clone().square().sum_dim(0).sqrt());
+        assert!(max_rel_diff(super::weight_norm(x, g), reference) < 1e-5);
     }
 }
