@@ -300,6 +300,37 @@ fn bench_prints_training_figures_and_a_gpu_step_reads_nothing() {
     assert!(queued.contains("16 steps queued") && queued.contains("host reads: 1, one per 16 steps"), "{queued}");
 }
 
+/// On a GPU backend (lavapipe here) `train` keeps CubeCL's measurements
+/// (autotune's choices) in the run folder, where a resumed run finds them;
+/// a CPU run has none to keep.
+#[test]
+fn gpu_runs_keep_their_tuning_in_the_run_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let train = |run: &Path, backend: &str, steps: &str, resume: bool| {
+        let mut args = vec!["train", "--quiet", "-L", "8", "--nlayers", "1", "--nresblocks", "1", "--nmlp", "1"];
+        args.extend(["--nhidden", "16", "--batch", "4", "--data", "msds1,train=16,test=4", "--eval-images", "0"]);
+        args.extend(["--backend", backend, "--steps", steps, "--out", run.to_str().unwrap()]);
+        if resume {
+            args.push("--resume");
+        }
+        ok(&args);
+    };
+    let gpu = dir.path().join("gpu");
+    train(&gpu, "wgpu", "2", false);
+    let store = gpu.join("gpu-tuning");
+    let files: Vec<String> = std::fs::read_dir(&store)
+        .unwrap_or_else(|e| panic!("{}: {e}", store.display()))
+        .map(|f| f.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(files.iter().any(|f| f.ends_with(".db")), "{files:?}");
+    train(&gpu, "wgpu", "3", true);
+    assert_eq!(checkpoint_state(&gpu.join("checkpoint.rgck"))["step"].as_u64(), Some(3));
+
+    let cpu = dir.path().join("cpu");
+    train(&cpu, "flex", "1", false);
+    assert!(!cpu.join("gpu-tuning").exists());
+}
+
 /// `RGFLOW_CPU_KERNELS` picks the matrix-product kernels: the portable
 /// loops sample the same picture as the CPU's best kernels (up to float
 /// rounding), and a family the CPU lacks is refused before any work.

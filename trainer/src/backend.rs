@@ -91,6 +91,22 @@ pub fn select_devices(choice: BackendChoice, n: usize) -> anyhow::Result<(Vec<De
     Ok((vec![device; n], format!("{name}, {n} shares of each batch on threads of the one CPU")))
 }
 
+/// Keeps CubeCL's measurements of this machine — autotune's choice of
+/// kernel for each shape above all, and its launch and throughput probes —
+/// in the folder `dir` from now on, so that a run resumed from that folder
+/// uses them instead of tuning again (on a GPU the first steps of a process
+/// otherwise spend tens of seconds timing candidates).
+#[cfg(feature = "wgpu")]
+pub fn keep_gpu_tuning_in(dir: &std::path::Path) {
+    use burn::cubecl::config::{CubeClRuntimeConfig, RuntimeConfig};
+    // The configuration sets its own root when it first loads: load it, then move the root.
+    let _ = CubeClRuntimeConfig::get();
+    burn::cubecl::environment::set_root(dir);
+}
+
+#[cfg(not(feature = "wgpu"))]
+pub fn keep_gpu_tuning_in(_: &std::path::Path) {}
+
 /// The first `n` GPU cards, one device each: `Device::enumerate_physical`
 /// lists a card once even when several APIs reach it, and leaves out
 /// software adapters (lavapipe), which would only slow a share down.

@@ -602,6 +602,9 @@ impl Report {
     }
 }
 
+/// The run folder's store of CubeCL's measurements on a GPU (autotune).
+pub(crate) const GPU_TUNING: &str = "gpu-tuning";
+
 /// Steps read back at once on a GPU when `--check-every` is 0.
 pub(crate) const GPU_CHECK_EVERY: u64 = 16;
 
@@ -620,6 +623,9 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     }
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating run folder {}", args.out.display()))?;
     let _lock = lock_run_folder(&args.out)?;
+    if !rgflow::host_memory(&devices[0]) {
+        crate::backend::keep_gpu_tuning_in(&args.out.join(GPU_TUNING));
+    }
     let checkpoint_path = args.out.join(CHECKPOINT);
     let mut run = Run::open(fresh, args.resume, args.init_from.as_deref(), &checkpoint_path, &devices[0])?;
     let precision = ProductPrecision::from(run.settings.precision);

@@ -6,9 +6,10 @@
 //! step of the model that is not a matrix product: Swish with the previous
 //! layer's bias, the residual sum, the affine coupling update and its
 //! log-determinant, weight normalisation, and a matmul that skips burn-flex's
-//! zero-fill. Each has hand-written CPU kernels on burn-flex ([`cpu`]), a
-//! composition of burn's own ops everywhere else (the GPU backends fuse those
-//! themselves), and a hand-written backward step under autodiff.
+//! zero-fill. Each has hand-written CPU kernels on burn-flex ([`cpu`]),
+//! CubeCL kernels on the GPU backends (`cube`: one launch forward, at most
+//! two backward, also under burn's fusion), a composition of burn's own ops
+//! elsewhere (burn-ndarray), and a hand-written backward step under autodiff.
 //!
 //! On burn-flex a sub-layer's whole coupling stack is also one op
 //! ([`coupling_stack`], kernels in [`cpu::stack`]): tiles of block rows run
