@@ -26,7 +26,7 @@ use burn_cubecl::ops::numeric::empty_device;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
-use super::{FusedKernels, reference};
+use super::{AdamWStep, FusedKernels, reference};
 use crate::flow::Direction;
 
 /// Units per workgroup.
@@ -286,6 +286,43 @@ fn column_sums_pair_kernel(partials: &[f32], first: &mut [f32], second: &mut [f3
     }
 }
 
+/// One AdamW update per element (see [`super::reference::adamw_update`]):
+/// `β₁, 1 − β₁, β₂, 1 − β₂`, the bias corrections `c₁, c₂`, `ε`,
+/// `keep = 1 − lr λ` and `lr` as launch arguments (no upload per step).
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+fn adamw_kernel(
+    param: &[f32],
+    grad: &[f32],
+    moment_1: &[f32],
+    moment_2: &[f32],
+    grad_scale: &[f32],
+    param_out: &mut [f32],
+    moment_1_out: &mut [f32],
+    moment_2_out: &mut [f32],
+    total: usize,
+    beta_1: f32,
+    one_minus_beta_1: f32,
+    beta_2: f32,
+    one_minus_beta_2: f32,
+    correction_1: f32,
+    correction_2: f32,
+    epsilon: f32,
+    keep: f32,
+    lr: f32,
+) {
+    let i = ABSOLUTE_POS;
+    if i < total {
+        let g = grad[i] * grad_scale[0];
+        let m = moment_1[i] * beta_1 + g * one_minus_beta_1;
+        let v = moment_2[i] * beta_2 + g * g * one_minus_beta_2;
+        let delta = (m / correction_1) / (f32::sqrt(v / correction_2) + epsilon);
+        param_out[i] = param[i] * keep - delta * lr;
+        moment_1_out[i] = m;
+        moment_2_out[i] = v;
+    }
+}
+
 /// `g v / ‖v‖` per output column, one unit per column.
 #[cube(launch)]
 fn weight_norm_kernel(v: &[f32], g: &[f32], out: &mut [f32], inputs: usize, outputs: usize) {
@@ -398,6 +435,49 @@ fn column_sums_pair(partials: &CubeTensor, chunks: usize, width: usize) -> (Cube
 }
 
 impl FusedKernels for CubeBackend {
+    fn adamw_update(
+        param: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        moment_1: FloatTensor<Self>,
+        moment_2: FloatTensor<Self>,
+        grad_scale: FloatTensor<Self>,
+        step: AdamWStep,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        if !all_f32(&[&param, &grad, &moment_1, &moment_2, &grad_scale]) {
+            return reference::adamw_update::<Self>(param, grad, moment_1, moment_2, grad_scale, step);
+        }
+        let [param, grad, moment_1, moment_2, grad_scale] =
+            [param, grad, moment_1, moment_2, grad_scale].map(into_contiguous);
+        let s = step.scalars();
+        let shape = param.shape();
+        let total = shape.num_elements();
+        let [p, m, v] = [(); 3].map(|_| empty_like(&param, shape.clone()));
+        adamw_kernel::launch(
+            &param.client,
+            cubes(total),
+            workgroup(),
+            arg(&param),
+            arg(&grad),
+            arg(&moment_1),
+            arg(&moment_2),
+            arg(&grad_scale),
+            arg(&p),
+            arg(&m),
+            arg(&v),
+            total,
+            s.beta_1,
+            s.one_minus_beta_1,
+            s.beta_2,
+            s.one_minus_beta_2,
+            s.correction_1,
+            s.correction_2,
+            s.epsilon,
+            s.keep,
+            s.lr,
+        );
+        (p, m, v)
+    }
+
     fn swish(x: FloatTensor<Self>, bias: FloatTensor<Self>, beta: FloatTensor<Self>) -> FloatTensor<Self> {
         if !all_f32(&[&x, &bias, &beta]) {
             return reference::swish::<Self>(x, bias, beta);

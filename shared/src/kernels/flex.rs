@@ -5,7 +5,7 @@ use burn::backend::TensorMetadata;
 use burn::backend::flex::FlexTensor;
 use burn::tensor::{DType, Shape, TensorData};
 
-use super::{FusedKernels, StackLayout, cpu, reference};
+use super::{AdamWStep, FusedKernels, StackLayout, cpu, reference};
 use crate::decoder::ProductPrecision;
 use crate::flow::Direction;
 
@@ -32,6 +32,34 @@ fn tensor(values: Vec<f32>, shape: Shape) -> FlexTensor {
 }
 
 impl FusedKernels for Flex {
+    fn adamw_update(
+        param: FlexTensor,
+        grad: FlexTensor,
+        moment_1: FlexTensor,
+        moment_2: FlexTensor,
+        grad_scale: FlexTensor,
+        step: AdamWStep,
+    ) -> (FlexTensor, FlexTensor, FlexTensor) {
+        f32_or_reference(
+            [param, grad, moment_1, moment_2, grad_scale],
+            |[param, grad, moment_1, moment_2, grad_scale]| {
+                let (p, m, v) = cpu::adamw_update(
+                    f32s(&param),
+                    f32s(&grad),
+                    f32s(&moment_1),
+                    f32s(&moment_2),
+                    f32s(&grad_scale)[0],
+                    &step,
+                );
+                let shape = param.shape();
+                (tensor(p, shape.clone()), tensor(m, shape.clone()), tensor(v, shape))
+            },
+            |[param, grad, moment_1, moment_2, grad_scale]| {
+                reference::adamw_update::<Self>(param, grad, moment_1, moment_2, grad_scale, step)
+            },
+        )
+    }
+
     fn swish(x: FlexTensor, bias: FlexTensor, beta: FlexTensor) -> FlexTensor {
         f32_or_reference(
             [x, bias, beta],

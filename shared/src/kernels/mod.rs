@@ -168,6 +168,23 @@ pub trait FusedKernels: burn::backend::Backend {
         reference::coupling_log_scale_backward::<Self>(s_raw, s_scale, mask, grad)
     }
 
+    /// One AdamW update of a parameter tensor from its gradient times
+    /// `grad_scale` (`[1]`, the global-norm clip's factor), in one pass over
+    /// memory: `param, grad, moment_1, moment_2` of one shape -> the new
+    /// `(param, moment_1, moment_2)`. Not differentiable (optimisers work on
+    /// the inner backend's tensors).
+    #[fusion(meta = |param, _grad, moment_1, moment_2, _grad_scale, _step| (param.clone(), moment_1.clone(), moment_2.clone()))]
+    fn adamw_update(
+        param: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        moment_1: FloatTensor<Self>,
+        moment_2: FloatTensor<Self>,
+        grad_scale: FloatTensor<Self>,
+        step: AdamWStep,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        reference::adamw_update::<Self>(param, grad, moment_1, moment_2, grad_scale, step)
+    }
+
     /// A sub-layer's whole coupling stack, forward, as one op where the
     /// backend has a kernel for it (see [`cpu::stack`]): `x: [M, D]` (one
     /// row per block), `params: [P]` (the stack's parameters, flattened as
@@ -308,6 +325,80 @@ pub fn coupling_log_scale(s_raw: Tensor<2>, params: &CouplingParams) -> Tensor<1
         params.s_scale.clone().into_dispatch(),
         params.mask.clone().into_dispatch(),
     ))
+}
+
+/// One AdamW step's settings, as PyTorch's `AdamW` (and burn's) define
+/// them: decoupled weight decay, bias-corrected moments.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdamWStep {
+    /// Learning rate.
+    pub lr: f64,
+    /// Decay of the first moment.
+    pub beta_1: f32,
+    /// Decay of the second moment.
+    pub beta_2: f32,
+    /// Added to the second moment's square root.
+    pub epsilon: f32,
+    /// Decoupled weight decay (the parameter shrinks by `lr · weight_decay`).
+    pub weight_decay: f32,
+    /// This update's number, from 1 (for the bias correction).
+    pub time: usize,
+}
+
+/// [`AdamWStep`]'s scalars as the element-wise update uses them, rounded to
+/// f32 where burn's `AdamW` rounds them.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AdamWScalars {
+    pub beta_1: f32,
+    pub one_minus_beta_1: f32,
+    pub beta_2: f32,
+    pub one_minus_beta_2: f32,
+    pub correction_1: f32,
+    pub correction_2: f32,
+    pub epsilon: f32,
+    /// `1 − lr · weight_decay`.
+    pub keep: f32,
+    pub lr: f32,
+}
+
+impl AdamWStep {
+    pub(crate) fn scalars(&self) -> AdamWScalars {
+        let time = i32::try_from(self.time).expect("an AdamW step count that fits an i32");
+        AdamWScalars {
+            beta_1: self.beta_1,
+            one_minus_beta_1: 1.0 - self.beta_1,
+            beta_2: self.beta_2,
+            one_minus_beta_2: 1.0 - self.beta_2,
+            correction_1: 1.0 - self.beta_1.powi(time),
+            correction_2: 1.0 - self.beta_2.powi(time),
+            epsilon: self.epsilon,
+            keep: (1.0 - self.lr * f64::from(self.weight_decay)) as f32,
+            lr: self.lr as f32,
+        }
+    }
+}
+
+/// One AdamW update (see [`AdamWStep`]) of `param` from `grad · grad_scale`
+/// (`grad_scale: [1]`) and the moments: the new `(param, moment_1,
+/// moment_2)`, all of `param`'s shape. One pass over memory on the CPU, one
+/// kernel on a GPU, where burn's ops take a dozen passes.
+pub fn adamw_update<const D: usize>(
+    param: Tensor<D>,
+    grad: Tensor<D>,
+    moment_1: Tensor<D>,
+    moment_2: Tensor<D>,
+    grad_scale: Tensor<1>,
+    step: AdamWStep,
+) -> (Tensor<D>, Tensor<D>, Tensor<D>) {
+    let (p, m, v) = <Dispatch as FusedKernels>::adamw_update(
+        param.into_dispatch(),
+        grad.into_dispatch(),
+        moment_1.into_dispatch(),
+        moment_2.into_dispatch(),
+        grad_scale.into_dispatch(),
+        step,
+    );
+    (Tensor::from_dispatch(p), Tensor::from_dispatch(m), Tensor::from_dispatch(v))
 }
 
 /// Whether `device`'s backend runs [`coupling_stack`] as one op (burn-flex,
@@ -505,6 +596,43 @@ mod tests {
                 assert!(max_rel_diff(g, r) < 1e-4, "coupling ∂(s_scale, t_scale)[{i}], {direction:?}");
             }
         }
+    }
+
+    /// The fused AdamW update on `device` against its composition from
+    /// burn's ops (on the same device), over a few steps with a clip factor.
+    fn check_adamw(device: &Device) {
+        device.seed(5);
+        let normal = |std| Tensor::<2>::random([37, 29], Distribution::Normal(0.0, std), device);
+        let (mut p_fused, mut m_fused, mut v_fused) = (normal(1.0), normal(0.0), normal(0.0));
+        let (mut p_ref, mut m_ref, mut v_ref) = (p_fused.clone(), m_fused.clone(), v_fused.clone());
+        for time in 1..=3 {
+            let grad = normal(0.1 * time as f64);
+            let scale = Tensor::<1>::from_floats([0.37], device);
+            let step =
+                super::AdamWStep { lr: 1e-2, beta_1: 0.9, beta_2: 0.999, epsilon: 1e-8, weight_decay: 0.05, time };
+            (p_fused, m_fused, v_fused) =
+                super::adamw_update(p_fused, grad.clone(), m_fused, v_fused, scale.clone(), step);
+            let [p, m, v] = [p_ref, m_ref, v_ref].map(Tensor::into_dispatch);
+            let (p, m, v) = super::reference::adamw_update::<burn::backend::Dispatch>(
+                p,
+                grad.into_dispatch(),
+                m,
+                v,
+                scale.into_dispatch(),
+                step,
+            );
+            (p_ref, m_ref, v_ref) = (Tensor::from_dispatch(p), Tensor::from_dispatch(m), Tensor::from_dispatch(v));
+        }
+        assert!(max_rel_diff(p_fused, p_ref) < 1e-6, "AdamW parameters");
+        assert!(max_rel_diff(m_fused, m_ref) < 1e-6, "AdamW first moment");
+        assert!(max_rel_diff(v_fused, v_ref) < 1e-6, "AdamW second moment");
+    }
+
+    #[test]
+    fn adamw_update_matches_its_composition() {
+        check_adamw(&Device::flex());
+        #[cfg(feature = "wgpu")]
+        check_adamw(&Device::wgpu(Default::default()));
     }
 
     #[test]

@@ -7,6 +7,7 @@ use burn::backend::TensorMetadata;
 use burn::backend::tensor::FloatTensor;
 use burn::tensor::Shape;
 
+use super::AdamWStep;
 use crate::flow::Direction;
 
 /// `beta: [F]` broadcast to `shape = [M, F]`.
@@ -191,4 +192,37 @@ pub fn weight_norm_backward<B: Backend>(
     let grad_v =
         B::float_sub(B::float_mul(grad, B::float_expand(a, shape.clone())), B::float_mul(v, B::float_expand(b, shape)));
     (grad_v, grad_g)
+}
+
+/// One AdamW update, as burn's `AdamW` composes it: `g = grad · scale`,
+/// `m = β₁ m + (1 − β₁) g`, `v = β₂ v + (1 − β₂) g²`, and the parameter
+/// `p (1 − lr λ) − lr (m / c₁) / (√(v / c₂) + ε)` with the bias corrections
+/// `cᵢ = 1 − βᵢᵗ`: `(param, m, v)`.
+pub fn adamw_update<B: Backend>(
+    param: FloatTensor<B>,
+    grad: FloatTensor<B>,
+    moment_1: FloatTensor<B>,
+    moment_2: FloatTensor<B>,
+    grad_scale: FloatTensor<B>,
+    step: AdamWStep,
+) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
+    let s = step.scalars();
+    let shape = param.shape();
+    let mut ones = shape.clone();
+    ones.iter_mut().for_each(|d| *d = 1);
+    let scale = B::float_expand(B::float_reshape(grad_scale, ones), shape);
+    let g = B::float_mul(grad, scale);
+    let m = B::float_add(
+        B::float_mul_scalar(moment_1, s.beta_1.into()),
+        B::float_mul_scalar(g.clone(), s.one_minus_beta_1.into()),
+    );
+    let v = B::float_add(
+        B::float_mul_scalar(moment_2, s.beta_2.into()),
+        B::float_mul_scalar(B::float_mul(g.clone(), g), s.one_minus_beta_2.into()),
+    );
+    let m_hat = B::float_div_scalar(m.clone(), s.correction_1.into());
+    let v_hat = B::float_div_scalar(v.clone(), s.correction_2.into());
+    let delta = B::float_div(m_hat, B::float_add_scalar(B::float_sqrt(v_hat), s.epsilon.into()));
+    let p = B::float_sub(B::float_mul_scalar(param, s.keep.into()), B::float_mul_scalar(delta, s.lr.into()));
+    (p, m, v)
 }

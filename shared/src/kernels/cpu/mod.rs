@@ -12,12 +12,14 @@
 use std::mem::MaybeUninit;
 use std::ops::Range;
 
+mod adamw;
 mod coupling;
 mod residual;
 pub mod stack;
 mod swish;
 mod weight_norm;
 
+pub use adamw::adamw_update;
 pub use coupling::{
     Coupling, coupling_log_scale, coupling_log_scale_backward, coupling_update, coupling_update_backward,
 };
