@@ -35,7 +35,11 @@ struct ClipFactor(Arc<Mutex<Option<Tensor<1>>>>);
 impl ClipFactor {
     fn set(&self, factor: Option<Tensor<1>>) {
         // A poisoned lock only means a step panicked; the slot is still whole.
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = factor;
+        let mut slot = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        // Clones share the slot: two of them stepping at once would mix
+        // their factors up (the trainer steps one run at a time).
+        debug_assert!(factor.is_none() || slot.is_none(), "two optimiser steps at once");
+        *slot = factor;
     }
 
     fn get(&self) -> Option<Tensor<1>> {
@@ -69,10 +73,8 @@ impl Optimizer for ScaledAdamW {
             Some(AdamWState { momentum }) => (momentum.time, momentum.moment_1, momentum.moment_2),
             None => (0, Tensor::zeros(grad.shape(), &device), Tensor::zeros(grad.shape(), &device)),
         };
-        let scale = match self.factor.get() {
-            Some(factor) => factor.to_device(&device),
-            None => Tensor::ones([1], &device),
-        };
+        // `ClippedAdamW::step` always sets a factor (1 without clipping).
+        let scale = self.factor.get().expect("a clip factor for the step").to_device(&device);
         let step = AdamWStep { lr, time: time + 1, ..self.settings };
         let (tensor, moment_1, moment_2) = rgflow::kernels::adamw_update(tensor, grad, moment_1, moment_2, scale, step);
         (tensor, Some(AdamWState::new(AdaptiveMomentumState::new(time + 1, moment_1, moment_2))))
@@ -103,7 +105,12 @@ impl ClippedAdamW {
     /// One update of `module` with `grads` times `clip` (a `[1]` device
     /// scalar, see [`clip_factor`]; `None`: unscaled).
     pub fn step<M: Module>(&mut self, lr: f64, module: M, grads: GradientsParams, clip: Option<Tensor<1>>) -> M {
-        self.factor.set(clip);
+        // Unclipped: a factor of 1, made once for the step, not per tensor.
+        let clip = clip.or_else(|| module.devices().first().map(|d| Tensor::ones([1], &d.clone().inner())));
+        let Some(clip) = clip else {
+            return module; // no parameters
+        };
+        self.factor.set(Some(clip));
         let module = self.module.step(lr, module, grads);
         self.factor.set(None);
         module

@@ -9,7 +9,7 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::tensor::FloatTensor;
 
-use super::{FusedKernels, StackLayout};
+use super::{AdamWStep, FusedKernels, StackLayout};
 use crate::decoder::ProductPrecision;
 use crate::flow::Direction;
 
@@ -47,6 +47,23 @@ where
 }
 
 impl<B: FusedKernels, C: CheckpointStrategy> FusedKernels for Autodiff<B, C> {
+    /// The inner backend's update on the inner tensors (an optimiser's step
+    /// is not differentiated), its results untracked.
+    fn adamw_update(
+        param: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        moment_1: FloatTensor<Self>,
+        moment_2: FloatTensor<Self>,
+        grad_scale: FloatTensor<Self>,
+        step: AdamWStep,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        use burn::backend::AutodiffBackend;
+        let [param, grad, moment_1, moment_2, grad_scale] =
+            [param, grad, moment_1, moment_2, grad_scale].map(<Self as AutodiffBackend>::inner);
+        let (p, m, v) = B::adamw_update(param, grad, moment_1, moment_2, grad_scale, step);
+        (Self::from_inner(p), Self::from_inner(m), Self::from_inner(v))
+    }
+
     fn swish(x: FloatTensor<Self>, bias: FloatTensor<Self>, beta: FloatTensor<Self>) -> FloatTensor<Self> {
         #[derive(Debug)]
         struct SwishBackward;

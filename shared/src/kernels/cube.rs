@@ -8,8 +8,9 @@
 //! "On a GPU"). Here each forward is one kernel and each backward with
 //! per-feature gradients two: the element-wise work writes its outputs and
 //! partial column sums over chunks of [`CHUNK_ROWS`] rows, and a second
-//! kernel adds the chunks in order (no atomics: the sums are the same bits
-//! on every run, so exact resume holds on a GPU too). Weight normalisation
+//! kernel adds the chunks in order (no atomics: these sums are the same bits
+//! on every run; burn's own reductions elsewhere in a step may still use
+//! atomics when autotune picks them). Weight normalisation
 //! works on one column per unit, its norm and product in one kernel.
 //!
 //! Launches are bounds-checked (CubeCL's `launch`): these kernels stream
