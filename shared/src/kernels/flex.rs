@@ -40,6 +40,30 @@ impl FusedKernels for Flex {
         grad_scale: FlexTensor,
         step: AdamWStep,
     ) -> (FlexTensor, FlexTensor, FlexTensor) {
+        // In place where the parameter and moments own their whole buffers
+        // (the usual case: the optimiser holds the only handles).
+        let mut whole = [param, moment_1, moment_2];
+        let owned = |t: &FlexTensor| {
+            t.dtype() == DType::F32
+                && t.is_unique()
+                && t.layout().contiguous_offsets() == Some((0, t.storage::<f32>().len()))
+        };
+        if whole.iter().all(owned) && grad.dtype() == DType::F32 && grad_scale.dtype() == DType::F32 {
+            let grad = if grad.is_contiguous() { grad } else { grad.to_contiguous() };
+            let scale = grad_scale.to_contiguous();
+            let [p, m, v] = &mut whole;
+            cpu::adamw_update_in_place(
+                p.storage_mut::<f32>(),
+                f32s(&grad),
+                m.storage_mut::<f32>(),
+                v.storage_mut::<f32>(),
+                f32s(&scale)[0],
+                &step,
+            );
+            let [p, m, v] = whole;
+            return (p, m, v);
+        }
+        let [param, moment_1, moment_2] = whole;
         f32_or_reference(
             [param, grad, moment_1, moment_2, grad_scale],
             |[param, grad, moment_1, moment_2, grad_scale]| {
