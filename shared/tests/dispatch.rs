@@ -88,3 +88,22 @@ fn fused_ops_are_one_or_two_kernels_on_wgpu() {
     assert_eq!((launches("ColumnSumsPairKernel"), launches("ColumnSumsKernel")), (2, 2));
     assert!(gradients.iter().all(|t| t.clone().abs().sum().into_scalar::<f32>() > 0.0));
 }
+
+/// A Swish without a bias reuses its zeros: a second call is one kernel,
+/// with no fill before it.
+#[test]
+fn a_swish_without_bias_launches_one_kernel() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let device = Device::wgpu(Default::default());
+    let x = Tensor::<2>::random([64, 48], Distribution::Normal(0.0, 1.0), &device);
+    let beta = Tensor::<1>::ones([48], &device);
+    let _ = kernels::swish(x.clone(), beta.clone()).into_data();
+    device.sync().unwrap();
+    let counter = DispatchCounter::start();
+    let y = kernels::swish(x, beta).into_data();
+    device.sync().unwrap();
+    let count = counter.finish();
+    let names: Vec<String> = count.by_name.keys().map(|k| short_kernel_name(k)).collect();
+    assert_eq!((count.dispatches(), names), (1, vec!["SwishKernel".to_string()]), "{count}");
+    assert_eq!(y.num_elements(), 64 * 48);
+}

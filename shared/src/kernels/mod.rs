@@ -249,8 +249,32 @@ fn fusion_vector(
 /// Swish with a learnable slope per feature, `x · σ(β x)`:
 /// `x: [M, F]`, `beta: [F]` -> `[M, F]`, differentiable in both.
 pub fn swish(x: Tensor<2>, beta: Tensor<1>) -> Tensor<2> {
-    let bias = Tensor::zeros(beta.shape(), &beta.device());
-    bias_swish(x, bias, beta)
+    let [features] = beta.dims();
+    bias_swish(x, zero_bias(features, &beta.device()), beta)
+}
+
+/// Zeros of `[features]` on `device`: the bias of a Swish that has none,
+/// made once per thread, device and width and then reused (tensors are
+/// values). On a GPU each `Tensor::zeros` is a fill kernel, and the first
+/// Swish of every residual block has no bias: ~180 launches a training
+/// step at the bench config.
+fn zero_bias(features: usize, device: &Device) -> Tensor<1> {
+    use std::cell::RefCell;
+    thread_local! {
+        static ZEROS: RefCell<Vec<(Device, bool, Tensor<1>)>> = const { RefCell::new(Vec::new()) };
+    }
+    ZEROS.with_borrow_mut(|zeros| {
+        // Device equality ignores autodiff: tell the two apart, so that an
+        // autodiff pass gets autodiff zeros and an inference pass plain ones.
+        let autodiff = device.is_autodiff();
+        let same = |(d, a, z): &&(Device, bool, Tensor<1>)| d == device && *a == autodiff && z.dims() == [features];
+        if let Some((_, _, z)) = zeros.iter().find(same) {
+            return z.clone();
+        }
+        let z = Tensor::zeros([features], device);
+        zeros.push((device.clone(), autodiff, z.clone()));
+        z
+    })
 }
 
 /// Swish of `x + bias` (a linear layer's bias folded into the activation
