@@ -31,6 +31,16 @@ fn tensor(values: Vec<f32>, shape: Shape) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(values, shape))
 }
 
+/// A contiguous f32 tensor whose buffer holds its values and nothing else:
+/// itself, or (a view into a larger buffer) a copy of its values.
+fn own_buffer(t: FlexTensor) -> FlexTensor {
+    if t.layout().contiguous_offsets() == Some((0, t.storage::<f32>().len())) {
+        t
+    } else {
+        tensor(f32s(&t).to_vec(), t.shape())
+    }
+}
+
 impl FusedKernels for Flex {
     fn adamw_update(
         param: FlexTensor,
@@ -40,43 +50,21 @@ impl FusedKernels for Flex {
         grad_scale: FlexTensor,
         step: AdamWStep,
     ) -> (FlexTensor, FlexTensor, FlexTensor) {
-        // In place where the parameter and moments own their whole buffers
-        // (the usual case: the optimiser holds the only handles).
-        let mut whole = [param, moment_1, moment_2];
-        let owned = |t: &FlexTensor| {
-            t.dtype() == DType::F32
-                && t.is_unique()
-                && t.layout().contiguous_offsets() == Some((0, t.storage::<f32>().len()))
-        };
-        if whole.iter().all(owned) && grad.dtype() == DType::F32 && grad_scale.dtype() == DType::F32 {
-            let grad = if grad.is_contiguous() { grad } else { grad.to_contiguous() };
-            let scale = grad_scale.to_contiguous();
-            let [p, m, v] = &mut whole;
-            cpu::adamw_update_in_place(
-                p.storage_mut::<f32>(),
-                f32s(&grad),
-                m.storage_mut::<f32>(),
-                v.storage_mut::<f32>(),
-                f32s(&scale)[0],
-                &step,
-            );
-            let [p, m, v] = whole;
-            return (p, m, v);
-        }
-        let [param, moment_1, moment_2] = whole;
         f32_or_reference(
             [param, grad, moment_1, moment_2, grad_scale],
             |[param, grad, moment_1, moment_2, grad_scale]| {
-                let (p, m, v) = cpu::adamw_update(
-                    f32s(&param),
+                // In place. A buffer shared with another tensor (a snapshot's)
+                // is copied first, by `storage_mut`'s copy on write.
+                let [mut p, mut m, mut v] = [param, moment_1, moment_2].map(own_buffer);
+                cpu::adamw_update(
+                    p.storage_mut::<f32>(),
                     f32s(&grad),
-                    f32s(&moment_1),
-                    f32s(&moment_2),
+                    m.storage_mut::<f32>(),
+                    v.storage_mut::<f32>(),
                     f32s(&grad_scale)[0],
                     &step,
                 );
-                let shape = param.shape();
-                (tensor(p, shape.clone()), tensor(m, shape.clone()), tensor(v, shape))
+                (p, m, v)
             },
             |[param, grad, moment_1, moment_2, grad_scale]| {
                 reference::adamw_update::<Self>(param, grad, moment_1, moment_2, grad_scale, step)

@@ -631,6 +631,9 @@ mod tests {
         let normal = |std| Tensor::<2>::random([37, 29], Distribution::Normal(0.0, std), device);
         let (mut p_fused, mut m_fused, mut v_fused) = (normal(1.0), normal(0.0), normal(0.0));
         let (mut p_ref, mut m_ref, mut v_ref) = (p_fused.clone(), m_fused.clone(), v_fused.clone());
+        // The first update finds its buffers shared (with the clones above):
+        // it must not write through them.
+        let (shared, before) = (p_fused.clone(), p_fused.clone().into_data());
         for time in 1..=3 {
             let grad = normal(0.1 * time as f64);
             let scale = Tensor::<1>::from_floats([0.37], device);
@@ -649,6 +652,7 @@ mod tests {
             );
             (p_ref, m_ref, v_ref) = (Tensor::from_dispatch(p), Tensor::from_dispatch(m), Tensor::from_dispatch(v));
         }
+        assert_eq!(shared.into_data(), before, "AdamW wrote into a shared buffer");
         assert!(max_rel_diff(p_fused, p_ref) < 1e-6, "AdamW parameters");
         assert!(max_rel_diff(m_fused, m_ref) < 1e-6, "AdamW first moment");
         assert!(max_rel_diff(v_fused, v_ref) < 1e-6, "AdamW second moment");

@@ -19,7 +19,7 @@ pub mod stack;
 mod swish;
 mod weight_norm;
 
-pub use adamw::{adamw_update, adamw_update_in_place};
+pub use adamw::adamw_update;
 pub use coupling::{
     Coupling, coupling_log_scale, coupling_log_scale_backward, coupling_update, coupling_update_backward,
 };
