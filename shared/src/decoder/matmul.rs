@@ -327,11 +327,18 @@ pub trait TileKernels: Operand {
     }
 
     /// The Swish's backward on a tile of the training stack (see
-    /// [`SwishBackward`]): within a few ulp of the exact kernel, without a
-    /// division, on AVX-512; exact elsewhere.
+    /// [`SwishBackward`]): on AVX-512 a kernel without a division (degree-6
+    /// `exp`, a Newton-refined reciprocal estimate; within 2e-6 of the
+    /// exact one, `fast_swish_backward_matches_the_exact_one`, f32
+    /// rounding's own size), elsewhere the exact one. The exact kernel was
+    /// 7 % of an f32 training step on a Zen 4.
     fn swish_backward(isa: Isa, tile: SwishBackward<'_>) {
-        let _ = isa;
-        crate::kernels::cpu::stack::swish_backward_rows(tile);
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `Isa::detect` found AVX-512F; the kernel checks the shapes.
+            Isa::Avx512 | Isa::Avx512Bf16 | Isa::Amx => unsafe { super::swish::avx512::swish_backward_rows_fast(tile) },
+            _ => crate::kernels::cpu::stack::swish_backward_rows(tile),
+        }
     }
 
     /// Whether the training stack runs each residual block's layers again
@@ -345,19 +352,6 @@ pub trait TileKernels: Operand {
 }
 
 impl TileKernels for f32 {
-    /// The kernel without a division where the CPU has AVX-512: its error
-    /// (~2e-7 relative, `fast_swish_backward_matches_the_exact_one`) is
-    /// f32 rounding's own size, and the exact kernel's division and `exp`
-    /// were 7 % of an f32 training step (AMD Zen 4).
-    fn swish_backward(isa: Isa, tile: SwishBackward<'_>) {
-        match isa {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: `Isa::detect` found AVX-512F; the kernel checks the shapes.
-            Isa::Avx512 | Isa::Avx512Bf16 | Isa::Amx => unsafe { super::swish::avx512::swish_backward_rows_fast(tile) },
-            _ => crate::kernels::cpu::stack::swish_backward_rows(tile),
-        }
-    }
-
     fn matmul_ahead(isa: Isa, a: &[f32], w: &PackedMatrix<f32>, rows: usize, out: &mut [f32], ahead: Prefetch) {
         check(a, w, rows, out);
         match isa {
@@ -417,15 +411,6 @@ impl TileKernels for Bf16 {
     /// products are the bottleneck, running the blocks again cost 6%).
     fn recomputes(isa: Isa) -> bool {
         isa == Isa::Amx
-    }
-
-    fn swish_backward(isa: Isa, tile: SwishBackward<'_>) {
-        match isa {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: `Isa::detect` found AVX-512F (with BF16); the kernel checks the shapes.
-            Isa::Avx512Bf16 | Isa::Amx => unsafe { super::swish::avx512::swish_backward_rows_fast(tile) },
-            _ => crate::kernels::cpu::stack::swish_backward_rows(tile),
-        }
     }
 }
 
