@@ -351,6 +351,16 @@ pub trait TileKernels: Operand {
     }
 }
 
+/// The shapes [`TileKernels::swish`]'s vector kernels rely on: rows of at
+/// least `β.len()` values on both sides, as many of `operand` as of `h`.
+fn check_swish<E>(h: &[f32], h_stride: usize, beta: &[f32], operand: &[E], k_stride: usize) {
+    let k = beta.len();
+    assert!(
+        h_stride >= k && k_stride >= k && h.len() / h_stride == operand.len() / k_stride,
+        "swish: mismatched shapes"
+    );
+}
+
 impl TileKernels for f32 {
     fn matmul_ahead(isa: Isa, a: &[f32], w: &PackedMatrix<f32>, rows: usize, out: &mut [f32], ahead: Prefetch) {
         check(a, w, rows, out);
@@ -376,11 +386,7 @@ impl TileKernels for f32 {
     /// operand the forward multiplied). The exact kernel was 4 % of an f32
     /// training step on a Zen 4, its `vdivps` most of it.
     fn swish(isa: Isa, h: &[f32], h_stride: usize, beta: &[f32], operand: &mut [f32], k_stride: usize) {
-        let k = beta.len();
-        assert!(
-            h_stride >= k && k_stride >= k && h.len() / h_stride == operand.len() / k_stride,
-            "swish: mismatched shapes"
-        );
+        check_swish(h, h_stride, beta, operand, k_stride);
         match isa {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `Isa::detect` found AVX-512F; shapes checked above.
@@ -412,11 +418,7 @@ impl TileKernels for Bf16 {
     }
 
     fn swish(isa: Isa, h: &[f32], h_stride: usize, beta: &[f32], operand: &mut [Bf16], k_stride: usize) {
-        let k = beta.len();
-        assert!(
-            h_stride >= k && k_stride >= k && h.len() / h_stride == operand.len() / k_stride,
-            "swish: mismatched shapes"
-        );
+        check_swish(h, h_stride, beta, operand, k_stride);
         match isa {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `Isa::detect` found AVX512-BF16 (with F and BW); shapes checked above.

@@ -118,8 +118,8 @@ pub(super) mod avx512 {
         }
     }
 
-    /// The Swish's backward ([`SwishBackward`]) for bf16 training, near
-    /// f32's accuracy (a few ulp: the degree-6 polynomial and the reciprocal
+    /// The Swish's backward ([`SwishBackward`]) for training on AVX-512, f32
+    /// and bf16 alike, near f32's accuracy (a few ulp: the degree-6 polynomial and the reciprocal
     /// estimate refined by a Newton step) at a fraction of the exact
     /// kernel's cost (no division). 16 columns per step, the last masked.
     ///
