@@ -119,9 +119,10 @@ pub(super) mod avx512 {
     }
 
     /// The Swish's backward ([`SwishBackward`]) for training on AVX-512, f32
-    /// and bf16 alike, near f32's accuracy (a few ulp: the degree-6 polynomial and the reciprocal
-    /// estimate refined by a Newton step) at a fraction of the exact
-    /// kernel's cost (no division). 16 columns per step, the last masked.
+    /// and bf16 alike, near f32's accuracy (a few ulp: [`sigmoid_fine`]'s
+    /// degree-6 polynomial and Newton-refined reciprocal estimate) at a
+    /// fraction of the exact kernel's cost (no division). 16 columns per
+    /// step, the last masked.
     ///
     /// # Safety
     /// AVX-512F.
