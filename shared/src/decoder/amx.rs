@@ -366,13 +366,7 @@ unsafe fn accumulators<const STORE: bool>(place: &[(*mut f32, usize); 4], real: 
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 #[inline]
 unsafe fn row_pair(src: &[f32], width: usize, rows: usize, p: usize, j: usize) -> __m512i {
-    let mask = if j >= width {
-        0
-    } else if width - j >= 16 {
-        0xFFFF
-    } else {
-        (1u16 << (width - j)) - 1
-    };
+    let mask = super::matmul::first_lanes_16(width.saturating_sub(j));
     let mut x = [_mm512_setzero_ps(); 2];
     for (h, x) in x.iter_mut().enumerate() {
         let r = 2 * p + h;

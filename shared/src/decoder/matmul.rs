@@ -351,6 +351,19 @@ pub trait TileKernels: Operand {
     }
 }
 
+/// The mask of a vector's first `n` of 16 lanes (all of them from 16 on):
+/// the tails of the AVX-512 kernels' loads and stores.
+#[inline(always)]
+pub(super) const fn first_lanes_16(n: usize) -> u16 {
+    if n >= 16 { u16::MAX } else { (1u16 << n) - 1 }
+}
+
+/// [`first_lanes_16`] over 32 lanes (16-bit elements, or two f32 vectors).
+#[inline(always)]
+pub(super) const fn first_lanes_32(n: usize) -> u32 {
+    if n >= 32 { u32::MAX } else { (1u32 << n) - 1 }
+}
+
 /// The shapes [`TileKernels::swish`]'s vector kernels rely on: rows of at
 /// least `β.len()` values on both sides, as many of `operand` as of `h`.
 fn check_swish<E>(h: &[f32], h_stride: usize, beta: &[f32], operand: &[E], k_stride: usize) {
@@ -1122,8 +1135,7 @@ mod avx512 {
     /// Lane masks of a panel's two vectors when only its first `cols` (≤
     /// [`PANEL`]) columns are real.
     fn panel_masks(cols: usize) -> (__mmask16, __mmask16) {
-        let mask = |n: usize| if n >= 16 { 0xFFFF } else { (1u16 << n) - 1 };
-        (mask(cols), mask(cols.saturating_sub(16)))
+        (super::first_lanes_16(cols), super::first_lanes_16(cols.saturating_sub(16)))
     }
 
     /// `c[I, ..] += (acc0[I], acc1[I])` for the micro-tile's [`MR`] rows
@@ -1238,7 +1250,7 @@ mod avx512 {
     /// values as `src` holds of `cols`.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
     pub(super) unsafe fn round_rows_bf16(src: &[f32], cols: usize, k_stride: usize, out: &mut [Bf16]) {
-        let mask = |lanes: usize| if lanes >= 32 { u32::MAX } else { (1u32 << lanes) - 1 };
+        let mask = super::first_lanes_32;
         for (row, dst) in src.chunks_exact(cols).zip(out.chunks_exact_mut(k_stride)) {
             for j in (0..k_stride).step_by(32) {
                 let load = mask(cols.saturating_sub(j));
@@ -1276,9 +1288,7 @@ mod avx512 {
             let second = (2 * p + 1 < rows).then(|| &src[(2 * p + 1) * width..][..width]);
             let dst = &mut out[2 * p * width..][..2 * width];
             for j in (0..width).step_by(16) {
-                let lanes = (width - j).min(16);
-                let mask = if lanes == 16 { u16::MAX } else { (1u16 << lanes) - 1 };
-                let store = if lanes == 16 { u32::MAX } else { (1u32 << (2 * lanes)) - 1 };
+                let (mask, store) = (super::first_lanes_16(width - j), super::first_lanes_32(2 * (width - j)));
                 // SAFETY: the masks keep the loads inside the rows' first
                 // `width` values and the store inside `dst`.
                 unsafe {

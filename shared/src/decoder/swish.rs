@@ -26,7 +26,7 @@ pub(super) fn swish_rows<E: Operand>(h: &[f32], h_stride: usize, beta: &[f32], o
 pub(super) mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::super::matmul::{Bf16, SwishBackward};
+    use super::super::matmul::{Bf16, SwishBackward, first_lanes_16, first_lanes_32};
 
     /// `σ(x)` for 16 lanes, accurate to ~1e-4 relative: ample next to
     /// bf16's 8 bits, and half the instructions of the f32 kernels'.
@@ -103,8 +103,7 @@ pub(super) mod avx512 {
         for (h, a) in h.chunks_exact(h_stride).zip(operand.chunks_exact_mut(k_stride)) {
             let (h, (a, padding)) = (&h[..k], a.split_at_mut(k));
             for j in (0..k).step_by(16) {
-                let lanes = (k - j).min(16);
-                let mask = if lanes == 16 { u16::MAX } else { (1u16 << lanes) - 1 };
+                let mask = first_lanes_16(k - j);
                 // SAFETY: the mask keeps every access inside `h[j..k]`,
                 // `beta[j..k]` and `a[j..k]`.
                 unsafe {
@@ -135,8 +134,7 @@ pub(super) mod avx512 {
             input.chunks_exact(stride).zip(grad.chunks_exact_mut(grad_stride)).zip(activation.chunks_exact_mut(k));
         for ((u_row, g_row), a_row) in rows {
             for j in (0..k).step_by(16) {
-                let lanes = (k - j).min(16);
-                let mask = if lanes == 16 { u16::MAX } else { (1u16 << lanes) - 1 };
+                let mask = first_lanes_16(k - j);
                 // SAFETY: the mask keeps every access inside the first `k`
                 // values of the rows and of `beta` and `grad_beta`.
                 unsafe {
@@ -173,9 +171,8 @@ pub(super) mod avx512 {
         for (h, a) in h.chunks_exact(h_stride).zip(operand.chunks_exact_mut(k_stride)) {
             let (h, a) = (&h[..k], &mut a[..k]);
             for j in (0..k).step_by(32) {
-                let lanes = (k - j).min(32);
                 // Lanes past `k` load as zero, and are not stored.
-                let mask = if lanes == 32 { u32::MAX } else { (1u32 << lanes) - 1 };
+                let mask = first_lanes_32(k - j);
                 let (m0, m1) = (mask as u16, (mask >> 16) as u16);
                 // SAFETY: the masks keep every access inside `h[j..k]`, `beta[j..k]`, `a[j..k]`.
                 unsafe {

@@ -579,7 +579,6 @@ fn residual_columns(input: Option<&[f32]>, d: usize, updated: &[usize], h: &[f32
 /// with `Σ s` summed in the same loop, they ran one value at a time: 2–3 %
 /// of a training step); `Σ s` is then added in column order as before, so
 /// the values are the same bits.
-#[allow(clippy::too_many_arguments)]
 #[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq+fma", "x86_64+avx2+fma"))]
 fn affine_forward(
     x: &mut [f32],
