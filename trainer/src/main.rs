@@ -82,8 +82,33 @@ fn main() -> anyhow::Result<()> {
     // to sleep until they finish — thousands of round trips per training
     // step. Running the command on a pool worker makes each op a cheap
     // fork-join instead.
-    let pool = rayon::ThreadPoolBuilder::new().thread_name(|i| format!("cpu-{i}")).build()?;
-    pool.install(|| run(cli))
+    let mut workers = Vec::new();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .thread_name(|i| format!("cpu-{i}"))
+        .spawn_handler(|worker| {
+            let mut thread = std::thread::Builder::new();
+            if let Some(name) = worker.name() {
+                thread = thread.name(name.to_owned());
+            }
+            workers.push(thread.spawn(|| worker.run())?);
+            Ok(())
+        })
+        .build()?;
+    let result = pool.install(|| run(cli));
+    // The workers have to be gone before the process exits: a worker that
+    // touched Vulkan (lavapipe loads LLVM, which loads libxml2) frees
+    // libxml2's per-thread state as it ends, and libxml2's own destructor,
+    // run by `exit`, frees the same state — a worker still ending then is a
+    // double free (seen as `double free or corruption` aborts after `sample
+    // --backend wgpu` had written its picture). Dropping the pool tells the
+    // workers to end; joining waits until they have, destructors included.
+    drop(pool);
+    for worker in workers {
+        if worker.join().is_err() {
+            eprintln!("warning: a CPU worker thread panicked while ending");
+        }
+    }
+    result
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
