@@ -29,6 +29,23 @@ pub fn checkerboard_masks(channels: usize, kernel_size: usize) -> (Vec<f32>, Vec
     (left, right)
 }
 
+/// The checkerboard squares a coupling half conditions on (it updates the
+/// others): `left` where `row + col` is even, as [`checkerboard_masks`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Squares {
+    /// `row + col` even.
+    Left,
+    /// `row + col` odd.
+    Right,
+}
+
+/// The two halves of every coupling layer in the forward order (the
+/// authors'): the first conditions on the `left` squares and updates the
+/// `right` ones, the second the reverse; the inverse runs them backwards.
+/// The composed ops ([`CouplingStack::half_masks`]) and the fused kernels
+/// ([`StackLayout::halves`]) both follow this.
+pub const HALVES: [Squares; 2] = [Squares::Left, Squares::Right];
+
 /// A stack of affine couplings acting on every block of one sub-layer at once.
 ///
 /// Each coupling layer applies its s/t networks twice, first updating the
@@ -102,7 +119,7 @@ impl CouplingStack {
         let mut ldj: Option<Tensor<1>> = None;
         for (s_net, t_net) in self.s_layers.iter().zip(&self.t_layers) {
             let weights = (s_net.weights(), t_net.weights());
-            for (mask, inv_mask) in [(&self.mask_left, &self.mask_right), (&self.mask_right, &self.mask_left)] {
+            for (mask, inv_mask) in self.half_masks() {
                 let params = Self::params(s_net, t_net, inv_mask);
                 let (s_raw, t_raw) = Self::raw_scale_shift(s_net, t_net, &weights, x.clone() * mask.clone());
                 // s = t = 0 on the conditioning half, so this equals the authors'
@@ -113,6 +130,14 @@ impl CouplingStack {
             }
         }
         (x, ldj.expect("at least one coupling layer"))
+    }
+
+    /// `(conditioning, updated)` masks of each half, in [`HALVES`]' order.
+    pub fn half_masks(&self) -> [(&Tensor<2>, &Tensor<2>); 2] {
+        HALVES.map(|squares| match squares {
+            Squares::Left => (&self.mask_left, &self.mask_right),
+            Squares::Right => (&self.mask_right, &self.mask_left),
+        })
     }
 
     /// The sizes that locate each parameter in [`Self::flat_params`].
@@ -158,7 +183,7 @@ impl CouplingStack {
         let mut log_scale_sum: Option<Tensor<1>> = None;
         for (s_net, t_net) in self.s_layers.iter().zip(&self.t_layers).rev() {
             let weights = (s_net.weights(), t_net.weights());
-            for (mask, inv_mask) in [(&self.mask_right, &self.mask_left), (&self.mask_left, &self.mask_right)] {
+            for (mask, inv_mask) in self.half_masks().into_iter().rev() {
                 let params = Self::params(s_net, t_net, inv_mask);
                 let (s_raw, t_raw) = Self::raw_scale_shift(s_net, t_net, &weights, z.clone() * mask.clone());
                 if with_ldj {

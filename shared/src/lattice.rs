@@ -8,6 +8,8 @@
 //! The authors apply the decimator first, then the disentangler, at every
 //! level (`mera_indices` in their `layers/mera.py`); we keep that order.
 
+use crate::flow::Direction;
+
 /// The two kinds of sub-layer at every level.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SubLayerKind {
@@ -236,14 +238,16 @@ impl MeraLattice {
     ///
     /// A local change reaches a bounded number of blocks per sub-layer, so this
     /// is `O(log L)` blocks in all — the causal cone of the change.
-    pub fn cone(&self, changed: &[bool], inverse: bool) -> (Vec<Vec<usize>>, Vec<bool>) {
+    pub fn cone(&self, changed: &[bool], direction: Direction) -> (Vec<Vec<usize>>, Vec<bool>) {
         let mut marked = changed.to_vec();
         // The marked sites as a list too: each sub-layer looks at those only,
         // not at all L² sites (a cone from one fine site stays small; an
         // inpainting stroke asks for one per site of its hole's cone).
         let mut sites: Vec<usize> = (0..marked.len()).filter(|&s| marked[s]).collect();
-        let order: Vec<usize> =
-            if inverse { (0..self.sublayers.len()).rev().collect() } else { (0..self.sublayers.len()).collect() };
+        let order: Vec<usize> = match direction {
+            Direction::Forward => (0..self.sublayers.len()).collect(),
+            Direction::Inverse => (0..self.sublayers.len()).rev().collect(),
+        };
         let mut dirty = vec![Vec::new(); self.sublayers.len()];
         for k in order {
             let sub = &self.sublayers[k];
@@ -267,7 +271,7 @@ impl MeraLattice {
     pub fn receptive_cone(&self, site: usize) -> Vec<bool> {
         let mut changed = vec![false; self.size * self.size];
         changed[site] = true;
-        self.cone(&changed, true).1
+        self.cone(&changed, Direction::Inverse).1
     }
 
     /// Canonical element indices `c·L² + site` of the given blocks of
@@ -347,10 +351,10 @@ mod tests {
     }
 
     /// The cone as first written: every sub-layer scans all L² sites.
-    fn cone_by_scanning(lat: &MeraLattice, changed: &[bool], inverse: bool) -> (Vec<Vec<usize>>, Vec<bool>) {
+    fn cone_by_scanning(lat: &MeraLattice, changed: &[bool], direction: Direction) -> (Vec<Vec<usize>>, Vec<bool>) {
         let mut marked = changed.to_vec();
         let mut order: Vec<usize> = (0..lat.sublayers.len()).collect();
-        if inverse {
+        if direction == Direction::Inverse {
             order.reverse();
         }
         let mut dirty = vec![Vec::new(); lat.sublayers.len()];
@@ -380,11 +384,11 @@ mod tests {
             let lat = MeraLattice::new(size, 4);
             for density in [0, 1, 4, 64, 512] {
                 let changed: Vec<bool> = (0..size * size).map(|_| next() % 1024 < density).collect();
-                for inverse in [false, true] {
+                for direction in [Direction::Forward, Direction::Inverse] {
                     assert_eq!(
-                        lat.cone(&changed, inverse),
-                        cone_by_scanning(&lat, &changed, inverse),
-                        "L={size}, {density}/1024 changed, inverse {inverse}"
+                        lat.cone(&changed, direction),
+                        cone_by_scanning(&lat, &changed, direction),
+                        "L={size}, {density}/1024 changed, {direction:?}"
                     );
                 }
             }
@@ -397,7 +401,7 @@ mod tests {
             let lat = MeraLattice::new(size, 4);
             let mut changed = vec![false; size * size];
             changed[(size / 2 + 1) * size + size / 2 + 1] = true;
-            let (dirty, reached) = lat.cone(&changed, false);
+            let (dirty, reached) = lat.cone(&changed, Direction::Forward);
             // The changed region grows by about one block per sub-layer while
             // blocks double in size per level: at most 3×3 blocks per sub-layer.
             let counts: Vec<usize> = dirty.iter().map(Vec::len).collect();

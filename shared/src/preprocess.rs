@@ -2,19 +2,11 @@
 //! authors' `logit_transform` and training loss.
 
 use burn::prelude::*;
-use burn::tensor::Distribution;
 
-/// Uniform dequantisation of 8-bit data: `x01` holds `k/255`, the result
-/// `(255·x01 + u) / 256` with `u ~ U[0, 1)` drawn on the tensor's device.
-///
-/// `[B, C, L, L] -> [B, C, L, L]`.
-pub fn dequantize(x01: Tensor<4>) -> Tensor<4> {
-    let noise = x01.random_like(Distribution::Uniform(0.0, 1.0));
-    (x01.mul_scalar(255.0) + noise).div_scalar(256.0)
-}
-
-/// [`dequantize`] of one value on the host: the 8-bit level `k` (0–255) with
-/// uniform noise `u ∈ [0, 1)` becomes `(k + u)/256`.
+/// Uniform dequantisation of 8-bit data, the authors' `(255·x + u) / 256`:
+/// the level `k` (0–255) with noise `u ∈ [0, 1)` becomes `(k + u)/256`
+/// (`u ~ U[0, 1)` in training, `u = 1/2` for a bin's centre). Done on the
+/// host, where the data loader has the bytes.
 pub fn dequantize_level(k: f32, u: f32) -> f32 {
     (k + u) / 256.0
 }

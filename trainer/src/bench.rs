@@ -15,7 +15,6 @@ use rgflow::{CpuDecoder, LevelTemperatures};
 use crate::backend::{BackendChoice, select};
 use crate::model_args::ModelArgs;
 use crate::optim::{ClippedAdamW, clip_factor, global_norm};
-use crate::sample::PrecisionArg;
 
 /// Arguments of `trainer bench`.
 #[derive(Debug, Args)]
@@ -48,8 +47,8 @@ pub struct BenchArgs {
     pub stack: StackPath,
     /// Number type of the fused stacks' matrix products in training (as
     /// `train --precision`).
-    #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
-    pub precision: PrecisionArg,
+    #[arg(long, value_enum, default_value_t = ProductPrecision::F32)]
+    pub precision: ProductPrecision,
 }
 
 /// See [`BenchArgs::stack`].
@@ -74,7 +73,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     model = rgflow::testing::jitter_parameters(model, 0.02, 7);
     model.set_fused_stacks(args.stack == StackPath::Fused);
     // The precision the stacks' products run in here (bf16 only where the CPU has it).
-    let stack_precision = ProductPrecision::from(args.precision).on_this_cpu();
+    let stack_precision = args.precision.on_this_cpu();
     model.set_stack_precision(stack_precision);
     let mut optim = ClippedAdamW::new(5e-2);
     let dims = [args.batch, config.channels, config.image_size, config.image_size];

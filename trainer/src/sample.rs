@@ -41,32 +41,14 @@ pub struct SampleArgs {
     /// Number type of the networks' matrix products when decoding on the
     /// CPU: `bf16` is ~1.6× faster on CPUs with AVX512-BF16 (~2.8× with AMX)
     /// and moves pixels by about half a level of 255 on average.
-    #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
-    pub precision: PrecisionArg,
-}
-
-/// `--precision` values (of `sample`, `train` and `bench`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PrecisionArg {
-    #[default]
-    F32,
-    Bf16,
-}
-
-impl From<PrecisionArg> for ProductPrecision {
-    fn from(arg: PrecisionArg) -> Self {
-        match arg {
-            PrecisionArg::F32 => ProductPrecision::F32,
-            PrecisionArg::Bf16 => ProductPrecision::Bf16,
-        }
-    }
+    #[arg(long, value_enum, default_value_t = ProductPrecision::F32)]
+    pub precision: ProductPrecision,
 }
 
 pub fn run(args: SampleArgs) -> anyhow::Result<()> {
     let (device, backend_name) = select(args.backend)?;
     let model = load_model_with(&resolve_model_path(args.model)?, &device, args.weights)?;
-    let precision = ProductPrecision::from(args.precision);
+    let precision = args.precision;
     // On the CPU the packed decoder gives the same images (f32) faster.
     // On a GPU the fused decoder runs a sub-layer per launch.
     if precision == ProductPrecision::Bf16 && !rgflow::host_memory(&device) {

@@ -25,7 +25,6 @@ use crate::model_args::ModelArgs;
 use crate::model_io::save_grid;
 use crate::optim::{ClippedAdamW, Decay, LrSchedule, clip_factor};
 use crate::parallel::{self, StepGradients};
-use crate::sample::PrecisionArg;
 
 /// Arguments of `trainer train`.
 #[derive(Debug, Args)]
@@ -126,8 +125,8 @@ pub struct TrainArgs {
     /// elsewhere), and without AMX not all of them faster: 1.23× on an AMD
     /// Zen 4, 0.76× on a Xeon with only `vdpbf16ps` (`trainer bench
     /// --precision bf16` tells). Part of the run's settings.
-    #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
-    pub precision: PrecisionArg,
+    #[arg(long, value_enum, default_value_t = ProductPrecision::F32)]
+    pub precision: ProductPrecision,
     /// No progress bar (logs only).
     #[arg(long)]
     pub quiet: bool,
@@ -158,7 +157,7 @@ pub struct Settings {
     pub seed: u64,
     /// Runs from before bf16 products were f32.
     #[serde(default)]
-    pub precision: PrecisionArg,
+    pub precision: ProductPrecision,
 }
 
 fn constant_schedule() -> LrSchedule {
@@ -628,7 +627,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     }
     let checkpoint_path = args.out.join(CHECKPOINT);
     let mut run = Run::open(fresh, args.resume, args.init_from.as_deref(), &checkpoint_path, &devices[0])?;
-    let precision = ProductPrecision::from(run.settings.precision);
+    let precision = run.settings.precision;
     if precision != precision.on_this_cpu() {
         eprintln!("note: this CPU has no AVX512-BF16, so bf16 products would only be slower; training in f32");
     }
@@ -871,7 +870,7 @@ mod tests {
             weight_decay: 0.0,
             clip_grad: 1.0,
             seed: 3,
-            precision: PrecisionArg::F32,
+            precision: ProductPrecision::F32,
         };
         let ckpt = dir.path().join(CHECKPOINT);
         let run = Run::open(settings.clone(), false, None, &ckpt, &device).unwrap();

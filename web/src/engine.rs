@@ -13,7 +13,7 @@ use rgflow::explore::factors::{LatentSite, random_walk};
 use rgflow::explore::inpaint::{ConeSampler, SampleOptions};
 use rgflow::explore::levels::{level_values, mix_levels, with_level_values};
 use rgflow::explore::receptive::receptive_field_tensor;
-use rgflow::{LevelTemperatures, PackedFlow, RgFlow, RgFlowConfig};
+use rgflow::{LevelTemperatures, PackedFlow, RgFlow, RgFlowConfig, preprocess};
 
 use crate::backend::BackendKind;
 use crate::error::{Result, WebError};
@@ -143,11 +143,10 @@ impl Engine {
     /// Encodes an image (`[0, 1]` values) and scores it: the face and its
     /// bits per dimension at the centre of every quantisation bin.
     pub async fn encode(&self, x01: Vec<f32>) -> Result<(Face, f64)> {
-        let x = self.tensor(x01.clone(), 1)?;
-        let z = self.flow.encode(x.clone());
+        let z = self.flow.encode(self.tensor(x01.clone(), 1)?);
         // Centre of the 256 bins: the image as a dequantised sample would see it.
-        let centred = x.mul_scalar(255.0 / 256.0).add_scalar(0.5 / 256.0);
-        let bpd = self.flow.bits_per_dim(centred);
+        let centred = x01.iter().map(|&v| preprocess::dequantize_level(preprocess::to_level(v), 0.5)).collect();
+        let bpd = self.flow.bits_per_dim(self.tensor(centred, 1)?);
         let z = read(z).await?;
         let bpd = read(bpd).await?[0] as f64;
         Ok((Face { x01, z }, bpd))

@@ -161,7 +161,7 @@ impl RgFlow {
     /// An inverse pass that runs only the given blocks (per sub-layer, as
     /// [`crate::MeraLattice::cone`] lists them) and passes every other site
     /// through. Exact at every site whose value depends on those blocks alone:
-    /// for the blocks of `cone(marked, false)`, at the `marked` sites — the
+    /// for the blocks of `cone(marked, Direction::Forward)`, at the `marked` sites — the
     /// blocks a pixel depends on in the inverse pass are the blocks its
     /// forward cone reaches. Elsewhere the output means nothing.
     ///
@@ -178,7 +178,7 @@ impl RgFlow {
     /// blocks the change reaches.
     pub fn update_cached(&self, cache: &FlowCache, input: Tensor<4>, changed: &[bool]) -> (FlowCache, LocalStats) {
         let [b, c, h, w] = input.dims();
-        let (dirty, _) = self.lattice().cone(changed, cache.direction == Direction::Inverse);
+        let (dirty, _) = self.lattice().cone(changed, cache.direction);
         self.run_blocks(cache.direction, input.reshape([b, c * h * w]), &dirty, Some((cache, changed)))
     }
 }
@@ -277,7 +277,7 @@ mod tests {
                 hole[r * size + c] = true;
             }
         }
-        let (blocks, _) = f.lattice().cone(&hole, false);
+        let (blocks, _) = f.lattice().cone(&hole, Direction::Forward);
         let total = f.lattice().num_blocks();
         let run: usize = blocks.iter().map(Vec::len).sum();
         assert!(run < total / 2, "{run} of {total} blocks");

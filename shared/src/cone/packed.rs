@@ -419,7 +419,7 @@ mod tests {
         let full = packed.run_cached(Direction::Inverse, &z);
         let mut hole = vec![false; size * size];
         (12..18).flat_map(|r| (3..7).map(move |c| r * size + c)).for_each(|s| hole[s] = true);
-        let (blocks, _) = f.lattice().cone(&hole, false);
+        let (blocks, _) = f.lattice().cone(&hole, Direction::Forward);
         let mut part = z.clone();
         packed.inverse_blocks(&mut part, &blocks);
         let plane = size * size;

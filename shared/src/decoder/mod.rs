@@ -40,9 +40,12 @@ use pack::PackedStack;
 use tile::Workspace;
 
 /// Number type of the s/t networks' matrix products.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+#[serde(rename_all = "lowercase")]
 pub enum ProductPrecision {
     /// f32 throughout (matches [`RgFlow::decode`] to rounding).
+    #[default]
     F32,
     /// bfloat16 weights and activations into f32 accumulators.
     Bf16,

@@ -306,7 +306,7 @@ fn coupling(t: &[FlexTensor], direction: Direction) -> cpu::Coupling<'_> {
         s_scale: f32s(&t[3]),
         t_scale: f32s(&t[4]),
         mask: f32s(&t[5]),
-        inverse: direction == Direction::Inverse,
+        direction,
     }
 }
 

@@ -11,7 +11,7 @@
 
 use std::ops::Range;
 
-use crate::coupling::checkerboard_masks;
+use crate::coupling::{HALVES, Squares, checkerboard_masks};
 
 /// The s or t network of a coupling layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,14 +145,15 @@ impl StackLayout {
     }
 
     /// `(conditioning, updated)` block positions of each half of a coupling
-    /// layer, in the forward order: the first half conditions on the
-    /// checkerboard's `left` squares and updates the `right` ones, the
-    /// second the reverse.
+    /// layer, in the forward order ([`HALVES`]).
     pub fn halves(&self) -> [(Vec<usize>, Vec<usize>); 2] {
         let (left, _) = checkerboard_masks(self.channels, self.kernel_size);
         let positions = |on: bool| (0..left.len()).filter(|&i| (left[i] == 1.0) == on).collect::<Vec<_>>();
         let (left, right) = (positions(true), positions(false));
-        [(left.clone(), right.clone()), (right, left)]
+        HALVES.map(|squares| match squares {
+            Squares::Left => (left.clone(), right.clone()),
+            Squares::Right => (right.clone(), left.clone()),
+        })
     }
 }
 

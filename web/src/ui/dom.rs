@@ -62,7 +62,7 @@ pub fn draw_tiles(canvas: &HtmlCanvasElement, tiles: &[&[f32]], channels: usize,
             let o = ((y0 + p / size) * w + x0 + p % size) * 4;
             for c in 0..3 {
                 let v = tile[(if channels == 1 { 0 } else { c }) * plane + p];
-                rgba[o + c] = (v.clamp(0.0, 1.0) * 255.0).round() as u8;
+                rgba[o + c] = rgflow::preprocess::to_level(v) as u8;
             }
         }
     }

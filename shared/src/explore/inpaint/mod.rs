@@ -22,7 +22,7 @@ pub use map::{InpaintOptions, InpaintResult, Inpainter, inpaint};
 pub use sample::{ConeSampler, SampleOptions};
 
 use crate::error::{Error, Result};
-use crate::flow::RgFlow;
+use crate::flow::{Direction, RgFlow};
 
 /// The harmonic fill of the sites marked in `unknown` (`[L²]`) of `x: [C, L, L]`:
 /// every hole pixel the mean of its in-image 4-neighbours (Laplace's equation
@@ -97,7 +97,7 @@ impl Hole {
         // The blocks whose forward output depends on a hole pixel are exactly
         // the blocks the hole pixels depend on in the inverse pass (every
         // block's Jacobian is dense, so both are the same chains of blocks).
-        let (cone_blocks, cone_sites) = flow.lattice().cone(unknown, false);
+        let (cone_blocks, cone_sites) = flow.lattice().cone(unknown, Direction::Forward);
         Ok(Self { unknown: unknown.to_vec(), elements, cone_blocks, cone_sites })
     }
 

@@ -7,6 +7,7 @@ use multiversion::multiversion;
 use multiversion::target::target_cfg_f;
 
 use super::{exp, for_rows, tanh};
+use crate::flow::Direction;
 
 /// The inputs of one affine coupling update, all `f32` slices:
 /// `x, s_raw, t_raw: [M, F]`, `s_scale, t_scale, mask: [F]`.
@@ -22,7 +23,7 @@ pub struct Coupling<'a> {
     pub s_scale: &'a [f32],
     pub t_scale: &'a [f32],
     pub mask: &'a [f32],
-    pub inverse: bool,
+    pub direction: Direction,
 }
 
 impl Coupling<'_> {
@@ -61,7 +62,7 @@ fn coupling_rows<'a>(c: Coupling<'a>, y: &mut [MaybeUninit<f32>]) {
     let per_feature = || c.s_scale.iter().zip(c.t_scale).zip(c.mask);
     let rows = c.x.chunks_exact(f).zip(c.s_raw.chunks_exact(f)).zip(c.t_raw.chunks_exact(f)).zip(y.chunks_exact_mut(f));
     // Two loops rather than a branch per element, so each vectorises.
-    if c.inverse {
+    if c.direction == Direction::Inverse {
         for (((x, sr), tr), y) in rows {
             for ((((x, sr), tr), y), ((a, b), m)) in x.iter().zip(sr).zip(tr).zip(y).zip(per_feature()) {
                 let t = tr * b * m;
@@ -114,7 +115,7 @@ fn coupling_backward_rows<'a>(
             let s = th * m;
             let t = tr * b * m;
             // ∂y/∂x, and ∂L/∂s and ∂L/∂t for each direction.
-            let (dx, g_s, g_t) = if c.inverse {
+            let (dx, g_s, g_t) = if c.direction == Direction::Inverse {
                 let e = exp::<FMA>(-s);
                 let y = (x - t) * e;
                 (e, -gy * y, -gy * e)
@@ -214,7 +215,8 @@ mod tests {
         let gy = values(m * f, 8, 1.0);
         let gl = values(m, 9, 1.0);
 
-        for inverse in [false, true] {
+        for direction in [Direction::Forward, Direction::Inverse] {
+            let inverse = direction == Direction::Inverse;
             let c = Coupling {
                 x: &x,
                 s_raw: &s_raw,
@@ -222,7 +224,7 @@ mod tests {
                 s_scale: &s_scale,
                 t_scale: &t_scale,
                 mask: &mask,
-                inverse,
+                direction,
             };
             let y = coupling_update(c);
             let log_scale = coupling_log_scale(&s_raw, &s_scale, &mask);
