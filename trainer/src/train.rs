@@ -535,9 +535,24 @@ impl Run {
 struct Report {
     log: std::fs::File,
     progress: ProgressBar,
+    /// Non-finite steps in a row, up to the last reported.
+    bad_in_a_row: u64,
 }
 
 impl Report {
+    /// Appends to `out`'s log; the bar counts to `total_steps` (none when
+    /// `quiet` or unbounded) from `step`.
+    fn open(out: &Path, total_steps: u64, quiet: bool, step: u64) -> anyhow::Result<Self> {
+        let progress =
+            if quiet || total_steps == u64::MAX { ProgressBar::hidden() } else { ProgressBar::new(total_steps) };
+        progress.set_style(
+            ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  ETA {eta}").expect("valid template"),
+        );
+        progress.set_position(step);
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(out.join(LOG))?;
+        Ok(Self { log, progress, bad_in_a_row: 0 })
+    }
+
     fn write(&mut self, line: &LogLine) -> anyhow::Result<()> {
         if let (Some(raw), "epoch" | "eval") = (line.bpd, line.event.as_str()) {
             let mut message = format!(
@@ -554,19 +569,12 @@ impl Report {
         Ok(writeln!(self.log, "{}", serde_json::to_string(line)?)?)
     }
 
-    /// Logs checked steps, counting the non-finite ones in a row into
-    /// `bad_in_a_row`; fails at `max_bad` of them, naming `checkpoint`.
-    fn steps(
-        &mut self,
-        outcomes: &[StepOutcome],
-        rate: f64,
-        bad_in_a_row: &mut u64,
-        max_bad: u64,
-        checkpoint: &Path,
-    ) -> anyhow::Result<()> {
+    /// Logs checked steps, counting the non-finite ones in a row; fails at
+    /// `max_bad` of them, naming `checkpoint`.
+    fn steps(&mut self, outcomes: &[StepOutcome], rate: f64, max_bad: u64, checkpoint: &Path) -> anyhow::Result<()> {
         for step in outcomes {
             let ((mean, std), at) = (step.bpd, step.at);
-            *bad_in_a_row = if step.applied { 0 } else { *bad_in_a_row + 1 };
+            self.bad_in_a_row = if step.applied { 0 } else { self.bad_in_a_row + 1 };
             if !step.applied {
                 self.progress.println(format!(
                     "step {}: loss {mean}, gradient norm {:?}: not finite, step skipped",
@@ -588,17 +596,164 @@ impl Report {
                 seconds: at.seconds,
                 ..LogLine::default()
             })?;
-            if *bad_in_a_row >= max_bad {
+            if self.bad_in_a_row >= max_bad {
                 bail!(
-                    "{bad_in_a_row} steps in a row had a non-finite loss or gradient (the last at step {}); stopped without saving. The last good checkpoint ({}) is at or before step {}. Try a lower --lr or a longer --warmup-steps.",
+                    "{} steps in a row had a non-finite loss or gradient (the last at step {}); stopped without saving. The last good checkpoint ({}) is at or before step {}. Try a lower --lr or a longer --warmup-steps.",
+                    self.bad_in_a_row,
                     at.step,
                     checkpoint.display(),
-                    at.step - *bad_in_a_row
+                    at.step - self.bad_in_a_row
                 );
             }
         }
         Ok(())
     }
+}
+
+/// This session's steps: each read back at once (`check_every` 1, the
+/// CPU), or in stretches applied unchecked and read together (a GPU).
+struct Stepper {
+    check_every: u64,
+    /// Steps applied since the last read.
+    unchecked: Option<Unchecked>,
+    images: u64,
+    start: Instant,
+}
+
+impl Stepper {
+    fn new(check_every: u64) -> Self {
+        Self { check_every, unchecked: None, images: 0, start: Instant::now() }
+    }
+
+    /// One step on `batch`; returns the steps read back now: this one, or a
+    /// whole stretch once it is `check_every` long or `due(run)` says it
+    /// must be read (a checkpoint, a stop, the end) — none while a stretch
+    /// runs on.
+    fn step(
+        &mut self,
+        mut run: Run,
+        batch: Batch,
+        devices: &[Device],
+        due: impl Fn(&Run) -> bool,
+    ) -> (Run, Vec<StepOutcome>) {
+        self.images += batch.len as u64;
+        if self.check_every == 1 {
+            let step;
+            (run, step) = run.step(batch, devices);
+            return (run, vec![step]);
+        }
+        let stretch = self.unchecked.get_or_insert_with(|| Unchecked { start: run.clone(), steps: Vec::new() });
+        let step;
+        (run, step) = run.step_unchecked(&batch, devices);
+        stretch.steps.push((batch, step));
+        if stretch.steps.len() as u64 >= self.check_every || due(&run) {
+            self.flush(run, devices)
+        } else {
+            (run, Vec::new())
+        }
+    }
+
+    /// The open stretch's steps read back (none when there is none).
+    fn flush(&mut self, run: Run, devices: &[Device]) -> (Run, Vec<StepOutcome>) {
+        match self.unchecked.take() {
+            Some(stretch) => stretch.check(run, devices),
+            None => (run, Vec::new()),
+        }
+    }
+
+    /// Images per second this session.
+    fn rate(&self) -> f64 {
+        self.images as f64 / self.start.elapsed().as_secs_f64()
+    }
+}
+
+impl Run {
+    /// Sets the products' precision the settings ask for, saying when this
+    /// CPU runs another or when bf16 would be the faster choice.
+    fn set_precision(&mut self, resume: bool, device: &Device) {
+        let precision = self.settings.precision;
+        if precision != precision.on_this_cpu() {
+            eprintln!("note: this CPU has no AVX512-BF16, so bf16 products would only be slower; training in f32");
+        }
+        let amx = Isa::detect() == Isa::Amx;
+        if !resume && precision == ProductPrecision::F32 && amx && rgflow::kernels::has_fused_stack(device) {
+            eprintln!(
+                "note: this CPU has AMX: --precision bf16 trains ~1.7x faster here, with held-out bits/dim within \
+                 run-to-run noise of f32 (README, Benchmarks)"
+            );
+        }
+        self.model.set_stack_precision(precision);
+    }
+
+    /// The training and held-out loaders of `data`; the training images'
+    /// fingerprint is recorded, or checked against the run's on a resume.
+    fn open_data(
+        &mut self,
+        data: &[SourceSpec],
+        eval_images: usize,
+        workers: usize,
+        checkpoint: &Path,
+    ) -> anyhow::Result<(Loader, Option<Loader>)> {
+        let config = &self.settings.config;
+        let dataset = data::open(data)?;
+        for d in &dataset.descriptions {
+            eprintln!("data: {d}");
+        }
+        let train_items = dataset.split(Split::Train)?.to_vec();
+        // Resuming on other images would not be the run it claims to continue.
+        let fingerprint = data::fingerprint(&train_items);
+        match &self.state.data_fingerprint {
+            Some(f) if *f != fingerprint => bail!(
+                "--resume: the training images differ from the run's ({} now; files added, removed or renamed since the run started). Restore them or start a new run (--init-from {} keeps the weights).",
+                train_items.len(),
+                checkpoint.display()
+            ),
+            _ => self.state.data_fingerprint = Some(fingerprint),
+        }
+        let seed = self.settings.seed;
+        let loader = Loader::new(train_items, config.image_size, config.channels, seed, workers);
+        let test_loader = (eval_images > 0 && !dataset.test.is_empty()).then(|| {
+            let n = eval_images.min(dataset.test.len());
+            Loader::new(dataset.test[..n].to_vec(), config.image_size, config.channels, seed, workers)
+        });
+        Ok((loader, test_loader))
+    }
+
+    /// Closes an epoch: a grid of samples (from the weights' average where
+    /// there is one) into `out/samples/`, the held-out score on `test`, and
+    /// a checkpoint at the next epoch's start.
+    fn end_epoch(
+        &mut self,
+        out: &Path,
+        test: Option<&Loader>,
+        report: &mut Report,
+        checkpoint: &Path,
+    ) -> anyhow::Result<()> {
+        let sampler = self.average.as_ref().map_or_else(|| self.model.valid(), |a| a.model().clone());
+        let temperatures = LevelTemperatures::uniform(self.settings.config.levels(), 0.8);
+        let device = &sampler.devices()[0];
+        let z = sampler.sample_latents(64, &temperatures, self.settings.seed ^ self.state.epoch, device)?;
+        // The device's fastest decoder (packed on the CPU, fused on a GPU).
+        let samples = rgflow::Decoder::for_device(&sampler, device, ProductPrecision::F32)?.decode(z);
+        save_grid(samples, 8, 2, &out.join("samples").join(format!("epoch-{:04}.png", self.state.epoch + 1)))?;
+        report.write(&self.held_out("epoch", test)?)?;
+        self.state.epoch += 1;
+        self.state.cursor = 0;
+        self.save(checkpoint)
+    }
+}
+
+/// Set by the first Ctrl-C (or SIGTERM): the run saves and stops after its
+/// step. A second one while saving falls through to the default (kill).
+fn stop_on_ctrl_c() -> Arc<AtomicBool> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let _ = ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+    });
+    stop
 }
 
 /// The run folder's store of CubeCL's measurements on a GPU (autotune).
@@ -607,7 +762,9 @@ pub(crate) const GPU_TUNING: &str = "gpu-tuning";
 /// Steps read back at once on a GPU when `--check-every` is 0.
 pub(crate) const GPU_CHECK_EVERY: u64 = 16;
 
-/// Runs `trainer train`.
+/// Runs `trainer train`: opens or resumes the run, then steps through
+/// epochs, each closed by [`Run::end_epoch`], until the steps, epochs or
+/// minutes asked for are done or Ctrl-C stops it.
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let (devices, backend_name) = select_devices(args.backend, usize::from(args.devices))?;
     let check_every = match args.check_every {
@@ -627,44 +784,12 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     }
     let checkpoint_path = args.out.join(CHECKPOINT);
     let mut run = Run::open(fresh, args.resume, args.init_from.as_deref(), &checkpoint_path, &devices[0])?;
-    let precision = run.settings.precision;
-    if precision != precision.on_this_cpu() {
-        eprintln!("note: this CPU has no AVX512-BF16, so bf16 products would only be slower; training in f32");
-    }
-    let amx = Isa::detect() == Isa::Amx;
-    if !args.resume && precision == ProductPrecision::F32 && amx && rgflow::kernels::has_fused_stack(&devices[0]) {
-        eprintln!(
-            "note: this CPU has AMX: --precision bf16 trains ~1.7x faster here, with held-out bits/dim within \
-             run-to-run noise of f32 (README, Benchmarks)"
-        );
-    }
-    run.model.set_stack_precision(precision);
+    run.set_precision(args.resume, &devices[0]);
     if args.resume {
         eprintln!("resuming {} at step {} (epoch {})", args.out.display(), run.state.step, run.state.epoch);
     }
+    let (loader, test_loader) = run.open_data(&args.data, args.eval_images, args.workers, &checkpoint_path)?;
 
-    let config = run.settings.config.clone();
-    let dataset = data::open(&args.data)?;
-    for d in &dataset.descriptions {
-        eprintln!("data: {d}");
-    }
-    let train_items = dataset.split(Split::Train)?.to_vec();
-    // Resuming on other images would not be the run it claims to continue.
-    let fingerprint = data::fingerprint(&train_items);
-    match &run.state.data_fingerprint {
-        Some(f) if *f != fingerprint => bail!(
-            "--resume: the training images differ from the run's ({} now; files added, removed or renamed since the run started). Restore them or start a new run (--init-from {} keeps the weights).",
-            train_items.len(),
-            checkpoint_path.display()
-        ),
-        _ => run.state.data_fingerprint = Some(fingerprint),
-    }
-    let seed = run.settings.seed;
-    let loader = Loader::new(train_items, config.image_size, config.channels, seed, args.workers);
-    let test_loader = (args.eval_images > 0 && !dataset.test.is_empty()).then(|| {
-        let n = args.eval_images.min(dataset.test.len());
-        Loader::new(dataset.test[..n].to_vec(), config.image_size, config.channels, seed, args.workers)
-    });
     let batch_size = run.settings.batch;
     let batches_per_epoch = loader.len().div_ceil(batch_size) as u64;
     let total_steps =
@@ -681,30 +806,9 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         }
     );
 
-    let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        // A second Ctrl-C while saving falls through to the default (kill).
-        let _ = ctrlc::set_handler(move || {
-            if stop.swap(true, Ordering::SeqCst) {
-                std::process::exit(130);
-            }
-        });
-    }
-    let progress =
-        if args.quiet || total_steps == u64::MAX { ProgressBar::hidden() } else { ProgressBar::new(total_steps) };
-    progress.set_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  ETA {eta}").expect("valid template"),
-    );
-    progress.set_position(run.state.step);
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(args.out.join(LOG))?;
-    let mut report = Report { log, progress };
-
-    let mut session_images = 0u64;
-    let session_start = Instant::now();
-    let mut bad_in_a_row = 0u64;
-    // Steps applied since the last read (see `--check-every`).
-    let mut unchecked: Option<Unchecked> = None;
+    let stop = stop_on_ctrl_c();
+    let mut report = Report::open(&args.out, total_steps, args.quiet, run.state.step)?;
+    let mut steps = Stepper::new(check_every);
     let mut stopped = false;
     let mut evaluated_at = None;
     // A fresh run's first point on its learning curve: where it starts from.
@@ -713,36 +817,21 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         evaluated_at = Some(run.state.step);
     }
     let done = |state: &TrainState| state.step >= total_steps || state.train_seconds >= time_limit;
+    let checkpoint_due = |state: &TrainState| state.step.is_multiple_of(args.checkpoint_every);
     'epochs: while !done(&run.state) {
         let options = EpochOptions { shuffle: true, flip: true, dequantize: true, batch_size };
         let mut batches_this_epoch = 0u64;
         for batch in loader.epoch(run.state.epoch, run.state.cursor, options) {
-            let batch = batch?;
             batches_this_epoch += 1;
-            session_images += batch.len as u64;
-            let outcomes = if check_every == 1 {
-                let step;
-                (run, step) = run.step(batch, &devices);
-                vec![step]
-            } else {
-                let stretch = unchecked.get_or_insert_with(|| Unchecked { start: run.clone(), steps: Vec::new() });
-                let step;
-                (run, step) = run.step_unchecked(&batch, &devices);
-                stretch.steps.push((batch, step));
-                let due = stretch.steps.len() as u64 >= check_every
-                    || run.state.step % args.checkpoint_every == 0
-                    || stop.load(Ordering::SeqCst)
-                    || done(&run.state);
-                if !due {
-                    continue;
-                }
-                let outcomes;
-                (run, outcomes) = unchecked.take().expect("a stretch is open").check(run, &devices);
-                outcomes
-            };
-            let rate = session_images as f64 / session_start.elapsed().as_secs_f64();
-            report.steps(&outcomes, rate, &mut bad_in_a_row, args.max_bad_steps, &checkpoint_path)?;
-            if run.state.step % args.checkpoint_every == 0 && bad_in_a_row == 0 {
+            let outcomes;
+            (run, outcomes) = steps.step(run, batch?, &devices, |run| {
+                checkpoint_due(&run.state) || stop.load(Ordering::SeqCst) || done(&run.state)
+            });
+            if outcomes.is_empty() {
+                continue;
+            }
+            report.steps(&outcomes, steps.rate(), args.max_bad_steps, &checkpoint_path)?;
+            if checkpoint_due(&run.state) && report.bad_in_a_row == 0 {
                 run.save(&checkpoint_path)?;
             }
             if stop.load(Ordering::SeqCst) {
@@ -754,12 +843,9 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             }
         }
         // The epoch is complete: its last steps checked first.
-        if let Some(stretch) = unchecked.take() {
-            let outcomes;
-            (run, outcomes) = stretch.check(run, &devices);
-            let rate = session_images as f64 / session_start.elapsed().as_secs_f64();
-            report.steps(&outcomes, rate, &mut bad_in_a_row, args.max_bad_steps, &checkpoint_path)?;
-        }
+        let outcomes;
+        (run, outcomes) = steps.flush(run, &devices);
+        report.steps(&outcomes, steps.rate(), args.max_bad_steps, &checkpoint_path)?;
         if batches_this_epoch == 0 && run.state.cursor == 0 {
             bail!(
                 "epoch {} of the training split gave no images: all {} are unreadable (e.g. {})",
@@ -768,18 +854,8 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
                 loader.stats().examples().join("; ")
             );
         }
-        let sampler = run.average.as_ref().map_or_else(|| run.model.valid(), |a| a.model().clone());
-        let temperatures = LevelTemperatures::uniform(config.levels(), 0.8);
-        let device = &sampler.devices()[0];
-        let z = sampler.sample_latents(64, &temperatures, seed ^ run.state.epoch, device)?;
-        // The device's fastest decoder (packed on the CPU, fused on a GPU).
-        let samples = rgflow::Decoder::for_device(&sampler, device, ProductPrecision::F32)?.decode(z);
-        save_grid(samples, 8, 2, &args.out.join("samples").join(format!("epoch-{:04}.png", run.state.epoch + 1)))?;
-        report.write(&run.held_out("epoch", test_loader.as_ref())?)?;
+        run.end_epoch(&args.out, test_loader.as_ref(), &mut report, &checkpoint_path)?;
         evaluated_at = Some(run.state.step);
-        run.state.epoch += 1;
-        run.state.cursor = 0;
-        run.save(&checkpoint_path)?;
     }
     run.save(&checkpoint_path)?;
     // A run that ends inside an epoch is evaluated where it ends too, so
@@ -855,12 +931,8 @@ fn evaluate(model: &RgFlow, loader: &Loader, batch: usize) -> anyhow::Result<(f6
 mod tests {
     use super::*;
 
-    /// Open, step, save and resume, without the CLI.
-    #[test]
-    fn a_run_steps_saves_and_resumes() {
-        let dir = tempfile::tempdir().unwrap();
-        let device = Device::flex().autodiff();
-        let settings = Settings {
+    fn tiny_settings() -> Settings {
+        Settings {
             config: RgFlowConfig::from_level_specs(8, 3, "1", "1", "1", "8").unwrap(),
             data: vec!["test".into()],
             batch: 4,
@@ -871,11 +943,24 @@ mod tests {
             clip_grad: 1.0,
             seed: 3,
             precision: ProductPrecision::F32,
-        };
+        }
+    }
+
+    /// A batch of 4 of [`tiny_settings`]' 8×8 colour images, the `n`-th.
+    fn batch(n: usize) -> Batch {
+        let x01 = (0..4 * 192).map(|i| (((i + 7 * n) * 37 % 251) as f32 + 0.5) / 256.0).collect();
+        Batch { x01, len: 4, cursor: 4 * (n + 1) }
+    }
+
+    /// Open, step, save and resume, without the CLI.
+    #[test]
+    fn a_run_steps_saves_and_resumes() {
+        let dir = tempfile::tempdir().unwrap();
+        let device = Device::flex().autodiff();
+        let settings = tiny_settings();
         let ckpt = dir.path().join(CHECKPOINT);
         let run = Run::open(settings.clone(), false, None, &ckpt, &device).unwrap();
-        let x01: Vec<f32> = (0..4 * 192).map(|i| ((i * 37 % 251) as f32 + 0.5) / 256.0).collect();
-        let (run, step) = run.step(Batch { x01, len: 4, cursor: 4 }, std::slice::from_ref(&device));
+        let (run, step) = run.step(batch(0), std::slice::from_ref(&device));
         assert!(step.applied && step.bpd.0.is_finite() && step.grad_norm.is_some_and(f64::is_finite));
         assert_eq!(step.lr, 5e-4, "the first of two warm-up steps");
         assert_eq!((run.state.step, run.state.cursor, run.state.images_seen), (1, 4, 4));
@@ -888,5 +973,60 @@ mod tests {
         assert!(refused(Run::open(settings.clone(), false, None, &ckpt, &device)).contains("--resume"));
         let other = Settings { batch: 8, ..settings };
         assert!(refused(Run::open(other, true, None, &ckpt, &device)).contains("differ"));
+    }
+
+    /// Steps read in stretches: nothing until `check_every` steps or a due
+    /// read, then the stretch's steps in order; a flush reads the rest. The
+    /// run is the one that reads every step.
+    #[test]
+    fn unchecked_steps_are_read_in_stretches() {
+        let dir = tempfile::tempdir().unwrap();
+        let devices = [Device::flex().autodiff()];
+        let open = |name: &str| Run::open(tiny_settings(), false, None, &dir.path().join(name), &devices[0]).unwrap();
+        let (mut every, mut stretched) = (Stepper::new(1), Stepper::new(3));
+        let (mut a, mut b) = (open("a"), open("b"));
+        let mut read = Vec::new();
+        for n in 0..5 {
+            let (outcomes_a, outcomes_b);
+            (a, outcomes_a) = every.step(a, batch(n), &devices, |_| false);
+            assert_eq!(outcomes_a.len(), 1);
+            (b, outcomes_b) = stretched.step(b, batch(n), &devices, |run| run.state.step == 5);
+            read.push(outcomes_b.iter().map(|o| o.at.step).collect::<Vec<_>>());
+        }
+        assert_eq!(read, [vec![], vec![], vec![1, 2, 3], vec![], vec![4, 5]], "a stretch of 3, then a due read");
+        (b, _) = stretched.step(b, batch(5), &devices, |_| false);
+        let flushed;
+        (b, flushed) = stretched.flush(b, &devices);
+        assert_eq!(flushed.iter().map(|o| o.at.step).collect::<Vec<_>>(), [6]);
+        assert!(stretched.flush(b.clone(), &devices).1.is_empty(), "nothing left to read");
+        (a, _) = every.step(a, batch(5), &devices, |_| false);
+        let config = tiny_settings().config;
+        let latents = |run: &Run| {
+            let x = images_tensor(batch(9).x01, 4, &config, &Device::flex());
+            run.model.valid().encode(x).into_data().try_to_vec::<f32>().unwrap()
+        };
+        assert!(latents(&a) == latents(&b), "the same steps either way");
+        assert!(every.rate() > 0.0);
+    }
+
+    /// An epoch's end writes its sample grid and held-out line, and saves
+    /// a checkpoint at the next epoch's start.
+    #[test]
+    fn an_epoch_end_samples_reports_and_saves() {
+        let dir = tempfile::tempdir().unwrap();
+        let device = Device::flex().autodiff();
+        let ckpt = dir.path().join(CHECKPOINT);
+        let mut run = Run::open(tiny_settings(), false, None, &ckpt, &device).unwrap();
+        (run, _) = run.step(batch(0), std::slice::from_ref(&device));
+        let mut report = Report::open(dir.path(), 10, true, run.state.step).unwrap();
+        run.end_epoch(dir.path(), None, &mut report, &ckpt).unwrap();
+        assert_eq!((run.state.epoch, run.state.cursor), (1, 0));
+        let grid = image::open(dir.path().join("samples").join("epoch-0001.png")).unwrap();
+        assert_eq!(grid.width(), grid.height(), "an 8 × 8 grid");
+        let log = std::fs::read_to_string(dir.path().join(LOG)).unwrap();
+        let line: LogLine = serde_json::from_str(log.lines().last().unwrap()).unwrap();
+        assert_eq!((line.event.as_str(), line.step, line.epoch), ("epoch", 1, 0));
+        let back = Run::open(tiny_settings(), true, None, &ckpt, &device).unwrap();
+        assert_eq!((back.state.epoch, back.state.cursor, back.state.step), (1, 0, 1));
     }
 }
