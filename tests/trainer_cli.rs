@@ -748,29 +748,33 @@ fn steps_read_back_in_stretches_give_the_same_run() {
 }
 
 /// `trainer import` turns the authors' training checkpoint (`{'flow',
-/// 'optimizer'}` from torch.save, `module.net.` keys) into a weight file
-/// that scores what their code scores on the golden vectors; a config that
+/// 'optimizer'}` from torch.save, `module.net.` keys), a bare state dict
+/// (`.pth`) or the same as safetensors into a weight file that scores what
+/// their code scores on the golden vectors; a config that
 /// does not fit the file is named and nothing is written.
 #[test]
 fn import_reads_the_authors_checkpoint() {
     use burn::prelude::*;
     let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/tests/golden");
-    let (from, args) = (golden.join("authors/ref_l8_laplace.state"), golden.join("authors/ref_l8_laplace.args.json"));
+    let args = golden.join("authors/ref_l8_laplace.args.json");
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("theirs.rgflow");
-    let (from_s, args_s, out_s) = (from.to_str().unwrap(), args.to_str().unwrap(), out.to_str().unwrap());
-    let text = ok(&["import", "--from", from_s, "--config", args_s, "--out", out_s]);
-    assert!(text.contains("wrote"), "{text}");
-
-    let device = Device::flex();
-    let flow = rgflow::weights::load(&out, &device).unwrap();
+    let (args_s, out_s) = (args.to_str().unwrap(), out.to_str().unwrap());
     let vectors = rgflow::import::StateDict::read(&golden.join("ref_l8_laplace.safetensors")).unwrap();
     let (x, theirs) = (vectors.get("test.x_logit").unwrap(), vectors.get("test.log_prob").unwrap());
     let shape: [usize; 4] = x.shape.clone().try_into().unwrap();
+    let device = Device::flex();
     let x = Tensor::<4>::from_data(burn::tensor::TensorData::new(x.to_f32(), shape), &device);
-    let ours = flow.log_prob(x).into_data().try_to_vec::<f32>().unwrap();
-    for (a, b) in ours.iter().zip(&theirs.values) {
-        assert!((*a as f64 - b).abs() <= 1e-4 * b.abs().max(1.0), "log-prob {a} vs the authors' {b}");
+    // Their training checkpoint, a bare state dict, and the same as safetensors.
+    for file in ["authors/ref_l8_laplace.state", "authors/ref_l8_laplace.pth", "ref_l8_laplace.safetensors"] {
+        let from = golden.join(file);
+        let text = ok(&["import", "--from", from.to_str().unwrap(), "--config", args_s, "--out", out_s]);
+        assert!(text.contains("wrote"), "{file}: {text}");
+        let flow = rgflow::weights::load(&out, &device).unwrap();
+        let ours = flow.log_prob(x.clone()).into_data().try_to_vec::<f32>().unwrap();
+        for (a, b) in ours.iter().zip(&theirs.values) {
+            assert!((*a as f64 - b).abs() <= 1e-4 * b.abs().max(1.0), "{file}: log-prob {a} vs the authors' {b}");
+        }
     }
 
     // Their arguments for another width: the first tensor that does not fit is named.
@@ -778,6 +782,8 @@ fn import_reads_the_authors_checkpoint() {
     let text = std::fs::read_to_string(&args).unwrap().replace(r#""nhidden": "16""#, r#""nhidden": "32""#);
     std::fs::write(&wide, text).unwrap();
     let never = dir.path().join("never.rgflow");
+    let from_s = golden.join("authors/ref_l8_laplace.state");
+    let from_s = from_s.to_str().unwrap();
     let err =
         fails(&["import", "--from", from_s, "--config", wide.to_str().unwrap(), "--out", never.to_str().unwrap()]);
     assert!(err.contains("has shape") && err.contains("ref_l8_laplace.state"), "{err}");
