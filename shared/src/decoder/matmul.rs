@@ -961,37 +961,67 @@ mod avx512 {
                     few_rows!(rest, rows_f32, (a, k, panel, bias.as_ptr(), out, n_stride), [1, 2, 3, 4, 5, 6, 7])
                 };
             }
+            // A layer 48 wide ends in a panel whose second half is padding:
+            // its zeros are written without multiplying (a quarter of such
+            // a layer's multiply-adds).
+            let half = w.n <= p * PANEL + 16;
             for i0 in (0..full).step_by(MR) {
-                // SAFETY: (the whole block) `matmul` checked that `a` holds
-                // `rows · k` values and `out` `rows · n_stride`; a panel holds
-                // `k · PANEL`.
+                let args = (a.as_ptr().wrapping_add(i0 * k), k, panel, bias.as_ptr());
+                let out_tile = out.as_mut_ptr().wrapping_add(i0 * n_stride + p * PANEL);
+                // SAFETY: `matmul` checked that `a` holds `rows · k` values
+                // and `out` `rows · n_stride`; a panel holds `k · PANEL`.
                 unsafe {
-                    let b0 = _mm512_loadu_ps(bias.as_ptr());
-                    let b1 = _mm512_loadu_ps(bias.as_ptr().wrapping_add(16));
-                    let (mut acc0, mut acc1) = ([b0; MR], [b1; MR]);
-                    let (mut a_col, mut w_row) = (a.as_ptr().wrapping_add(i0 * k), panel);
-                    for _ in 0..k {
-                        let w0 = _mm512_loadu_ps(w_row);
-                        let w1 = _mm512_loadu_ps(w_row.wrapping_add(16));
-                        each_row!(I => {
-                            let x = _mm512_set1_ps(_mm_cvtss_f32(_mm_load_ss(a_col.wrapping_add(I * k))));
-                            acc0[I] = _mm512_fmadd_ps(x, w0, acc0[I]);
-                            acc1[I] = _mm512_fmadd_ps(x, w1, acc1[I]);
-                        });
-                        a_col = a_col.wrapping_add(1);
-                        w_row = w_row.wrapping_add(PANEL);
+                    if half {
+                        tile_f32::<true>(args, (out_tile, n_stride));
+                    } else {
+                        tile_f32::<false>(args, (out_tile, n_stride));
                     }
-                    let out_tile = out.as_mut_ptr().wrapping_add(i0 * n_stride + p * PANEL);
-                    each_row!(I => {
-                        _mm512_storeu_ps(out_tile.wrapping_add(I * n_stride), acc0[I]);
-                        _mm512_storeu_ps(out_tile.wrapping_add(I * n_stride + 16), acc1[I]);
-                    });
                 }
                 ahead.next(per_tile);
             }
         }
         // What a product without full micro-tiles left.
         ahead.all();
+    }
+
+    /// One micro-tile of [`matmul_f32`], [`MR`] rows × a panel; with `HALF`
+    /// the panel's second half is padding, written as the zeros a full
+    /// tile gives (zero weights and bias) without multiplying. A computed
+    /// value is the same sum in the same order either way.
+    ///
+    /// # Safety
+    /// `a` must hold [`MR`] rows of `k` values, `panel` `k · PANEL` values,
+    /// `bias` `PANEL`, and `out` [`MR`] writable rows of `PANEL` values,
+    /// `n_stride` apart.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn tile_f32<const HALF: bool>(
+        (a, k, panel, bias): (*const f32, usize, *const f32, *const f32),
+        (out, n_stride): (*mut f32, usize),
+    ) {
+        // SAFETY: the caller's contract covers every pointer read and written.
+        unsafe {
+            let (mut acc0, mut acc1) = ([_mm512_loadu_ps(bias); MR], [_mm512_loadu_ps(bias.wrapping_add(16)); MR]);
+            let (mut a_col, mut w_row) = (a, panel);
+            for _ in 0..k {
+                let w0 = _mm512_loadu_ps(w_row);
+                let w1 = _mm512_loadu_ps(w_row.wrapping_add(16));
+                each_row!(I => {
+                    let x = _mm512_set1_ps(_mm_cvtss_f32(_mm_load_ss(a_col.wrapping_add(I * k))));
+                    acc0[I] = _mm512_fmadd_ps(x, w0, acc0[I]);
+                    if !HALF {
+                        acc1[I] = _mm512_fmadd_ps(x, w1, acc1[I]);
+                    }
+                });
+                a_col = a_col.wrapping_add(1);
+                w_row = w_row.wrapping_add(PANEL);
+            }
+            each_row!(I => {
+                let row = out.wrapping_add(I * n_stride);
+                _mm512_storeu_ps(row, acc0[I]);
+                _mm512_storeu_ps(row.wrapping_add(16), if HALF { _mm512_setzero_ps() } else { acc1[I] });
+            });
+        }
     }
 
     /// bf16: per step, two vectors of 16 column pairs and one broadcast row
@@ -1020,38 +1050,63 @@ mod avx512 {
                     few_rows!(rest, rows_bf16, (a, k, panel, bias.as_ptr(), out, n_stride), [1, 2, 3, 4, 5, 6, 7])
                 };
             }
+            // As in `matmul_f32`: a padding-only second half is not multiplied.
+            let half = w.n <= p * PANEL + 16;
             for i0 in (0..full).step_by(MR) {
-                // SAFETY: (the whole block) as in `matmul_f32`, in pairs of bf16.
+                let args = (a.as_ptr().wrapping_add(i0 * k), k, panel, bias.as_ptr());
+                let out_tile = out.as_mut_ptr().wrapping_add(i0 * n_stride + p * PANEL);
+                // SAFETY: as in `matmul_f32`, in pairs of bf16.
                 unsafe {
-                    let b0 = _mm512_loadu_ps(bias.as_ptr());
-                    let b1 = _mm512_loadu_ps(bias.as_ptr().wrapping_add(16));
-                    let (mut acc0, mut acc1) = ([b0; MR], [b1; MR]);
-                    // Pair g of a panel is 2 rows × 32 columns, interleaved.
-                    let (mut a_col, mut w_pair) = (a.as_ptr().wrapping_add(i0 * k), panel);
-                    for _ in 0..k / 2 {
-                        let w0 = _mm512_castsi512_bh(_mm512_loadu_si512(w_pair.cast()));
-                        let w1 = _mm512_castsi512_bh(_mm512_loadu_si512(w_pair.wrapping_add(32).cast()));
-                        each_row!(I => {
-                            // Inputs 2g and 2g + 1 of row I, broadcast as one 32-bit lane.
-                            let pair = _mm_loadu_si32(a_col.wrapping_add(I * k).cast());
-                            let x = _mm512_castsi512_bh(_mm512_broadcastd_epi32(pair));
-                            acc0[I] = _mm512_dpbf16_ps(acc0[I], x, w0);
-                            acc1[I] = _mm512_dpbf16_ps(acc1[I], x, w1);
-                        });
-                        a_col = a_col.wrapping_add(2);
-                        w_pair = w_pair.wrapping_add(2 * PANEL);
+                    if half {
+                        tile_bf16::<true>(args, (out_tile, n_stride));
+                    } else {
+                        tile_bf16::<false>(args, (out_tile, n_stride));
                     }
-                    let out_tile = out.as_mut_ptr().wrapping_add(i0 * n_stride + p * PANEL);
-                    each_row!(I => {
-                        _mm512_storeu_ps(out_tile.wrapping_add(I * n_stride), acc0[I]);
-                        _mm512_storeu_ps(out_tile.wrapping_add(I * n_stride + 16), acc1[I]);
-                    });
                 }
                 ahead.next(per_tile);
             }
         }
         // What a product without full micro-tiles left.
         ahead.all();
+    }
+
+    /// One micro-tile of [`matmul_bf16`], as [`tile_f32`] (`HALF`: the
+    /// panel's second half is padding, written as zeros).
+    ///
+    /// # Safety
+    /// As [`tile_f32`]'s, `a` and `panel` in bf16 (`k` even).
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    #[inline]
+    unsafe fn tile_bf16<const HALF: bool>(
+        (a, k, panel, bias): (*const Bf16, usize, *const Bf16, *const f32),
+        (out, n_stride): (*mut f32, usize),
+    ) {
+        // SAFETY: the caller's contract covers every pointer read and written.
+        unsafe {
+            let (mut acc0, mut acc1) = ([_mm512_loadu_ps(bias); MR], [_mm512_loadu_ps(bias.wrapping_add(16)); MR]);
+            // Pair g of a panel is 2 rows × 32 columns, interleaved.
+            let (mut a_col, mut w_pair) = (a, panel);
+            for _ in 0..k / 2 {
+                let w0 = _mm512_castsi512_bh(_mm512_loadu_si512(w_pair.cast()));
+                let w1 = _mm512_castsi512_bh(_mm512_loadu_si512(w_pair.wrapping_add(32).cast()));
+                each_row!(I => {
+                    // Inputs 2g and 2g + 1 of row I, broadcast as one 32-bit lane.
+                    let pair = _mm_loadu_si32(a_col.wrapping_add(I * k).cast());
+                    let x = _mm512_castsi512_bh(_mm512_broadcastd_epi32(pair));
+                    acc0[I] = _mm512_dpbf16_ps(acc0[I], x, w0);
+                    if !HALF {
+                        acc1[I] = _mm512_dpbf16_ps(acc1[I], x, w1);
+                    }
+                });
+                a_col = a_col.wrapping_add(2);
+                w_pair = w_pair.wrapping_add(2 * PANEL);
+            }
+            each_row!(I => {
+                let row = out.wrapping_add(I * n_stride);
+                _mm512_storeu_ps(row, acc0[I]);
+                _mm512_storeu_ps(row.wrapping_add(16), if HALF { _mm512_setzero_ps() } else { acc1[I] });
+            });
+        }
     }
 
     /// `R < MR` rows of one panel, with `matmul_f32`'s arithmetic step for
@@ -1176,28 +1231,60 @@ mod avx512 {
         for j0 in (0..n).step_by(PANEL) {
             let masks = panel_masks((n - j0).min(PANEL));
             for i0 in (0..k).step_by(MR) {
-                // SAFETY: (the whole block) `outer_accumulate` checked that `a`
-                // and `b` hold `rows` rows of `k` and `n` values at their
-                // strides, and `c` `k` rows of `n`; masked lanes are not
-                // touched.
+                let a = (a.as_ptr().wrapping_add(i0), a_stride);
+                let b = (b.as_ptr().wrapping_add(j0), b_stride);
+                let c = (c.as_mut_ptr().wrapping_add(i0 * c_stride + j0), c_stride);
+                // SAFETY: `outer_accumulate` checked that `a` and `b` hold
+                // `rows` rows of `k` and `n` values at their strides, and `c`
+                // `k` rows of `n`.
                 unsafe {
-                    let zero = _mm512_setzero_ps();
-                    let (mut acc0, mut acc1) = ([zero; MR], [zero; MR]);
-                    let (mut a_row, mut b_row) = (a.as_ptr().wrapping_add(i0), b.as_ptr().wrapping_add(j0));
-                    for _ in 0..rows {
-                        let b0 = _mm512_maskz_loadu_ps(masks.0, b_row);
-                        let b1 = _mm512_maskz_loadu_ps(masks.1, b_row.wrapping_add(16));
-                        each_row!(I => {
-                            let x = _mm512_set1_ps(_mm_cvtss_f32(_mm_load_ss(a_row.wrapping_add(I))));
-                            acc0[I] = _mm512_fmadd_ps(x, b0, acc0[I]);
-                            acc1[I] = _mm512_fmadd_ps(x, b1, acc1[I]);
-                        });
-                        a_row = a_row.wrapping_add(a_stride);
-                        b_row = b_row.wrapping_add(b_stride);
+                    // A second half of masked columns only is not multiplied.
+                    if masks.1 == 0 {
+                        outer_tile_f32::<true>(a, b, rows, c, masks);
+                    } else {
+                        outer_tile_f32::<false>(a, b, rows, c, masks);
                     }
-                    add_tile(c.as_mut_ptr().wrapping_add(i0 * c_stride + j0), c_stride, masks, &acc0, &acc1);
                 }
             }
+        }
+    }
+
+    /// One micro-tile of [`outer_f32`]: [`MR`] values of `i` × the panel
+    /// of columns `masks` selects; with `HALF` its second half selects
+    /// none and is skipped.
+    ///
+    /// # Safety
+    /// `a` must hold `rows` rows of [`MR`] values, `b` `rows` rows of the
+    /// masked columns (at their strides), `c` [`MR`] writable rows of them;
+    /// masked lanes are not touched.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn outer_tile_f32<const HALF: bool>(
+        (a, a_stride): (*const f32, usize),
+        (b, b_stride): (*const f32, usize),
+        rows: usize,
+        (c, c_stride): (*mut f32, usize),
+        masks: (__mmask16, __mmask16),
+    ) {
+        // SAFETY: the caller's contract covers every pointer read and written.
+        unsafe {
+            let zero = _mm512_setzero_ps();
+            let (mut acc0, mut acc1) = ([zero; MR], [zero; MR]);
+            let (mut a_row, mut b_row) = (a, b);
+            for _ in 0..rows {
+                let b0 = _mm512_maskz_loadu_ps(masks.0, b_row);
+                let b1 = _mm512_maskz_loadu_ps(masks.1, b_row.wrapping_add(16));
+                each_row!(I => {
+                    let x = _mm512_set1_ps(_mm_cvtss_f32(_mm_load_ss(a_row.wrapping_add(I))));
+                    acc0[I] = _mm512_fmadd_ps(x, b0, acc0[I]);
+                    if !HALF {
+                        acc1[I] = _mm512_fmadd_ps(x, b1, acc1[I]);
+                    }
+                });
+                a_row = a_row.wrapping_add(a_stride);
+                b_row = b_row.wrapping_add(b_stride);
+            }
+            add_tile(c, c_stride, masks, &acc0, &acc1);
         }
     }
 
@@ -1216,29 +1303,57 @@ mod avx512 {
         for j0 in (0..n).step_by(PANEL) {
             let masks = panel_masks((n - j0).min(PANEL));
             for i0 in (0..k).step_by(MR) {
-                // SAFETY: (the whole block) the caller's buffers hold `pairs`
-                // pairs of `a_width` and `n` columns (two bf16 = one 32-bit
-                // lane), and `c` `k` rows of `n` values; masked lanes are not
-                // touched.
+                let a = (a.as_ptr().wrapping_add(2 * i0).cast::<i32>(), a_width);
+                let b = (b.as_ptr().wrapping_add(2 * j0).cast::<i32>(), n);
+                let c = (c.as_mut_ptr().wrapping_add(i0 * c_stride + j0), c_stride);
+                // SAFETY: the caller's buffers hold `pairs` pairs of
+                // `a_width` and `n` columns (two bf16 = one 32-bit lane), and
+                // `c` `k` rows of `n` values.
                 unsafe {
-                    let zero = _mm512_setzero_ps();
-                    let (mut acc0, mut acc1) = ([zero; MR], [zero; MR]);
-                    let (mut a_pair, mut b_pair) =
-                        (a.as_ptr().wrapping_add(2 * i0).cast::<i32>(), b.as_ptr().wrapping_add(2 * j0).cast::<i32>());
-                    for _ in 0..pairs {
-                        let b0 = _mm512_castsi512_bh(_mm512_maskz_loadu_epi32(masks.0, b_pair));
-                        let b1 = _mm512_castsi512_bh(_mm512_maskz_loadu_epi32(masks.1, b_pair.wrapping_add(16)));
-                        each_row!(I => {
-                            let x = _mm512_castsi512_bh(_mm512_set1_epi32(std::ptr::read_unaligned(a_pair.wrapping_add(I))));
-                            acc0[I] = _mm512_dpbf16_ps(acc0[I], x, b0);
-                            acc1[I] = _mm512_dpbf16_ps(acc1[I], x, b1);
-                        });
-                        a_pair = a_pair.wrapping_add(a_width);
-                        b_pair = b_pair.wrapping_add(n);
+                    if masks.1 == 0 {
+                        outer_tile_bf16::<true>(a, b, pairs, c, masks);
+                    } else {
+                        outer_tile_bf16::<false>(a, b, pairs, c, masks);
                     }
-                    add_tile(c.as_mut_ptr().wrapping_add(i0 * c_stride + j0), c_stride, masks, &acc0, &acc1);
                 }
             }
+        }
+    }
+
+    /// One micro-tile of [`outer_bf16`], as [`outer_tile_f32`] over row
+    /// pairs (one 32-bit lane holds a pair's two bf16 values).
+    ///
+    /// # Safety
+    /// As [`outer_tile_f32`]'s, `a` and `b` in row pairs `a_width` and `n`
+    /// lanes apart.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    #[inline]
+    unsafe fn outer_tile_bf16<const HALF: bool>(
+        (a, a_width): (*const i32, usize),
+        (b, n): (*const i32, usize),
+        pairs: usize,
+        (c, c_stride): (*mut f32, usize),
+        masks: (__mmask16, __mmask16),
+    ) {
+        // SAFETY: the caller's contract covers every pointer read and written.
+        unsafe {
+            let zero = _mm512_setzero_ps();
+            let (mut acc0, mut acc1) = ([zero; MR], [zero; MR]);
+            let (mut a_pair, mut b_pair) = (a, b);
+            for _ in 0..pairs {
+                let b0 = _mm512_castsi512_bh(_mm512_maskz_loadu_epi32(masks.0, b_pair));
+                let b1 = _mm512_castsi512_bh(_mm512_maskz_loadu_epi32(masks.1, b_pair.wrapping_add(16)));
+                each_row!(I => {
+                    let x = _mm512_castsi512_bh(_mm512_set1_epi32(std::ptr::read_unaligned(a_pair.wrapping_add(I))));
+                    acc0[I] = _mm512_dpbf16_ps(acc0[I], x, b0);
+                    if !HALF {
+                        acc1[I] = _mm512_dpbf16_ps(acc1[I], x, b1);
+                    }
+                });
+                a_pair = a_pair.wrapping_add(a_width);
+                b_pair = b_pair.wrapping_add(n);
+            }
+            add_tile(c, c_stride, masks, &acc0, &acc1);
         }
     }
 
