@@ -11,6 +11,8 @@
 
 use std::ops::Range;
 
+use burn::config::Config;
+
 use crate::coupling::{HALVES, Squares, checkerboard_masks};
 
 /// The s or t network of a coupling layer.
@@ -40,7 +42,10 @@ pub struct LinearParams {
 /// parameter in its flat vector. Order: coupling layer, then `s` before `t`,
 /// then residual block, then linear layer (`β`, `v`, `g`, bias), and each
 /// network's final scale after its blocks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+///
+/// It is the stack's burn-style config too: [`StackLayout::init`] builds
+/// the [`CouplingStack`](crate::coupling::CouplingStack) it describes.
+#[derive(Config, Debug, Copy, PartialEq, Eq, Hash)]
 pub struct StackLayout {
     /// Channels `C` of a block.
     pub channels: usize,
@@ -160,6 +165,18 @@ impl StackLayout {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The layout is a burn config: saved as JSON and read back, it builds
+    /// the stack it describes, whose flat parameters it locates.
+    #[test]
+    fn the_layout_is_the_stacks_config() {
+        let layout = StackLayout { channels: 3, kernel_size: 4, nlayers: 2, nresblocks: 2, nmlp: 1, nhidden: 16 };
+        let back: StackLayout = serde_json::from_str(&serde_json::to_string(&layout).unwrap()).unwrap();
+        assert_eq!(back, layout);
+        let stack = back.init(&burn::prelude::Device::flex());
+        assert_eq!(stack.layout(), layout);
+        assert_eq!(stack.flat_params().dims(), [layout.num_params()]);
+    }
 
     /// The ranges tile `0..P` in the documented order, without gaps.
     #[test]
