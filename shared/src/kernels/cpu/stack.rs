@@ -90,6 +90,9 @@ struct Layer<E: Operand> {
     params: LinearParams,
     /// Full output width (the row stride of its weight gradient).
     out: usize,
+    /// Where a layer that keeps some rows or columns sums its compact
+    /// weight gradient over a group's tiles ([`Weights::compact_len`]).
+    compact: Option<usize>,
 }
 
 /// A network's layers, per residual block and linear layer.
@@ -113,6 +116,11 @@ struct Half<E: Operand> {
 struct Weights<E: Operand> {
     layout: StackLayout,
     halves: Vec<Half<E>>,
+    /// Values of the compact weight gradients of the layers that keep some
+    /// rows or columns (block 0's first, the last block's last), one slot
+    /// per half, network and such layer: a backward group sums each over
+    /// its tiles there and scatters it into the gradient once.
+    compact_len: usize,
 }
 
 impl<E: Operand> Weights<E> {
@@ -155,6 +163,9 @@ impl<E: Operand> Weights<E> {
         });
         let [first, second] = layout.halves();
         let sides = [&first, &second];
+        // A compact gradient slot holds the larger of the two kept layers.
+        let (first_out, last_in) = (layout.widths(0).1, layout.widths(last_layer).0);
+        let slot = (first.0.len() * first_out).max(last_in * first.1.len());
         let jobs: Vec<(usize, usize, Net)> = (0..layout.nlayers)
             .flat_map(|i| (0..2).flat_map(move |h| [Net::S, Net::T].map(|net| (i, h, net))))
             .collect();
@@ -168,7 +179,11 @@ impl<E: Operand> Weights<E> {
                             None => {
                                 let rows = (b == 0 && l == 0).then(|| conditioning.clone());
                                 let cols = (b == last_block && l == last_layer).then(|| updated.clone());
-                                layer(i, net, b, l, rows, cols)
+                                let mut layer = layer(i, net, b, l, rows, cols);
+                                let kind = usize::from(b > 0 || l > 0);
+                                let at = ((2 * (2 * i + h) + net as usize) * 2 + kind) * slot;
+                                Arc::get_mut(&mut layer).expect("a kept layer is not shared yet").compact = Some(at);
+                                layer
                             }
                         })
                         .collect()
@@ -195,7 +210,22 @@ impl<E: Operand> Weights<E> {
                 });
             }
         }
-        Self { layout, halves }
+        Self { layout, halves, compact_len: 2 * layout.nlayers * 2 * 2 * slot }
+    }
+
+    /// Adds each layer's compact weight gradient, `compact:
+    /// [compact_len]`, into its kept rows and columns of `grads`.
+    fn scatter_compact(&self, compact: &[f32], grads: &mut [f32]) {
+        let layers = self.halves.iter().flat_map(|half| half.nets.iter().flatten().flatten());
+        for layer in layers {
+            let Some(at) = layer.compact else { continue };
+            let (k, n) = layer.kept();
+            let grad_w = &mut grads[layer.params.v.clone()];
+            for (i, row) in compact[at..at + k * n].chunks_exact(n).enumerate() {
+                let at = layer.rows.as_ref().map_or(i, |rows| rows[i]) * layer.out;
+                scatter_add(row, layer.cols.as_deref(), &mut grad_w[at..at + layer.out]);
+            }
+        }
     }
 }
 
@@ -231,7 +261,8 @@ impl<E: Operand> Layer<E> {
             }
             backward.repack(&transposed, kr, None, kc, kr);
         }
-        Self { beta: kept_rows.iter().map(|&r| beta[r]).collect(), forward, backward, rows, cols, params: at, out: n }
+        let beta = kept_rows.iter().map(|&r| beta[r]).collect();
+        Self { beta, forward, backward, rows, cols, params: at, out: n, compact: None }
     }
 
     /// Kept inputs and outputs.
@@ -313,6 +344,12 @@ impl TapeLayout {
     }
 }
 
+/// Values before a step's tiles on its tape: the first says where the
+/// tiles start (1 to 16), so that they start 64-byte aligned for
+/// [`copy_to_tape`]'s streaming stores wherever the allocator put the
+/// tape, and are found again even if the tape was moved.
+const TAPE_HEAD: usize = 16;
+
 fn hidden_stride(layout: &StackLayout) -> usize {
     layout.nhidden.div_ceil(PANEL) * PANEL
 }
@@ -337,8 +374,8 @@ struct Workspace<E: Operand> {
     grad_operand: Vec<f32>,
     /// Backward: the Swish's output, `[R, K]`.
     activation: Vec<f32>,
-    /// Backward: a compact weight gradient.
-    outer: Vec<f32>,
+    /// Backward: the group's compact weight gradients ([`Weights::compact_len`]).
+    compact: Vec<f32>,
     /// Backward, products in bf16: the gradient operand, and both tiles of
     /// a weight-gradient product interleaved by row pairs.
     grad_product_operand: Vec<E>,
@@ -363,7 +400,7 @@ impl<E: Operand> Default for Workspace<E> {
             grad_product: Vec::new(),
             grad_operand: Vec::new(),
             activation: Vec::new(),
-            outer: Vec::new(),
+            compact: Vec::new(),
             grad_raw_s: Vec::new(),
             grad_raw_t: Vec::new(),
             affine: Vec::new(),
@@ -498,20 +535,15 @@ impl<E: TileKernels> TileNet<'_, E> {
         let last_block = layout.nresblocks - 1;
         let hidden_len = TapeLayout::block_hidden_len(layout, r);
         for b in 0..layout.nresblocks {
-            match &self.tape.hidden {
-                Some(hidden) => {
-                    // The block's input lies before its hidden values.
-                    let (before, after) = tape.split_at_mut(hidden[self.net][b]);
-                    let block_input = self.block_input(before, b);
-                    self.block_forward(b, layout.nmlp + 1, x, block_input, &mut after[..hidden_len], ws);
-                }
-                None => {
-                    let mut scratch = std::mem::take(&mut ws.hidden);
-                    let block_input = self.block_input(tape, b);
-                    self.block_forward(b, layout.nmlp + 1, x, block_input, sized(&mut scratch, hidden_len), ws);
-                    ws.hidden = scratch;
-                }
+            // The hidden values are made in cache, where the next layer reads
+            // them, and copied to the tape when it keeps them.
+            let mut scratch = std::mem::take(&mut ws.hidden);
+            let block_input = self.block_input(tape, b);
+            self.block_forward(b, layout.nmlp + 1, x, block_input, sized(&mut scratch, hidden_len), ws);
+            if let Some(hidden) = &self.tape.hidden {
+                copy_to_tape(self.isa, &scratch[..hidden_len], &mut tape[hidden[self.net][b]..][..hidden_len]);
             }
+            ws.hidden = scratch;
             let n_stride = half.nets[self.net][b][layout.nmlp].forward.n_stride;
             // The residual sum; block 0's input is the masked state.
             if b == last_block {
@@ -529,6 +561,44 @@ impl<E: TileKernels> TileNet<'_, E> {
             }
         }
     }
+}
+
+/// `tape ← values`, with streaming stores where the CPU has them (AVX-512)
+/// and `tape` is 64-byte aligned: the tape is read again only by the
+/// backward, long after it has left the cache, and a store through the
+/// cache first reads each line from memory (the hidden values' stores
+/// were ~12 % of a forward; made in a scratch and streamed, ~half that).
+fn copy_to_tape(isa: Isa, values: &[f32], tape: &mut [f32]) {
+    assert_eq!(values.len(), tape.len(), "copy_to_tape: lengths");
+    #[cfg(target_arch = "x86_64")]
+    if matches!(isa, Isa::Avx512 | Isa::Avx512Bf16 | Isa::Amx) && tape.as_ptr().align_offset(64) == 0 {
+        // SAFETY: `isa` says AVX-512F; `tape` is 64-byte aligned and as
+        // long as `values` (asserted above).
+        unsafe { stream_to_tape(values, tape) };
+        return;
+    }
+    let _ = isa;
+    tape.copy_from_slice(values);
+}
+
+/// [`copy_to_tape`] with AVX-512 streaming stores.
+///
+/// # Safety
+/// AVX-512F; `tape` 64-byte aligned and as long as `values`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn stream_to_tape(values: &[f32], tape: &mut [f32]) {
+    use std::arch::x86_64::{_mm_sfence, _mm512_loadu_ps, _mm512_stream_ps};
+    let full = values.len() / 16 * 16;
+    for i in (0..full).step_by(16) {
+        // SAFETY: `i + 16 ≤ full ≤` both lengths; `tape + i` is 64-byte
+        // aligned as `tape` is and `i` is a multiple of 16 values.
+        unsafe { _mm512_stream_ps(tape.as_mut_ptr().add(i), _mm512_loadu_ps(values.as_ptr().add(i))) };
+    }
+    tape[full..].copy_from_slice(&values[full..]);
+    // Streaming stores are weakly ordered: fenced before the tile's task
+    // ends, so the backward (maybe on another thread) reads them.
+    _mm_sfence();
 }
 
 fn gather_columns(x: &[f32], d: usize, columns: &[usize], out: &mut [f32]) {
@@ -789,7 +859,7 @@ impl<E: TileKernels> TileNet<'_, E> {
                 E::swish_backward(isa, tile);
                 scatter_add(&grad_beta, layer.rows.as_deref(), &mut grads[layer.params.beta.clone()]);
                 // grad W += activationᵀ · grad_product.
-                add_weight_grad(isa, ws, [k, n, r], layer, &mut grads[layer.params.v.clone()]);
+                add_weight_grad(isa, ws, [k, n, r], layer, grads);
                 if l > 0 && k == k_out {
                     // The previous layer's output gradient (its bias is in u),
                     // already compact: its buffer changes hands, no copy.
@@ -862,37 +932,29 @@ pub(crate) fn swish_backward_rows<'a>(tile: SwishBackward<'a>) {
     }
 }
 
-/// `grad_w[rows[i], cols[j]] += Σ_r activation[r, i] · grad_product[r, j]`
-/// (the kept rows and columns of a `[in, out]` weight gradient), with the
-/// tile's rows as the product's inner dimension. `[k, n, r]` are the kept
-/// inputs, kept outputs and tile rows.
+/// `grad_w += activationᵀ · grad_product` over the tile's rows (the
+/// product's inner dimension), for the kept inputs and outputs `[k, n]` of
+/// `layer` and `r` rows: straight into its weight's gradient in `grads`,
+/// or for a layer that keeps some rows or columns into its compact slot in
+/// `ws.compact` (scattered once per group, [`Weights::scatter_compact`]).
 fn add_weight_grad<E: TileKernels>(
     isa: Isa,
     ws: &mut Workspace<E>,
     [k, n, r]: [usize; 3],
     layer: &Layer<E>,
-    grad_w: &mut [f32],
+    grads: &mut [f32],
 ) {
-    let (a, b) = ((&ws.activation[..], k), (&ws.grad_product[..], n));
-    let pairs = &mut ws.pairs;
-    let mut product = |c: &mut [f32], c_stride: usize| {
-        if E::K_STEP == 1 {
-            outer_accumulate(isa, a, b, [r, k, n], (c, c_stride));
-        } else {
-            // bf16 operands pair up along the inner dimension (the rows).
-            outer_accumulate_bf16(isa, a, b, r, (c, c_stride), pairs);
-        }
+    let Workspace { activation, grad_product, pairs, compact, .. } = ws;
+    let (c, c_stride) = match layer.compact {
+        Some(at) => (&mut compact[at..at + k * n], n),
+        None => (&mut grads[layer.params.v.clone()], layer.out),
     };
-    if layer.rows.is_none() && layer.cols.is_none() {
-        // Straight from the row-major tiles into the gradient.
-        product(grad_w, layer.out);
-        return;
-    }
-    product(resized(&mut ws.outer, k * n), n);
-    // The first and last layers keep some rows or columns: scattered.
-    for (i, row) in ws.outer.chunks_exact(n).enumerate() {
-        let at = layer.rows.as_ref().map_or(i, |rows| rows[i]) * layer.out;
-        scatter_add(row, layer.cols.as_deref(), &mut grad_w[at..at + layer.out]);
+    let (a, b) = ((&activation[..], k), (&grad_product[..], n));
+    if E::K_STEP == 1 {
+        outer_accumulate(isa, a, b, [r, k, n], (c, c_stride));
+    } else {
+        // bf16 operands pair up along the inner dimension (the rows).
+        outer_accumulate_bf16(isa, a, b, r, (c, c_stride), pairs);
     }
 }
 
@@ -1042,7 +1104,14 @@ fn forward_packed<E: TileKernels>(
     let tile_tape = tape_layout.tile_len(weights.halves.len());
     let tiles = m.div_ceil(tile_rows);
     let mut out = vec![0.0f32; m * (d + 1)];
-    let mut tape = if save { spare_tape(tiles * tile_tape) } else { Vec::new() };
+    let mut tape = if save { spare_tape(TAPE_HEAD + tiles * tile_tape) } else { Vec::new() };
+    let tiles_tape: &mut [f32] = if save {
+        let at = 1 + tape[1..].as_ptr().align_offset(64).min(TAPE_HEAD - 1);
+        tape[0] = at as f32;
+        &mut tape[at..at + tiles * tile_tape]
+    } else {
+        &mut []
+    };
     let run = |ws: &mut (Workspace<E>, Vec<f32>), (tile, (out, tape)): (usize, (&mut [f32], Option<&mut [f32]>))| {
         let (ws, scratch_tape) = ws;
         let first = tile * tile_rows;
@@ -1066,7 +1135,7 @@ fn forward_packed<E: TileKernels>(
         let out_chunks = out.par_chunks_mut(tile_rows * (d + 1));
         if save {
             out_chunks
-                .zip(tape.par_chunks_mut(tile_tape))
+                .zip(tiles_tape.par_chunks_mut(tile_tape))
                 .map(|(o, t)| (o, Some(t)))
                 .enumerate()
                 .for_each_init(Default::default, run);
@@ -1080,7 +1149,7 @@ fn forward_packed<E: TileKernels>(
         let out_chunks = out.chunks_mut(tile_rows * (d + 1));
         if save {
             out_chunks
-                .zip(tape.chunks_mut(tile_tape))
+                .zip(tiles_tape.chunks_mut(tile_tape))
                 .map(|(o, t)| (o, Some(t)))
                 .enumerate()
                 .for_each(|item| run(&mut ws, item));
@@ -1124,7 +1193,10 @@ fn backward_with<E: TileKernels>(
     let tape_layout = TapeLayout::new(layout, tile_rows, keep_hidden);
     let tile_tape = tape_layout.tile_len(weights.halves.len());
     let tiles = m.div_ceil(tile_rows);
-    assert_eq!(tape.len(), tiles * tile_tape, "the tape is not of this forward");
+    assert_eq!(tape.len(), TAPE_HEAD + tiles * tile_tape, "the tape is not of this forward");
+    let at = tape[0] as usize;
+    assert!((1..=TAPE_HEAD).contains(&at), "the tape is not of this forward");
+    let tape = &tape[at..at + tiles * tile_tape];
     // Groups of consecutive tiles, a function of `m` and the tape's kind only.
     let tiles_per_group = tiles.div_ceil(MAX_GROUPS).max(1);
     let group_rows = tiles_per_group * tile_rows;
@@ -1134,6 +1206,7 @@ fn backward_with<E: TileKernels>(
         let mut grads = vec![0.0f32; p];
         let mut state = vec![0.0f32; tile_rows * d];
         let mut grad_ldj = vec![0.0f32; tile_rows];
+        resized(&mut ws.compact, weights.compact_len);
         for (t, grad_x) in grad_x.chunks_mut(tile_rows * d).enumerate() {
             let tile = group * tiles_per_group + t;
             let first = tile * tile_rows;
@@ -1148,6 +1221,9 @@ fn backward_with<E: TileKernels>(
             backward_tile(isa, &weights, &tape_layout, &mut state, &grad_ldj, tape, &mut grads, ws);
             grad_x.copy_from_slice(&state[..rows * d]);
         }
+        // The two halves of a coupling keep complementary rows (columns),
+        // so each value gets one slot's sum, added to its zero here.
+        weights.scatter_compact(&ws.compact, &mut grads);
         grads
     };
     #[cfg(feature = "parallel")]
@@ -1204,6 +1280,29 @@ fn sum_in_order(partials: &[Vec<f32>], len: usize) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A tape read from another address (burn may move it between the
+    /// forward and the backward) gives the same gradients: its head says
+    /// where its aligned tiles start, not the address.
+    #[test]
+    fn a_moved_tape_gives_the_same_gradients() {
+        let layout = StackLayout { channels: 3, kernel_size: 4, nlayers: 2, nresblocks: 2, nmlp: 2, nhidden: 40 };
+        let (d, m) = (layout.dim(), 150);
+        let params: Vec<f32> = (0..layout.num_params()).map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5).collect();
+        let x: Vec<f32> = (0..m * d).map(|i| ((i * 31) % 200) as f32 * 0.01 - 1.0).collect();
+        let grad: Vec<f32> = (0..m * (d + 1)).map(|i| ((i * 17) % 100) as f32 * 0.01 - 0.5).collect();
+        let (_, tape) = forward(&layout, &params, &x, true, ProductPrecision::F32);
+        let want = backward(&layout, &params, &tape, &grad, ProductPrecision::F32);
+        // Copies one to three values (4 to 12 bytes) off the original's alignment.
+        for shift in 1..4 {
+            let mut moved = vec![0.0f32; shift];
+            moved.extend_from_slice(&tape);
+            let got = backward(&layout, &params, &moved[shift..], &grad, ProductPrecision::F32);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&want.0), bits(&got.0), "input gradients, shift {shift}");
+            assert_eq!(bits(&want.1), bits(&got.1), "parameter gradients, shift {shift}");
+        }
+    }
 
     /// Gradients from a tape without the hidden pre-activations (the
     /// backward runs each block again) are the same bits as from one that
