@@ -353,12 +353,14 @@ pub trait TileKernels: Operand {
 
 /// The mask of a vector's first `n` of 16 lanes (all of them from 16 on):
 /// the tails of the AVX-512 kernels' loads and stores.
+#[cfg(target_arch = "x86_64")]
 #[inline(always)]
 pub(super) const fn first_lanes_16(n: usize) -> u16 {
     if n >= 16 { u16::MAX } else { (1u16 << n) - 1 }
 }
 
 /// [`first_lanes_16`] over 32 lanes (16-bit elements, or two f32 vectors).
+#[cfg(target_arch = "x86_64")]
 #[inline(always)]
 pub(super) const fn first_lanes_32(n: usize) -> u32 {
     if n >= 32 { u32::MAX } else { (1u32 << n) - 1 }
