@@ -144,17 +144,7 @@ impl RgFlowConfig {
     /// layers count direction, gain and bias; each Swish its β; each network
     /// its final scale), computed without building it.
     pub fn num_parameters(&self) -> u64 {
-        let d = self.block_dim() as u64;
-        (0..self.depth())
-            .map(|k| {
-                let (h, nmlp, nres) = (self.nhidden[k] as u64, self.nmlp[k] as u64, self.nresblocks[k] as u64);
-                // Widths D → H (× nmlp) → D: a linear layer is in·out + 2·out,
-                // a Swish before each has `in` values of β.
-                let linears = d * h + 2 * h + (nmlp - 1) * (h * h + 2 * h) + h * d + 2 * d;
-                let swishes = d + (nmlp - 1) * h + h;
-                2 * self.nlayers[k] as u64 * (nres * (linears + swishes) + d)
-            })
-            .sum()
+        (0..self.depth()).map(|k| self.stack_layout(k).num_params_u64()).sum()
     }
 
     /// Checks every value; the model is only built from a valid config.

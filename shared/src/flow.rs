@@ -167,6 +167,16 @@ impl RgFlow {
         (state, ldj)
     }
 
+    /// The sub-layers in the order a pass runs them: finest first forward
+    /// (data to latents), coarsest first inverse.
+    pub(crate) fn sublayer_order(&self, direction: Direction) -> Vec<usize> {
+        let depth = self.layers.len();
+        match direction {
+            Direction::Forward => (0..depth).collect(),
+            Direction::Inverse => (0..depth).rev().collect(),
+        }
+    }
+
     /// Data to latents.
     ///
     /// `x: [B, C, L, L]` (logit space) `-> (z: [B, C, L, L], log|det ∂z/∂x|: [B])`.
@@ -174,7 +184,7 @@ impl RgFlow {
         let dims = x.dims();
         let mut state = x.reshape([dims[0], dims[1] * dims[2] * dims[3]]);
         let mut ldj = Tensor::<1>::zeros([dims[0]], &state.device());
-        for k in 0..self.layers.len() {
+        for k in self.sublayer_order(Direction::Forward) {
             state = state.select(1, self.forward_gathers[k].clone());
             let (s, l) = self.apply_sublayer(k, state, Direction::Forward, false);
             state = s;
@@ -201,19 +211,18 @@ impl RgFlow {
 
     fn inverse_impl(&self, z: Tensor<4>, without_ldj: bool) -> (Tensor<4>, Option<Tensor<1>>) {
         let dims = z.dims();
-        let depth = self.layers.len();
         let mut state = z.reshape([dims[0], dims[1] * dims[2] * dims[3]]);
         let mut ldj: Option<Tensor<1>> = None;
-        for j in 0..depth {
+        for (j, k) in self.sublayer_order(Direction::Inverse).into_iter().enumerate() {
             state = state.select(1, self.inverse_gathers[j].clone());
-            let (s, l) = self.apply_sublayer(depth - 1 - j, state, Direction::Inverse, without_ldj);
+            let (s, l) = self.apply_sublayer(k, state, Direction::Inverse, without_ldj);
             state = s;
             ldj = match (ldj, l) {
                 (Some(acc), Some(l)) => Some(acc + l),
                 (acc, l) => acc.or(l),
             };
         }
-        let state = state.select(1, self.inverse_gathers[depth].clone());
+        let state = state.select(1, self.inverse_gathers[self.layers.len()].clone());
         (state.reshape(dims), ldj)
     }
 
@@ -230,9 +239,7 @@ impl RgFlow {
     ///
     /// `x01: [B, C, L, L] -> [B]`.
     pub fn bits_per_dim(&self, x01: Tensor<4>) -> Tensor<1> {
-        let (x, ldj_logit) = preprocess::logit_transform(x01, self.config.logit_constraint);
-        let log_prob = self.log_prob(x);
-        preprocess::bits_per_dim(log_prob, ldj_logit, self.config.num_dims())
+        preprocess::bits_per_dim(self.nats_per_dim(x01))
     }
 
     /// The authors' training loss per image: `-(log p(logit x) + log|det
@@ -243,7 +250,7 @@ impl RgFlow {
     /// `x01: [B, C, L, L] -> [B]`.
     pub fn nats_per_dim(&self, x01: Tensor<4>) -> Tensor<1> {
         let (x, ldj_logit) = preprocess::logit_transform(x01, self.config.logit_constraint);
-        (self.log_prob(x) + ldj_logit).div_scalar(-(self.config.num_dims() as f64))
+        preprocess::nats_per_dim(self.log_prob(x), ldj_logit, self.config.num_dims())
     }
 }
 

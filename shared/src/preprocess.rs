@@ -11,6 +11,12 @@ pub fn dequantize_level(k: f32, u: f32) -> f32 {
     (k + u) / 256.0
 }
 
+/// The `[0, 1]` value of an 8-bit level, `k / 255` (no dequantisation: the
+/// value [`to_level`] gives back as `k`).
+pub fn from_level(k: u8) -> f32 {
+    f32::from(k) / 255.0
+}
+
 /// The 8-bit level (0–255, as `f32`) a `[0, 1]` value is stored as.
 pub fn to_level(v: f32) -> f32 {
     (v.clamp(0.0, 1.0) * 255.0).round()
@@ -71,15 +77,24 @@ fn logit_ldj(logit: Tensor<4>, constraint: f64) -> Tensor<1> {
         .squeeze_dim(1)
 }
 
-/// Bits per dimension of 8-bit data, from the flow's `log p(logit)` and the
-/// logit transform's log-det: `(-(log p + ldj)/D + ln 256) / ln 2`.
-pub fn bits_per_dim(log_prob: Tensor<1>, ldj_logit: Tensor<1>, num_dims: usize) -> Tensor<1> {
-    (log_prob + ldj_logit).div_scalar(-(num_dims as f64)).add_scalar(256f64.ln()).div_scalar(std::f64::consts::LN_2)
+/// The authors' training loss per image, `-(log p + ldj)/D` nats per
+/// dimension of the data in `[0, 1]`, from the flow's `log p(logit)` and the
+/// logit transform's log-det: `[B], [B] -> [B]`.
+pub fn nats_per_dim(log_prob: Tensor<1>, ldj_logit: Tensor<1>, num_dims: usize) -> Tensor<1> {
+    (log_prob + ldj_logit).div_scalar(-(num_dims as f64))
 }
 
-/// The training loss, `-(log p + ldj)/D` nats per dimension of the data in
-/// `[0, 1]`, as bits per dimension of the 8-bit data: `(nats + ln 256) / ln 2`
-/// (the same number [`bits_per_dim`] computes from its parts).
+/// `ln 256`: the nats per dimension between a density on `[0, 1]` and the
+/// probability of 8-bit data (each of the 256 levels a bin of width 1/256).
+const LN_256: f64 = 5.545_177_444_479_562;
+
+/// [`nats_per_dim`] as bits per dimension of the 8-bit data, `(nats + ln
+/// 256) / ln 2`, on the device: `[B] -> [B]`.
+pub fn bits_per_dim(nats_per_dim: Tensor<1>) -> Tensor<1> {
+    nats_per_dim.add_scalar(LN_256).div_scalar(std::f64::consts::LN_2)
+}
+
+/// [`bits_per_dim`] of one number on the host.
 pub fn nats_to_bits_per_dim(nats: f64) -> f64 {
-    (nats + 256f64.ln()) / std::f64::consts::LN_2
+    (nats + LN_256) / std::f64::consts::LN_2
 }

@@ -21,6 +21,19 @@ WASM=$(cd web && cargo test --release --target wasm32-unknown-unknown --test bro
 
 echo "== site build and page test" >&2
 trunk build --release
+# The download stays what the README says: the two modules the first face
+# needs (the page's and the CPU worker's) under 3 MB together, and no module
+# over 12 MB (the WebGPU worker is the largest).
+first_face=0
+for wasm in dist/rgflow-web-*_bg.wasm dist/rgflow-worker-cpu_bg.wasm; do
+    first_face=$((first_face + $(stat -c %s "$wasm")))
+done
+largest=$(stat -c %s dist/*.wasm | sort -n | tail -1)
+echo "download: ${first_face} bytes before the first face, largest module ${largest} bytes" >&2
+if [ "$first_face" -gt 3000000 ] || [ "$largest" -gt 12000000 ]; then
+    echo "the release wasm grew past its budget (3 MB before the first face, 12 MB a module)" >&2
+    exit 1
+fi
 (
     cd tests/browser
     node page.test.mjs ../../dist "${BROWSER_OUT:-../../target/browser}"

@@ -48,14 +48,6 @@ pub struct LocalStats {
 }
 
 impl RgFlow {
-    fn order(&self, direction: Direction) -> Vec<usize> {
-        let depth = self.layers.len();
-        match direction {
-            Direction::Forward => (0..depth).collect(),
-            Direction::Inverse => (0..depth).rev().collect(),
-        }
-    }
-
     /// Runs the given blocks of every sub-layer, starting from `input`.
     ///
     /// With a `base` pass and the sites where `input` differs from its input,
@@ -81,7 +73,7 @@ impl RgFlow {
         let mut stats = LocalStats { blocks_evaluated: 0, blocks_total: 0 };
         // Sites where this pass may differ from the base pass so far.
         let mut marked = base.map(|(_, changed)| changed.to_vec());
-        for (j, k) in self.order(direction).into_iter().enumerate() {
+        for (j, k) in self.sublayer_order(direction).into_iter().enumerate() {
             let sub = &self.lattice().sublayers[k];
             let blocks = &dirty[k];
             stats.blocks_total += sub.num_blocks;

@@ -216,7 +216,7 @@ impl PackedFlow {
         let sublayers = &self.inner.flow.lattice().sublayers;
         let mut states = vec![input.to_vec()];
         let mut block_ldj = vec![Vec::new(); sublayers.len()];
-        for k in self.inner.flow.order(direction) {
+        for k in self.inner.flow.sublayer_order(direction) {
             let all: Vec<usize> = (0..sublayers[k].num_blocks).collect();
             let mut state = states.last().expect("a pass has states").clone();
             let mut ldj = vec![0.0f32; batch * all.len()];
@@ -264,7 +264,7 @@ impl PackedFlow {
         // cone of `MeraLattice::cone`, followed without scanning the image.
         let mut marked = changed.to_vec();
         let mut marked_sites = sites;
-        for (j, k) in self.inner.flow.order(cache.direction).into_iter().enumerate() {
+        for (j, k) in self.inner.flow.sublayer_order(cache.direction).into_iter().enumerate() {
             let sub = &lattice.sublayers[k];
             let blocks = sub.blocks_touching(marked_sites.iter().copied());
             stats.blocks_total += sub.num_blocks;
@@ -303,7 +303,7 @@ impl PackedFlow {
     /// those blocks alone.
     pub fn inverse_blocks(&self, z: &mut [f32], blocks: &[Vec<usize>]) {
         self.batch_of(z);
-        for k in self.inner.flow.order(Direction::Inverse) {
+        for k in self.inner.flow.sublayer_order(Direction::Inverse) {
             let mut rows = self.gather_rows(k, &blocks[k], z);
             self.run_rows(Direction::Inverse, k, &blocks[k], &mut rows, &mut []);
             self.scatter_rows(k, &blocks[k], &rows, z);

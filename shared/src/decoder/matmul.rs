@@ -940,6 +940,10 @@ mod avx512 {
     // in `ptr::add` / `read_unaligned` would otherwise sit in the hot loop.
 
     /// f32: per step, two weight vectors and one broadcast per row.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F; `a` holds `rows · w.k_stride` values and `out`
+    /// `rows · w.n_stride` (`matmul` checks both).
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn matmul_f32(
         a: &[f32],
@@ -1029,6 +1033,10 @@ mod avx512 {
     /// bf16: per step, two vectors of 16 column pairs and one broadcast row
     /// pair per row; `vdpbf16ps` adds both products of a pair to each f32
     /// accumulator.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F and BF16; `a` holds `rows · w.k_stride` bf16
+    /// values and `out` `rows · w.n_stride` (`matmul` checks both).
     #[target_feature(enable = "avx512f,avx512bf16")]
     pub(super) unsafe fn matmul_bf16(
         a: &[Bf16],
@@ -1223,6 +1231,11 @@ mod avx512 {
     /// `c[i, j] += Σ_r a[r, i] · b[r, j]` for `i < k` (a multiple of
     /// [`MR`]), `j < n`: per row `r`, 8 broadcasts from `a` and two (masked
     /// at the last columns) loads from `b` feed 16 accumulators.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F; `a` and `b` hold `rows` rows of `k` and `n`
+    /// values at their strides, `c` `k` writable rows of `n` at `c_stride`
+    /// (`outer_accumulate` checks them).
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn outer_f32(
         (a, a_stride): (&[f32], usize),
@@ -1295,6 +1308,10 @@ mod avx512 {
     /// `a: [pairs, a_width, 2]`, `b: [pairs, n, 2]` (bf16): per pair, 8
     /// broadcast pairs of `a` and two (masked) vectors of 16 column pairs
     /// of `b` feed 16 `vdpbf16ps` accumulators.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F and BF16; `a` and `b` hold `pairs` row pairs of
+    /// `a_width` and `n` columns, `c` `k` writable rows of `n` at `c_stride`.
     #[target_feature(enable = "avx512f,avx512bf16")]
     pub(super) unsafe fn outer_bf16(
         a: &[Bf16],

@@ -98,8 +98,13 @@ impl StackLayout {
         (0..self.linears()).map(|l| self.linear_len(l)).sum()
     }
 
+    /// One network's values, in `u64` (see [`Self::num_params_u64`]).
+    fn net_len_u64(&self) -> u64 {
+        self.nresblocks as u64 * self.block_len() as u64 + self.dim() as u64
+    }
+
     fn net_len(&self) -> usize {
-        self.nresblocks * self.block_len() + self.dim()
+        usize::try_from(self.net_len_u64()).expect("a coupling stack too large for this platform")
     }
 
     fn net_start(&self, layer: usize, net: Net) -> usize {
@@ -108,7 +113,14 @@ impl StackLayout {
 
     /// Number of parameters, `P`.
     pub fn num_params(&self) -> usize {
-        2 * self.nlayers * self.net_len()
+        usize::try_from(self.num_params_u64()).expect("a coupling stack too large for this platform")
+    }
+
+    /// [`Self::num_params`] counted in `u64`: a config is sized with it
+    /// before it is trusted (see `RgFlowConfig::validate`), where a 32-bit
+    /// `usize` (wasm) could overflow.
+    pub fn num_params_u64(&self) -> u64 {
+        2 * self.nlayers as u64 * self.net_len_u64()
     }
 
     /// Linear layer `l` of residual block `block` of the `net` of coupling

@@ -235,7 +235,7 @@ impl Worker {
                     pixels.iter().map(|&k| rgflow::preprocess::dequantize_level(k as f32, noise.random::<f32>())),
                 );
             } else {
-                x01.extend(pixels.iter().map(|&k| k as f32 / 255.0));
+                x01.extend(pixels.iter().map(|&k| rgflow::preprocess::from_level(k)));
             }
         }
         Batch { x01, len: images.len(), cursor }

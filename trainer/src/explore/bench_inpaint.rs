@@ -171,7 +171,7 @@ pub fn run(args: BenchInpaintArgs) -> anyhow::Result<()> {
         let mut acceptance = vec![0f64; args.methods.len()];
         for (i, item) in items[..count].iter().enumerate() {
             let pixels = load_item(item, l, c.channels).with_context(|| format!("test image {i}"))?;
-            let truth: Vec<f32> = pixels.iter().map(|&k| k as f32 / 255.0).collect();
+            let truth: Vec<f32> = pixels.iter().map(|&k| rgflow::preprocess::from_level(k)).collect();
             let unknown = match kind {
                 HoleKind::Centre8 => super::inpaint::MaskSpec::Centre(8).sites(l)?,
                 HoleKind::Centre16 => super::inpaint::MaskSpec::Centre(16).sites(l)?,

@@ -81,6 +81,6 @@ pub fn input_image(
     let bytes = std::fs::read(spec).with_context(|| format!("{flag}: reading image {spec}"))?;
     let pixels = rgflow::pixels::decode_and_prepare(&bytes, Crop::CenterSquare, c.image_size, c.channels)
         .with_context(|| format!("{flag}: image {spec}"))?;
-    let values: Vec<f32> = pixels.iter().map(|&v| v as f32 / 255.0).collect();
+    let values: Vec<f32> = pixels.iter().map(|&k| rgflow::preprocess::from_level(k)).collect();
     Ok(Tensor::from_data(TensorData::new(values, [1, c.channels, c.image_size, c.image_size]), device))
 }

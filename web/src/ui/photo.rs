@@ -64,7 +64,7 @@ async fn load(app: &App, file: &web_sys::File) -> Result<String> {
     let c = app.engine.config().clone();
     let chw = pixels::decode_and_prepare(&bytes, Crop::CenterSquare, c.image_size, c.channels)
         .map_err(|e| WebError::Input(format!("{name}: {e}")))?;
-    let x01: Vec<f32> = chw.iter().map(|&v| v as f32 / 255.0).collect();
+    let x01: Vec<f32> = chw.iter().map(|&k| rgflow::preprocess::from_level(k)).collect();
     let t = now();
     let (face, bpd) = app.engine.encode(x01).await?;
     draw_image(&app.page.photo.canvas, &face.x01, c.channels, c.image_size);

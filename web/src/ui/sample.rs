@@ -3,9 +3,9 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use web_sys::{Event, HtmlInputElement, MouseEvent};
+use wasm_bindgen::JsCast;
+use web_sys::{Event, HtmlElement, HtmlInputElement, MouseEvent};
 
-use super::dom::by_id;
 use super::live::Live;
 use super::{App, canvas_pixel, create, draw_tiles, ms, now, on, parsed, report};
 use crate::error::Result;
@@ -30,24 +30,33 @@ pub fn init(app: &Rc<App>) -> Result<Rc<Live>> {
     temps_box.set_inner_html("");
     let live = Live::new();
     for (level, t) in app.temperatures().into_iter().enumerate() {
-        let label = create("label");
         let name = match level {
             0 => "level 0 (finest)".to_string(),
             l if l + 1 == levels => format!("level {l} (coarsest)"),
             l => format!("level {l}"),
         };
-        label.set_inner_html(&format!(
-            "<span>{name}</span><input type=range id=temp-{level} min=0 max=1.5 step=0.05 value={t}><output id=temp-out-{level}>{t:.2}</output>"
-        ));
+        // Built as elements (not markup looked up again by id), so the
+        // handler below holds its own input and output.
+        let label = create("label");
+        let span = create("span");
+        span.set_text_content(Some(&name));
+        let input: HtmlInputElement = create("input").unchecked_into();
+        input.set_type("range");
+        for (attribute, value) in [("min", "0"), ("max", "1.5"), ("step", "0.05")] {
+            input.set_attribute(attribute, value).ok();
+        }
+        input.set_value(&t.to_string());
+        let output: HtmlElement = create("output").unchecked_into();
+        output.set_text_content(Some(&format!("{t:.2}")));
+        for child in [&span, input.as_ref(), output.as_ref()] {
+            label.append_child(child).ok();
+        }
         temps_box.append_child(&label).ok();
-        // Made here, so found here (and only here).
-        let input: HtmlInputElement = by_id(&format!("temp-{level}"))?;
-        let output: web_sys::HtmlElement = by_id(&format!("temp-out-{level}"))?;
         let (a, l) = (app.clone(), live.clone());
         on(&input, "input", move |e: Event| {
             let v: f64 = e
                 .target()
-                .and_then(|t| wasm_bindgen::JsCast::dyn_into::<HtmlInputElement>(t).ok())
+                .and_then(|t| t.dyn_into::<HtmlInputElement>().ok())
                 .map(|i| i.value_as_number())
                 .unwrap_or(0.8);
             let mut temps = a.temperatures();

@@ -31,6 +31,25 @@ impl Coupling<'_> {
         self.mask.len()
     }
 
+    /// Panics unless the slices have the shapes above; returns `M`.
+    fn check_shapes(&self) -> usize {
+        let f = self.features();
+        assert!(
+            self.x.len().is_multiple_of(f)
+                && self.s_raw.len() == self.x.len()
+                && self.t_raw.len() == self.x.len()
+                && self.s_scale.len() == f
+                && self.t_scale.len() == f,
+            "coupling: x, s_raw, t_raw [M, {f}] and s_scale, t_scale [{f}], got {}, {}, {}, {} and {}",
+            self.x.len(),
+            self.s_raw.len(),
+            self.t_raw.len(),
+            self.s_scale.len(),
+            self.t_scale.len()
+        );
+        self.x.len() / f
+    }
+
     fn rows(&self, span: Range<usize>) -> Self {
         Self { x: &self.x[span.clone()], s_raw: &self.s_raw[span.clone()], t_raw: &self.t_raw[span], ..*self }
     }
@@ -48,10 +67,15 @@ pub struct CouplingGrads {
 
 /// `y: [M, F]` of a coupling update.
 pub fn coupling_update(c: Coupling<'_>) -> Vec<f32> {
-    let f = c.features();
-    let ([y], _) = for_rows(c.x.len() / f, [f], 0, |rows, [y], _| {
-        coupling_rows(c.rows(rows.start * f..rows.end * f), y);
-    });
+    let (f, m) = (c.features(), c.check_shapes());
+    // SAFETY: `coupling_rows` writes one value per element of its inputs'
+    // rows, and the chunk of rows `rows` holds exactly those (the shapes
+    // checked above).
+    let ([y], _) = unsafe {
+        for_rows(m, [f], 0, |rows, [y], _| {
+            coupling_rows(c.rows(rows.start * f..rows.end * f), y);
+        })
+    };
     y
 }
 
@@ -80,13 +104,18 @@ fn coupling_rows<'a>(c: Coupling<'a>, y: &mut [MaybeUninit<f32>]) {
 
 /// Gradients of [`coupling_update`] given `grad_y: [M, F]`.
 pub fn coupling_update_backward(c: Coupling<'_>, grad_y: &[f32]) -> CouplingGrads {
-    let f = c.features();
-    let n = c.x.len();
-    let ([gx, gs, gt], scales) = for_rows(n / f, [f; 3], 2 * f, |rows, outs, scales| {
-        let span = rows.start * f..rows.end * f;
-        let (gs_scale, gt_scale) = scales.split_at_mut(f);
-        coupling_backward_rows(c.rows(span.clone()), &grad_y[span], outs, gs_scale, gt_scale);
-    });
+    let (f, m) = (c.features(), c.check_shapes());
+    assert_eq!(grad_y.len(), c.x.len(), "coupling backward: grad_y has x's shape [M, {f}]");
+    // SAFETY: `coupling_backward_rows` writes each of its three outputs once
+    // per element of `grad_y`'s rows, and each chunk of rows `rows` holds
+    // exactly those (the shapes checked above).
+    let ([gx, gs, gt], scales) = unsafe {
+        for_rows(m, [f; 3], 2 * f, |rows, outs, scales| {
+            let span = rows.start * f..rows.end * f;
+            let (gs_scale, gt_scale) = scales.split_at_mut(f);
+            coupling_backward_rows(c.rows(span.clone()), &grad_y[span], outs, gs_scale, gt_scale);
+        })
+    };
     CouplingGrads { x: gx, s_raw: gs, t_raw: gt, s_scale: scales[..f].to_vec(), t_scale: scales[f..].to_vec() }
 }
 
@@ -138,9 +167,19 @@ fn coupling_backward_rows<'a>(
 /// forward coupling update. `s_raw: [M, F]`, `s_scale, mask: [F]` -> `[M]`.
 pub fn coupling_log_scale(s_raw: &[f32], s_scale: &[f32], mask: &[f32]) -> Vec<f32> {
     let f = mask.len();
-    let ([out], _) = for_rows(s_raw.len() / f, [1], 0, |rows, [out], _| {
-        log_scale_rows(&s_raw[rows.start * f..rows.end * f], s_scale, mask, out);
-    });
+    assert!(
+        s_raw.len().is_multiple_of(f) && s_scale.len() == f,
+        "coupling log-scale: s_raw [M, {f}] and s_scale [{f}], got {} and {}",
+        s_raw.len(),
+        s_scale.len()
+    );
+    // SAFETY: `log_scale_rows` writes one value per row of `s_raw`, and the
+    // chunk of rows `rows` holds one value per row (the shapes checked above).
+    let ([out], _) = unsafe {
+        for_rows(s_raw.len() / f, [1], 0, |rows, [out], _| {
+            log_scale_rows(&s_raw[rows.start * f..rows.end * f], s_scale, mask, out);
+        })
+    };
     out
 }
 
@@ -171,9 +210,21 @@ fn log_scale_rows(s_raw: &[f32], s_scale: &[f32], mask: &[f32], out: &mut [Maybe
 /// `(∂L/∂s_raw: [M, F], ∂L/∂s_scale: [F])`.
 pub fn coupling_log_scale_backward(s_raw: &[f32], s_scale: &[f32], mask: &[f32], grad: &[f32]) -> (Vec<f32>, Vec<f32>) {
     let f = mask.len();
-    let ([gs], g_scale) = for_rows(grad.len(), [f], f, |rows, [gs], g_scale| {
-        log_scale_backward_rows(&s_raw[rows.start * f..rows.end * f], s_scale, mask, &grad[rows], gs, g_scale);
-    });
+    assert!(
+        s_raw.len() == grad.len() * f && s_scale.len() == f,
+        "coupling log-scale backward: s_raw [M, {f}], s_scale [{f}] and grad [M], got {}, {} and {}",
+        s_raw.len(),
+        s_scale.len(),
+        grad.len()
+    );
+    // SAFETY: `log_scale_backward_rows` writes one value per element of
+    // `s_raw`'s rows, and the chunk of rows `rows` holds exactly those (the
+    // shapes checked above).
+    let ([gs], g_scale) = unsafe {
+        for_rows(grad.len(), [f], f, |rows, [gs], g_scale| {
+            log_scale_backward_rows(&s_raw[rows.start * f..rows.end * f], s_scale, mask, &grad[rows], gs, g_scale);
+        })
+    };
     (gs, g_scale)
 }
 

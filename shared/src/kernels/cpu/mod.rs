@@ -94,12 +94,19 @@ type Chunk<'a> = &'a mut [MaybeUninit<f32>];
 ///
 /// The task fills its rows of `N` outputs of `m` rows (output `i` with
 /// `widths[i]` values a row), which are not zeroed first: it gets the
-/// still-uninitialised chunk of each output that holds its rows and must
-/// write every element of it. It also accumulates into its own zeroed
-/// `partials` of `partial_len` values; they are summed in row order, so the
-/// result is the same whatever the pool's scheduling, thread count or build
-/// (training resumes exactly). Returns the outputs and the summed partials.
-fn for_rows<const N: usize>(
+/// still-uninitialised chunk of each output that holds its rows. It also
+/// accumulates into its own zeroed `partials` of `partial_len` values; they
+/// are summed in row order, so the result is the same whatever the pool's
+/// scheduling, thread count or build (training resumes exactly). Returns the
+/// outputs and the summed partials.
+///
+/// # Safety
+///
+/// `task` must write every element of every chunk it is handed (or panic):
+/// the outputs are returned as initialised values. The callers' row kernels
+/// zip their inputs with the chunks, so each caller first asserts that its
+/// inputs hold all `m` rows.
+unsafe fn for_rows<const N: usize>(
     m: usize,
     widths: [usize; N],
     partial_len: usize,
@@ -139,8 +146,8 @@ fn for_rows<const N: usize>(
     };
     for (out, w) in outputs.iter_mut().zip(widths) {
         // SAFETY: the chunks above cover the first `m · w` values of `out`'s
-        // capacity, and every task writes each element of its chunk (every
-        // caller's row kernel does: each `MaybeUninit` is written once).
+        // capacity, and every task has written each element of its chunks
+        // (this function's contract; a panicking task never gets here).
         unsafe { out.set_len(m * w) };
     }
     let mut sum = vec![0.0; partial_len];

@@ -10,10 +10,21 @@ use super::for_rows;
 /// `(x + h + bias) / √2`: `x, h: [M, F]`, `bias: [F]` -> `[M, F]`.
 pub fn residual(x: &[f32], h: &[f32], bias: &[f32]) -> Vec<f32> {
     let f = bias.len();
-    let ([y], _) = for_rows(x.len() / f, [f], 0, |rows, [y], _| {
-        let span = rows.start * f..rows.end * f;
-        residual_rows(&x[span.clone()], &h[span], bias, y);
-    });
+    assert!(
+        x.len().is_multiple_of(f) && h.len() == x.len(),
+        "residual: x, h [M, {f}], got {} and {}",
+        x.len(),
+        h.len()
+    );
+    // SAFETY: `residual_rows` writes one value per element of `x`'s and `h`'s
+    // rows, and the chunk of rows `rows` holds exactly those (the shapes
+    // checked above).
+    let ([y], _) = unsafe {
+        for_rows(x.len() / f, [f], 0, |rows, [y], _| {
+            let span = rows.start * f..rows.end * f;
+            residual_rows(&x[span.clone()], &h[span], bias, y);
+        })
+    };
     y
 }
 
@@ -30,9 +41,14 @@ fn residual_rows(x: &[f32], h: &[f32], bias: &[f32], y: &mut [MaybeUninit<f32>])
 /// Gradients of [`residual`] given `g: [M, F]`: `g / √2`, which is the
 /// gradient of both `x` and `h`, and its sum over rows for the bias (`[F]`).
 pub fn residual_backward(g: &[f32], features: usize) -> (Vec<f32>, Vec<f32>) {
-    let ([scaled], grad_bias) = for_rows(g.len() / features, [features], features, |rows, [scaled], grad_bias| {
-        residual_backward_rows(&g[rows.start * features..rows.end * features], scaled, grad_bias);
-    });
+    assert!(g.len().is_multiple_of(features), "residual backward: g [M, {features}], got {} values", g.len());
+    // SAFETY: `residual_backward_rows` writes one value per element of `g`'s
+    // rows, and the chunk of rows `rows` holds exactly those.
+    let ([scaled], grad_bias) = unsafe {
+        for_rows(g.len() / features, [features], features, |rows, [scaled], grad_bias| {
+            residual_backward_rows(&g[rows.start * features..rows.end * features], scaled, grad_bias);
+        })
+    };
     (scaled, grad_bias)
 }
 
@@ -70,5 +86,14 @@ mod tests {
         for (ours, want) in grad_bias.iter().zip(&want_bias) {
             assert!(close(*ours, *want, 1e-4), "{ours} vs {want}");
         }
+    }
+
+    /// The row kernels zip their inputs, so a short input would leave output
+    /// values unwritten: the shapes are refused before any is handed out.
+    #[test]
+    #[should_panic(expected = "residual: x, h [M, 7]")]
+    fn a_short_input_is_refused_not_read_as_output() {
+        let f = 7;
+        let _ = residual(&values(f * 600, 1, 1.0), &values(f * 599, 2, 1.0), &values(f, 3, 1.0));
     }
 }

@@ -11,9 +11,19 @@ use super::{for_rows, sigmoid};
 /// `x: [M, F]`, `bias, beta: [F]` -> `[M, F]`.
 pub fn swish(x: &[f32], bias: &[f32], beta: &[f32]) -> Vec<f32> {
     let f = beta.len();
-    let ([y], _) = for_rows(x.len() / f, [f], 0, |rows, [y], _| {
-        swish_rows(&x[rows.start * f..rows.end * f], bias, beta, y);
-    });
+    assert!(
+        bias.len() == f && x.len().is_multiple_of(f),
+        "swish: x [M, {f}] and bias [{f}], got {} and {}",
+        x.len(),
+        bias.len()
+    );
+    // SAFETY: `swish_rows` writes one value per element of `x`'s rows, and
+    // the chunk of rows `rows` holds exactly those (the shapes checked above).
+    let ([y], _) = unsafe {
+        for_rows(x.len() / f, [f], 0, |rows, [y], _| {
+            swish_rows(&x[rows.start * f..rows.end * f], bias, beta, y);
+        })
+    };
     y
 }
 
@@ -33,11 +43,23 @@ fn swish_rows(x: &[f32], bias: &[f32], beta: &[f32], y: &mut [MaybeUninit<f32>])
 /// sum over rows and `∂L/∂β = Σ_rows g u² σ (1 − σ)` (both `[F]`).
 pub fn swish_backward(x: &[f32], bias: &[f32], beta: &[f32], g: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let f = beta.len();
-    let ([grad_x], mut sums) = for_rows(x.len() / f, [f], 2 * f, |rows, [grad_x], sums| {
-        let span = rows.start * f..rows.end * f;
-        let (grad_bias, grad_beta) = sums.split_at_mut(f);
-        swish_backward_rows(&x[span.clone()], bias, beta, &g[span], grad_x, grad_bias, grad_beta);
-    });
+    assert!(
+        bias.len() == f && x.len().is_multiple_of(f) && g.len() == x.len(),
+        "swish backward: x, g [M, {f}] and bias [{f}], got {}, {} and {}",
+        x.len(),
+        g.len(),
+        bias.len()
+    );
+    // SAFETY: `swish_backward_rows` writes one value per element of `x`'s and
+    // `g`'s rows, and the chunk of rows `rows` holds exactly those (the shapes
+    // checked above).
+    let ([grad_x], mut sums) = unsafe {
+        for_rows(x.len() / f, [f], 2 * f, |rows, [grad_x], sums| {
+            let span = rows.start * f..rows.end * f;
+            let (grad_bias, grad_beta) = sums.split_at_mut(f);
+            swish_backward_rows(&x[span.clone()], bias, beta, &g[span], grad_x, grad_bias, grad_beta);
+        })
+    };
     let grad_beta = sums.split_off(f);
     (grad_x, sums, grad_beta)
 }
