@@ -743,6 +743,96 @@ impl Run {
     }
 }
 
+/// What ends a session of training: its steps, its minutes, Ctrl-C; and
+/// when it saves and gives up.
+struct Limits {
+    /// The step to stop at (`u64::MAX`: none).
+    total_steps: u64,
+    /// Training seconds to stop at (infinite: none).
+    seconds: f64,
+    checkpoint_every: u64,
+    /// Non-finite steps in a row that stop the run.
+    max_bad_steps: u64,
+    /// Set by Ctrl-C ([`stop_on_ctrl_c`]).
+    stop: Arc<AtomicBool>,
+}
+
+impl Limits {
+    fn done(&self, state: &TrainState) -> bool {
+        state.step >= self.total_steps || state.train_seconds >= self.seconds
+    }
+
+    fn checkpoint_due(&self, state: &TrainState) -> bool {
+        state.step.is_multiple_of(self.checkpoint_every)
+    }
+
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+}
+
+/// How [`Run::train_epoch`] ended.
+enum EpochEnd {
+    /// Every batch of the epoch was stepped and read: close it.
+    Complete,
+    /// Ctrl-C: every step read, the run to be saved as it is.
+    Stopped,
+    /// The steps or minutes asked for are done (every step read).
+    Done,
+}
+
+impl Run {
+    /// Steps through the rest of the current epoch's batches, from the
+    /// run's cursor: every step reported, a checkpoint every
+    /// `checkpoint_every` steps (none while steps are failing), stopping
+    /// early on Ctrl-C or at the limits (with every step read back first).
+    fn train_epoch(
+        mut self,
+        loader: &Loader,
+        steps: &mut Stepper,
+        report: &mut Report,
+        devices: &[Device],
+        limits: &Limits,
+        checkpoint: &Path,
+    ) -> anyhow::Result<(Self, EpochEnd)> {
+        let options = EpochOptions { shuffle: true, flip: true, dequantize: true, batch_size: self.settings.batch };
+        let mut batches = 0u64;
+        for batch in loader.epoch(self.state.epoch, self.state.cursor, options) {
+            batches += 1;
+            let outcomes;
+            (self, outcomes) = steps.step(self, batch?, devices, |run| {
+                limits.checkpoint_due(&run.state) || limits.stopped() || limits.done(&run.state)
+            });
+            if outcomes.is_empty() {
+                continue;
+            }
+            report.steps(&outcomes, steps.rate(), limits.max_bad_steps, checkpoint)?;
+            if limits.checkpoint_due(&self.state) && report.bad_in_a_row == 0 {
+                self.save(checkpoint)?;
+            }
+            if limits.stopped() {
+                return Ok((self, EpochEnd::Stopped));
+            }
+            if limits.done(&self.state) {
+                return Ok((self, EpochEnd::Done));
+            }
+        }
+        // The epoch is complete: its last steps checked first.
+        let outcomes;
+        (self, outcomes) = steps.flush(self, devices);
+        report.steps(&outcomes, steps.rate(), limits.max_bad_steps, checkpoint)?;
+        if batches == 0 && self.state.cursor == 0 {
+            bail!(
+                "epoch {} of the training split gave no images: all {} are unreadable (e.g. {})",
+                self.state.epoch + 1,
+                loader.len(),
+                loader.stats().examples().join("; ")
+            );
+        }
+        Ok((self, EpochEnd::Complete))
+    }
+}
+
 /// Set by the first Ctrl-C (or SIGTERM): the run saves and stops after its
 /// step. A second one while saving falls through to the default (kill).
 fn stop_on_ctrl_c() -> Arc<AtomicBool> {
@@ -794,7 +884,6 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let batches_per_epoch = loader.len().div_ceil(batch_size) as u64;
     let total_steps =
         [args.steps, args.epochs.map(|e| e * batches_per_epoch)].into_iter().flatten().min().unwrap_or(u64::MAX);
-    let time_limit = args.minutes.map(|m| m * 60.0).unwrap_or(f64::INFINITY);
     eprintln!(
         "model: {} parameters; backend {backend_name}; {} train images, {batches_per_epoch} steps per epoch, to {}",
         run.model.num_parameters(),
@@ -806,7 +895,13 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         }
     );
 
-    let stop = stop_on_ctrl_c();
+    let limits = Limits {
+        total_steps,
+        seconds: args.minutes.map(|m| m * 60.0).unwrap_or(f64::INFINITY),
+        checkpoint_every: args.checkpoint_every,
+        max_bad_steps: args.max_bad_steps,
+        stop: stop_on_ctrl_c(),
+    };
     let mut report = Report::open(&args.out, total_steps, args.quiet, run.state.step)?;
     let mut steps = Stepper::new(check_every);
     let mut stopped = false;
@@ -816,43 +911,16 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         report.write(&run.held_out("eval", test_loader.as_ref())?)?;
         evaluated_at = Some(run.state.step);
     }
-    let done = |state: &TrainState| state.step >= total_steps || state.train_seconds >= time_limit;
-    let checkpoint_due = |state: &TrainState| state.step.is_multiple_of(args.checkpoint_every);
-    'epochs: while !done(&run.state) {
-        let options = EpochOptions { shuffle: true, flip: true, dequantize: true, batch_size };
-        let mut batches_this_epoch = 0u64;
-        for batch in loader.epoch(run.state.epoch, run.state.cursor, options) {
-            batches_this_epoch += 1;
-            let outcomes;
-            (run, outcomes) = steps.step(run, batch?, &devices, |run| {
-                checkpoint_due(&run.state) || stop.load(Ordering::SeqCst) || done(&run.state)
-            });
-            if outcomes.is_empty() {
-                continue;
-            }
-            report.steps(&outcomes, steps.rate(), args.max_bad_steps, &checkpoint_path)?;
-            if checkpoint_due(&run.state) && report.bad_in_a_row == 0 {
-                run.save(&checkpoint_path)?;
-            }
-            if stop.load(Ordering::SeqCst) {
+    while !limits.done(&run.state) {
+        let end;
+        (run, end) = run.train_epoch(&loader, &mut steps, &mut report, &devices, &limits, &checkpoint_path)?;
+        match end {
+            EpochEnd::Complete => {}
+            EpochEnd::Stopped => {
                 stopped = true;
-                break 'epochs;
+                break;
             }
-            if done(&run.state) {
-                break 'epochs;
-            }
-        }
-        // The epoch is complete: its last steps checked first.
-        let outcomes;
-        (run, outcomes) = steps.flush(run, &devices);
-        report.steps(&outcomes, steps.rate(), args.max_bad_steps, &checkpoint_path)?;
-        if batches_this_epoch == 0 && run.state.cursor == 0 {
-            bail!(
-                "epoch {} of the training split gave no images: all {} are unreadable (e.g. {})",
-                run.state.epoch + 1,
-                loader.len(),
-                loader.stats().examples().join("; ")
-            );
+            EpochEnd::Done => break,
         }
         run.end_epoch(&args.out, test_loader.as_ref(), &mut report, &checkpoint_path)?;
         evaluated_at = Some(run.state.step);
