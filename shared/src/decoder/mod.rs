@@ -6,7 +6,7 @@
 //! with a fork-join across threads per op. Blocks are independent inside a
 //! sub-layer, though, so [`CpuDecoder`] hands each thread a tile of block
 //! rows and runs the sub-layer's entire coupling stack on it, with the
-//! weights normalised and packed beforehand (see [`matmul`] for the kernels
+//! weights normalised and packed beforehand (see `matmul.rs` for the kernels
 //! and `pack.rs` for the checkerboard's skipped zeros): one fork-join per
 //! sub-layer, and activations that never leave the cache.
 //!

@@ -6,13 +6,13 @@
 //! step of the model that is not a matrix product: Swish with the previous
 //! layer's bias, the residual sum, the affine coupling update and its
 //! log-determinant, weight normalisation, and a matmul that skips burn-flex's
-//! zero-fill. Each has hand-written CPU kernels on burn-flex ([`cpu`]),
+//! zero-fill. Each has hand-written CPU kernels on burn-flex (`kernels/cpu/`),
 //! CubeCL kernels on the GPU backends (`cube`: one launch forward, at most
 //! two backward, also under burn's fusion), a composition of burn's own ops
 //! elsewhere (burn-ndarray), and a hand-written backward step under autodiff.
 //!
 //! On burn-flex a sub-layer's whole coupling stack is also one op
-//! ([`coupling_stack`], kernels in [`cpu::stack`]): tiles of block rows run
+//! ([`coupling_stack`], kernels in `kernels/cpu/stack.rs`): tiles of block rows run
 //! every coupling in cache and keep a tape for a hand-written backward.
 //! Other backends answer `None` for it, and the model composes the stack
 //! from the ops above instead.
@@ -186,7 +186,7 @@ pub trait FusedKernels: burn::backend::Backend {
     }
 
     /// A sub-layer's whole coupling stack, forward, as one op where the
-    /// backend has a kernel for it (see [`cpu::stack`]): `x: [M, D]` (one
+    /// backend has a kernel for it (see `kernels/cpu/stack.rs`): `x: [M, D]` (one
     /// row per block), `params: [P]` (the stack's parameters, flattened as
     /// `layout` says) -> `[M, D + 1]`, each row's output followed by its
     /// log-determinant. `None` where the backend has no such kernel: the
