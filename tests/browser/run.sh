@@ -25,8 +25,14 @@ trunk build --release
 # needs (the page's and the CPU worker's) under 3 MB together, and no module
 # over 12 MB (the WebGPU worker is the largest).
 first_face=0
-for wasm in dist/rgflow-web-*_bg.wasm dist/rgflow-worker-cpu_bg.wasm; do
-    first_face=$((first_face + $(stat -c %s "$wasm")))
+for pattern in 'dist/rgflow-web-*_bg.wasm' 'dist/rgflow-worker-cpu_bg.wasm'; do
+    # shellcheck disable=SC2206 # the pattern is meant to expand here
+    matches=($pattern)
+    if [ "${#matches[@]}" -ne 1 ] || [ ! -f "${matches[0]}" ]; then
+        echo "expected one $pattern in dist/, found: ${matches[*]}" >&2
+        exit 1
+    fi
+    first_face=$((first_face + $(stat -c %s "${matches[0]}")))
 done
 largest=$(stat -c %s dist/*.wasm | sort -n | tail -1)
 echo "download: ${first_face} bytes before the first face, largest module ${largest} bytes" >&2

@@ -118,7 +118,9 @@ impl StackLayout {
 
     /// [`Self::num_params`] counted in `u64`: a config is sized with it
     /// before it is trusted (see `RgFlowConfig::validate`), where a 32-bit
-    /// `usize` (wasm) could overflow.
+    /// `usize` (wasm) could overflow. (A residual block's values are still
+    /// summed in `usize`: within `validate`'s caps on the widths and the
+    /// layers they stay below 2³².)
     pub fn num_params_u64(&self) -> u64 {
         2 * self.nlayers as u64 * self.net_len_u64()
     }
