@@ -32,8 +32,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // Their bits per dimension as 8-bit images, each level at its bin's centre.
     let values = faces.into_data().try_to_vec::<f32>()?;
-    let centred: Vec<f32> =
-        values.iter().map(|&v| preprocess::dequantize_level(preprocess::to_level(v), 0.5)).collect();
+    let centred = preprocess::bin_centres(&values);
     let shape = [16, config.channels, config.image_size, config.image_size];
     let bpd = flow.bits_per_dim(Tensor::from_data(TensorData::new(centred, shape), &device));
     let bpd = bpd.into_data().try_to_vec::<f32>()?;

@@ -22,6 +22,12 @@ pub fn to_level(v: f32) -> f32 {
     (v.clamp(0.0, 1.0) * 255.0).round()
 }
 
+/// `[0, 1]` values as stored in 8 bits, each at the centre of its
+/// dequantisation bin: what scores an 8-bit image without noise.
+pub fn bin_centres(x01: &[f32]) -> Vec<f32> {
+    x01.iter().map(|&v| dequantize_level(to_level(v), 0.5)).collect()
+}
+
 /// `log(1 + e^{-|l|})` summed with `|l|`: `softplus(l) + softplus(-l)`, stably.
 fn softplus_pair<const D: usize>(l: Tensor<D>) -> Tensor<D> {
     let a = l.abs();

@@ -145,8 +145,7 @@ impl Engine {
     pub async fn encode(&self, x01: Vec<f32>) -> Result<(Face, f64)> {
         let z = self.flow.encode(self.tensor(x01.clone(), 1)?);
         // Centre of the 256 bins: the image as a dequantised sample would see it.
-        let centred = x01.iter().map(|&v| preprocess::dequantize_level(preprocess::to_level(v), 0.5)).collect();
-        let bpd = self.flow.bits_per_dim(self.tensor(centred, 1)?);
+        let bpd = self.flow.bits_per_dim(self.tensor(preprocess::bin_centres(&x01), 1)?);
         let z = read(z).await?;
         let bpd = read(bpd).await?[0] as f64;
         Ok((Face { x01, z }, bpd))
